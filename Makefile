@@ -1,0 +1,35 @@
+# saecli developer tasks. `make run` and `make test` set everything up on a fresh machine.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The PyTorch to install first. The default is the CPU build (on our machines pip takes it from
+# local disk). With a GPU: install the torch build for your CUDA first, then `make install TORCH=`.
+TORCH  ?= torch==2.13.0
+ARGS   ?=
+
+.PHONY: install run test test-fast lint format bench-baseline clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(if $(strip $(TORCH)),$(PY) -m pip install -q "$(TORCH)")
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+run: install            ## the main job on the embedded default preset
+	$(VENV)/bin/saecli run $(ARGS)
+
+test: install           ## the whole test suite (offline, a few minutes on 2 cores)
+	$(PY) -m pytest -q
+
+test-fast: install      ## tests without the `slow` marker
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check saecli tests scripts
+
+format: install
+	$(VENV)/bin/ruff format saecli tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

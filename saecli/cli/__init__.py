@@ -1,0 +1,8 @@
+"""The command line: a thin adapter over the engine. One file per command."""
+
+from __future__ import annotations
+
+from saecli.cli import run as _run  # noqa: F401  (registers run and sequential)
+from saecli.cli.app import app, main
+
+__all__ = ["app", "main"]

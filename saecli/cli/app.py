@@ -1,0 +1,130 @@
+"""The Typer application, its shared options, and the one place where errors become messages."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+import typer.core
+from rich.console import Console
+from rich.logging import RichHandler
+
+import saecli
+from saecli.errors import SaecliError
+
+stderr = Console(stderr=True)
+stdout = Console()
+
+
+class _Group(typer.core.TyperGroup):
+    """Turns a SaecliError raised anywhere below a command into one line on stderr."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SaecliError as exc:
+            stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            if exc.hint:
+                stderr.print(f"[dim]hint: {exc.hint}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="saecli",
+    help="Sparse-autoencoder analysis of a language model over a fact/hallucination benchmark.\n\n"
+    "Reads the residual stream at three layers (TransformerLens), encodes it with SAEs (SAELens) and "
+    "writes per-sample metrics to Parquet. Runs offline on the embedded `tiny` preset by default.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"saecli {saecli.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details to stderr.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class DType(StrEnum):
+    float32 = "float32"
+    float64 = "float64"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+# Options shared by several commands, declared once.
+PresetOpt = Annotated[
+    str | None,
+    typer.Option("--preset", "-p", help="Preset name: tiny (embedded, default), gemma-2-2b, gpt2-small, ...", show_default=False),
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="A preset TOML file (instead of --preset).", show_default=False)
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", "-d", help="JSON list, JSONL file, or a folder of them (HB-1000 layout supported). Default: the built-in benchmark.", show_default=False),
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Analyse only the first N samples.", show_default=False)]
+DomainsOpt = Annotated[
+    str | None, typer.Option("--domains", help="Comma-separated domains to keep, e.g. entity,logical.", show_default=False)
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the stability noise [default: 0].", show_default=False)]
+NoiseOpt = Annotated[
+    float | None, typer.Option("--noise-std", min=0.0, help="σ of the stability noise [default: 0.1].", show_default=False)
+]
+DeviceOpt = Annotated[
+    Device | None, typer.Option("--device", help="auto prefers cuda, then mps, then cpu [default: auto].", show_default=False)
+]
+DTypeOpt = Annotated[
+    DType | None,
+    typer.Option("--dtype", help="Model dtype [default: the preset's, float32]. float64 makes the run exact to 1e-9.", show_default=False),
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<UTC time>-<preset>].", show_default=False)
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an existing, non-empty --out folder.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout instead of the table.")]
+
+
+def preset_arg(preset: str | None, config: Path | None) -> str | None:
+    if preset is not None and config is not None:
+        raise SaecliError("give either --preset or --config, not both")
+    return str(config) if config is not None else preset
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

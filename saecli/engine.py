@@ -1,0 +1,379 @@
+"""The analysis engine, shared by ``run`` (batched) and ``sequential`` (the reference).
+
+Batched: samples are ordered by token length and cut into batches; each batch runs one forward
+pass over its fact and hallucination texts (right-padded, so causal attention keeps every real
+token's residual equal to its unpadded value), capturing only the SAE hooks at the positions read
+and stopping after the deepest hooked block. The prompt's residual is read from the fact text's
+pass at the prompt's last position when the prompt's tokens are a prefix of the fact text's; where
+they are not, the prompt gets a row of its own. SAE encode/decode and the Gram-matrix geometry run
+on all reads of a layer at once.
+
+Sequential: every text in its own forward pass (no padding, no prefix sharing), every activation
+through the SAE and the geometry on its own; the same metric functions, one row at a time.
+
+The engine works on any list of samples and returns results keyed by the sample's position, so a
+caller can shard samples across processes and merge by sample id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from saecli import geometry, metrics
+from saecli.data import Sample
+from saecli.errors import SaecliError
+from saecli.models import LoadedPreset
+
+log = logging.getLogger(__name__)
+
+KINDS = ("fact", "hall")
+LAYER_METRICS = ("l0_norm", "reconstruction_error", "gini", "sphericity", "shape_class", "dimensionality")
+ID_COLUMNS = ("sample_id", "domain", "topic", "complexity")
+STAGES = ("tokenize", "forward", "sae", "geometry", "metrics")
+
+
+def metric_columns(layers: Sequence[int]) -> list[str]:
+    """The metric columns of a results table, in order (``shared/spec/metrics.md``)."""
+    cols = [f"l{layer}_{kind}_{name}" for layer in layers for kind in KINDS for name in LAYER_METRICS]
+    for base in ("centroid_drift", "axis_twist", "stability", "entropy", "cross_layer_consistency"):
+        cols += [f"{base}_fact", f"{base}_hall", f"{base}_diff"]
+    return cols
+
+
+def noise_vector(seed: int, sample_id: str, kind: str, d_model: int) -> torch.Tensor:
+    """ε ~ N(0, I) in float64 from a generator seeded by (seed, sample id, text kind), so a
+    sample's noise never depends on batch size, order or worker."""
+    digest = hashlib.sha256(f"{seed}\x1f{sample_id}\x1f{kind}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.randn(d_model, generator=generator, dtype=torch.float64)
+
+
+@dataclass
+class SampleTokens:
+    """Token ids of a sample's three texts, each tokenized alone as the model does."""
+
+    prompt: list[int]
+    fact: list[int]
+    hall: list[int]
+
+    @property
+    def prompt_in_fact(self) -> bool:
+        n = len(self.prompt)
+        return len(self.fact) >= n and self.fact[:n] == self.prompt
+
+    @property
+    def length(self) -> int:
+        return max(len(self.fact), len(self.hall))
+
+
+@dataclass
+class BatchResult:
+    """Rows of one batch, with the input positions of its samples."""
+
+    indices: list[int]
+    rows: list[dict[str, Any]]
+    tokens: int
+    """Real (unpadded) tokens of the texts analysed."""
+
+
+@dataclass
+class _LayerOut:
+    """What one layer's SAE and geometry give for a stack of activations (tensors, n-leading)."""
+
+    l0: torch.Tensor
+    reconstruction_error: torch.Tensor
+    gini: torch.Tensor
+    sphericity: torch.Tensor
+    shape_class: list[str | None]
+    dimensionality: torch.Tensor
+    x_hat: torch.Tensor
+    centroid: torch.Tensor | None = None
+    axis: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    top: torch.Tensor | None = None
+    top_noisy: torch.Tensor | None = None
+
+    @staticmethod
+    def cat(parts: list[_LayerOut]) -> _LayerOut:
+        merged = {}
+        for name in _LayerOut.__dataclass_fields__:
+            values = [getattr(p, name) for p in parts]
+            if values[0] is None:
+                merged[name] = None
+            elif isinstance(values[0], list):
+                merged[name] = [v for part in values for v in part]
+            else:
+                merged[name] = torch.cat(values)
+        return _LayerOut(**merged)
+
+
+@dataclass
+class StageTimer:
+    """Seconds spent per stage; synchronises CUDA at stage ends when ``sync`` is set."""
+
+    sync: bool = False
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.seconds[stage] += time.perf_counter() - started
+
+
+class Engine:
+    """Runs the analysis of samples on a loaded preset."""
+
+    def __init__(
+        self,
+        loaded: LoadedPreset,
+        *,
+        seed: int = 0,
+        noise_std: float = 0.1,
+        timer: StageTimer | None = None,
+    ):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.layers = list(loaded.layers)
+        self.seed = seed
+        self.noise_std = float(noise_std)
+        self.timer = timer or StageTimer()
+        self.hooks = [loaded.hooks[layer] for layer in self.layers]
+        self.stop_at = max(loaded.hook_block(layer) for layer in self.layers) + 1
+        self.device = torch.device(loaded.device)
+        self.sae_dtype = next(iter(loaded.saes.values())).W_dec.dtype
+        tokenizer = self.model.tokenizer
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    # -- tokens -----------------------------------------------------------------------------------
+    def _tokens(self, text: str) -> list[int]:
+        return self.model.to_tokens(text, truncate=False, move_to_device=False)[0].tolist()
+
+    def tokenize(self, samples: Sequence[Sample]) -> list[SampleTokens]:
+        """Tokenize each sample's P, F and H alone; a text longer than the context is an error."""
+        out = []
+        n_ctx = self.model.cfg.n_ctx
+        with self.timer("tokenize"):
+            for sample in samples:
+                toks = SampleTokens(self._tokens(sample.prompt), self._tokens(sample.fact_text), self._tokens(sample.hall_text))
+                if toks.length > n_ctx:
+                    raise SaecliError(
+                        f"sample {sample.id!r} is {toks.length} tokens long, more than the model's context of {n_ctx}"
+                    )
+                out.append(toks)
+        return out
+
+    @staticmethod
+    def plan(tokens: Sequence[SampleTokens], batch_size: int) -> list[list[int]]:
+        """Batches of sample positions, longest first so that similar lengths share a batch (less
+        padding) and an out-of-memory error shows at the start of a run."""
+        order = sorted(range(len(tokens)), key=lambda i: (-tokens[i].length, i))
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    # -- forward ----------------------------------------------------------------------------------
+    def _forward(self, seqs: list[list[int]], reads: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Residuals at the SAE hooks for (row, position) reads: {hook: [n_reads, d]}."""
+        width = max(len(s) for s in seqs)
+        tokens = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        tokens = tokens.to(self.device)
+        rows = torch.tensor([r for r, _ in reads], device=self.device)
+        positions = torch.tensor([p for _, p in reads], device=self.device)
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(act: torch.Tensor, hook: Any) -> None:
+            captured[hook.name] = act[rows, positions].reshape(len(reads), -1).clone()
+
+        with self.timer("forward"):
+            self.model.run_with_hooks(
+                tokens,
+                fwd_hooks=[(name, capture) for name in set(self.hooks)],
+                stop_at_layer=self.stop_at,
+                padding_side="right",
+            )
+        return captured
+
+    def _residuals_batched(self, toks: list[SampleTokens]) -> dict[str, torch.Tensor]:
+        """One pass for a batch; reads ordered [P_0..P_B-1, F_0.., H_0..]."""
+        seqs: list[list[int]] = []
+        p_reads, f_reads, h_reads = [], [], []
+        for t in toks:
+            f_row = len(seqs)
+            seqs += [t.fact, t.hall]
+            f_reads.append((f_row, len(t.fact) - 1))
+            h_reads.append((f_row + 1, len(t.hall) - 1))
+            if t.prompt_in_fact:
+                p_reads.append((f_row, len(t.prompt) - 1))
+            else:
+                seqs.append(t.prompt)
+                p_reads.append((len(seqs) - 1, len(t.prompt) - 1))
+        return self._forward(seqs, p_reads + f_reads + h_reads)
+
+    def _residuals_sequential(self, t: SampleTokens) -> dict[str, torch.Tensor]:
+        parts = [self._forward([seq], [(0, len(seq) - 1)]) for seq in (t.prompt, t.fact, t.hall)]
+        return {hook: torch.cat([p[hook] for p in parts]) for hook in parts[0]}
+
+    # -- SAE and geometry -------------------------------------------------------------------------
+    def _layer(self, layer: int, x: torch.Tensor, *, first: bool, noise: torch.Tensor | None) -> _LayerOut:
+        sae = self.loaded.saes[layer]
+        x = x.to(self.sae_dtype)
+        with self.timer("sae"):
+            f = sae.encode(x)
+            x_hat = sae.decode(f)
+            l0 = metrics.l0_norm(f > 0)
+            width = max(int(l0.max()), 1)
+            values, indices = f.topk(width, dim=-1)
+            mask = values > 0
+            f_noisy = sae.encode(x + self.noise_std * noise.to(x)) if noise is not None else None
+        with self.timer("geometry"):
+            inertia = geometry.inertia_gram(
+                sae.W_dec[indices], geometry.masses(values, mask), l0, need_axis=first
+            )
+        with self.timer("metrics"):
+            out = _LayerOut(
+                l0=l0,
+                reconstruction_error=metrics.reconstruction_error(x, x_hat),
+                gini=metrics.gini(values, mask),
+                sphericity=metrics.sphericity(inertia.eigenvalues, l0),
+                shape_class=metrics.shape_class(inertia.eigenvalues, l0),
+                dimensionality=metrics.dimensionality(inertia.eigenvalues),
+                x_hat=x_hat,
+            )
+            if first:
+                out.centroid, out.axis = inertia.centroid, inertia.axis
+                out.entropy = metrics.entropy(values, mask)
+                out.top = metrics.top_indices(indices, mask)
+            if f_noisy is not None:
+                noisy_values, noisy_indices = f_noisy.topk(metrics.TOP_STABILITY, dim=-1)
+                out.top_noisy = metrics.top_indices(noisy_indices, noisy_values > 0)
+        return out
+
+    def _noise(self, samples: Sequence[Sample]) -> torch.Tensor:
+        """Noise for the L1 reads [P.., F.., H..]; the prompt's slots are unused zeros."""
+        d = self.model.cfg.d_model
+        rows = [torch.zeros(d, dtype=torch.float64) for _ in samples]
+        rows += [noise_vector(self.seed, s.id, kind, d) for kind in KINDS for s in samples]
+        return torch.stack(rows).to(self.device)
+
+    # -- assembly ---------------------------------------------------------------------------------
+    def _rows(self, samples: Sequence[Sample], outs: dict[int, _LayerOut]) -> list[dict[str, Any]]:
+        """Per-sample rows from layer outputs whose reads are ordered [P.., F.., H..] for the first
+        layer and [F.., H..] for the others."""
+        n = len(samples)
+        first, second, third = self.layers
+        cols: dict[str, Any] = {}
+        with self.timer("metrics"):
+            for layer in self.layers:
+                out = outs[layer]
+                offset = n if layer == first else 0
+                for k, kind in enumerate(KINDS):
+                    sl = slice(offset + k * n, offset + (k + 1) * n)
+                    for name in LAYER_METRICS:
+                        value = out.l0 if name == "l0_norm" else getattr(out, name)
+                        cols[f"l{layer}_{kind}_{name}"] = value[sl]
+            o = outs[first]
+            p, f, h = slice(0, n), slice(n, 2 * n), slice(2 * n, 3 * n)
+            pairs = {
+                "centroid_drift": (metrics.angle_degrees(o.centroid[p], o.centroid[f]), metrics.angle_degrees(o.centroid[p], o.centroid[h])),
+                "axis_twist": (metrics.line_angle_degrees(o.axis[p], o.axis[f]), metrics.line_angle_degrees(o.axis[p], o.axis[h])),
+                "stability": (metrics.jaccard(o.top[f], o.top_noisy[f]), metrics.jaccard(o.top[h], o.top_noisy[h])),
+                "entropy": (o.entropy[f], o.entropy[h]),
+            }
+            a, b = outs[second].x_hat, outs[third].x_hat
+            pairs["cross_layer_consistency"] = (
+                metrics.cosine_similarity(a[:n], b[:n]),
+                metrics.cosine_similarity(a[n:], b[n:]),
+            )
+            for base, (fact, hall) in pairs.items():
+                cols[f"{base}_fact"], cols[f"{base}_hall"] = fact, hall
+                # The spec's sign: stability and consistency are fact − hall, the rest hall − fact.
+                fact_minus_hall = base in ("stability", "cross_layer_consistency")
+                cols[f"{base}_diff"] = fact - hall if fact_minus_hall else hall - fact
+            lists = {k: (v if isinstance(v, list) else v.cpu().tolist()) for k, v in cols.items()}
+            order = metric_columns(self.layers)
+            rows = []
+            for i, s in enumerate(samples):
+                row: dict[str, Any] = {"sample_id": s.id, "domain": s.domain, "topic": s.topic, "complexity": s.complexity}
+                row.update({c: lists[c][i] for c in order})
+                rows.append(row)
+        return rows
+
+    # -- public -----------------------------------------------------------------------------------
+    def analyze_batch(self, samples: Sequence[Sample], toks: Sequence[SampleTokens]) -> list[dict[str, Any]]:
+        """Rows for a batch of samples, all texts of a layer processed together."""
+        with torch.inference_mode():
+            acts = self._residuals_batched(list(toks))
+            n = len(samples)
+            outs = {}
+            for i, layer in enumerate(self.layers):
+                x = acts[self.hooks[i]]
+                first = i == 0
+                outs[layer] = self._layer(layer, x if first else x[n:], first=first, noise=self._noise(samples) if first else None)
+            return self._rows(samples, outs)
+
+    def analyze_one(self, sample: Sample, toks: SampleTokens) -> dict[str, Any]:
+        """The reference: each text in its own pass, each activation processed alone."""
+        with torch.inference_mode():
+            acts = self._residuals_sequential(toks)
+            noise = self._noise([sample])
+            outs = {}
+            for i, layer in enumerate(self.layers):
+                x = acts[self.hooks[i]]
+                reads = range(3) if i == 0 else range(1, 3)
+                outs[layer] = _LayerOut.cat(
+                    [self._layer(layer, x[r : r + 1], first=i == 0, noise=noise[r : r + 1] if i == 0 else None) for r in reads]
+                )
+            return self._rows([sample], outs)[0]
+
+    def run(
+        self, samples: Sequence[Sample], *, batch_size: int = 16, sequential: bool = False
+    ) -> Iterator[BatchResult]:
+        """Analyse samples; yields batches as they finish (in length order, not input order)."""
+        toks = self.tokenize(samples)
+        plan = [[i] for i in range(len(samples))] if sequential else self.plan(toks, batch_size)
+        for idx in plan:
+            batch = [samples[i] for i in idx]
+            batch_toks = [toks[i] for i in idx]
+            if sequential:
+                rows = [self.analyze_one(batch[0], batch_toks[0])]
+            else:
+                rows = self.analyze_batch(batch, batch_toks)
+            n_tokens = sum(len(t.prompt) + len(t.fact) + len(t.hall) for t in batch_toks)
+            yield BatchResult(indices=list(idx), rows=rows, tokens=n_tokens)
+
+
+def analyze(
+    samples: Sequence[Sample],
+    preset: LoadedPreset,
+    *,
+    batch_size: int = 16,
+    sequential: bool = False,
+    seed: int = 0,
+    noise_std: float = 0.1,
+    on_batch: Callable[[BatchResult], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Analyse samples on a loaded preset, yielding one row (dict) per sample in input order."""
+    engine = Engine(preset, seed=seed, noise_std=noise_std)
+    pending: dict[int, dict[str, Any]] = {}
+    next_index = 0
+    for result in engine.run(samples, batch_size=batch_size, sequential=sequential):
+        if on_batch is not None:
+            on_batch(result)
+        pending.update(zip(result.indices, result.rows, strict=False))
+        while next_index in pending:
+            yield pending.pop(next_index)
+            next_index += 1

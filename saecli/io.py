@@ -1,0 +1,91 @@
+"""Run folders: ``metrics.parquet`` and ``manifest.json``, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from saecli.engine import metric_columns
+from saecli.errors import SaecliError
+
+METRICS_FILE = "metrics.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+def default_run_dir(preset_name: str, root: Path = Path("runs")) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return root / f"{stamp}-{preset_name}"
+
+
+def prepare_run_dir(path: Path, *, force: bool = False) -> Path:
+    """Check that a run can be written to ``path`` before any work is done."""
+    if path.exists() and not path.is_dir():
+        raise SaecliError(f"output path {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise SaecliError(f"output folder {path} already exists and is not empty", hint="choose another --out, or pass --force")
+    probe_parent = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(probe_parent, os.W_OK):
+        raise SaecliError(f"output folder {path} cannot be written (no write permission on {probe_parent})")
+    return path
+
+
+def schema(layers: Sequence[int]) -> dict[str, pl.DataType]:
+    """Column types of ``metrics.parquet``: ids, then the metric columns in spec order."""
+    types: dict[str, pl.DataType] = {
+        "sample_id": pl.String(),
+        "domain": pl.String(),
+        "topic": pl.String(),
+        "complexity": pl.Int64(),
+    }
+    for column in metric_columns(layers):
+        if column.endswith("_l0_norm"):
+            types[column] = pl.Int64()
+        elif column.endswith("_shape_class"):
+            types[column] = pl.String()
+        else:
+            types[column] = pl.Float64()
+    return types
+
+
+def rows_to_frame(rows: Sequence[dict[str, Any]], layers: Sequence[int]) -> pl.DataFrame:
+    return pl.DataFrame(list(rows), schema=schema(layers), orient="row")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_metrics(frame: pl.DataFrame, run_dir: Path) -> Path:
+    path = run_dir / METRICS_FILE
+    _atomic_write(path, lambda tmp: frame.write_parquet(tmp))
+    return path
+
+
+def write_manifest(manifest: dict[str, Any], run_dir: Path) -> Path:
+    path = run_dir / MANIFEST_FILE
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n"))
+    return path
+
+
+def read_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """A finished run's table and manifest."""
+    metrics, manifest = run_dir / METRICS_FILE, run_dir / MANIFEST_FILE
+    if not metrics.is_file() or not manifest.is_file():
+        raise SaecliError(f"{run_dir} is not a saecli run folder (no {METRICS_FILE} and {MANIFEST_FILE})")
+    return pl.read_parquet(metrics), json.loads(manifest.read_text())
+
