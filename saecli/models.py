@@ -8,11 +8,13 @@ Hugging Face cache, with a one-line error naming what is missing when it is not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,7 +192,7 @@ def _load_local_model(folder: Path, dtype: str, device: str) -> HookedTransforme
     model.load_state_dict({k: v.to(torch_dtype(dtype)) for k, v in state.items()}, strict=True)
     model.eval()
     with torch.no_grad():
-        return model.to(device)
+        return model.to(device, print_details=False)
 
 
 def _load_hub_model(preset: Preset, dtype: str, device: str, extra: dict[str, Any]) -> HookedTransformer:
@@ -198,9 +200,11 @@ def _load_hub_model(preset: Preset, dtype: str, device: str, extra: dict[str, An
 
     kwargs = {**extra, **preset.model.from_pretrained_kwargs}
     try:
-        model = HookedTransformer.from_pretrained_no_processing(
-            preset.model.name, dtype=torch_dtype(dtype), device=device, default_padding_side="right", **kwargs
-        )
+        # TransformerLens prints progress to stdout, where saecli writes results (--json).
+        with contextlib.redirect_stdout(sys.stderr):
+            model = HookedTransformer.from_pretrained_no_processing(
+                preset.model.name, dtype=torch_dtype(dtype), device=device, default_padding_side="right", **kwargs
+            )
     except OSError as exc:
         raise SaecliError(f"could not load model {preset.model.name}: {exc}".splitlines()[0]) from None
     model.eval()

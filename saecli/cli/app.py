@@ -125,6 +125,17 @@ def preset_arg(preset: str | None, config: Path | None) -> str | None:
     return str(config) if config is not None else preset
 
 
+def parse_sizes(text: str) -> list[int]:
+    """``1,8,32`` → [1, 8, 32]; anything else is a one-line error."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size < 1 for size in sizes):
+        raise SaecliError(f"--sizes must be positive whole numbers separated by commas, e.g. 1,8,32 (got {text!r})")
+    return sizes
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -54,10 +54,12 @@ def _render(result: RunResult, as_json: bool) -> None:
         stderr.print("[yellow]note:[/] this preset has random weights; its metrics mean nothing.")
     summary = domain_summary(result.frame, m["layers"])
     table = Table(title=f"Mean hall − fact by domain ({m['preset']['name']}, {m['samples']} samples)")
-    for column in summary.columns:
-        table.add_column(column.replace("_", " "), justify="left" if column == "domain" else "right")
-    for row in summary.iter_rows():
-        table.add_row(*[str(v) if not isinstance(v, float) else f"{v:+.4f}" for v in row])
+    table.add_column("metric", no_wrap=True)
+    domains = summary["domain"].to_list()
+    for domain, n in zip(domains, summary["n"].to_list()):
+        table.add_column(f"{domain} (n={n})", justify="right")
+    for metric in summary.columns[2:]:
+        table.add_row(metric, *[f"{v:+.4f}" if v is not None else "–" for v in summary[metric].to_list()])
     stdout.print(table)
     t = m["timings"]
     stdout.print(

@@ -1,0 +1,126 @@
+"""``saecli compare``: batched against sequential, or two run folders against each other."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from saecli.cli.app import (
+    ConfigOpt,
+    DataOpt,
+    DeviceOpt,
+    DomainsOpt,
+    DType,
+    JsonOpt,
+    LimitOpt,
+    NoiseOpt,
+    PresetOpt,
+    SeedOpt,
+    app,
+    parse_sizes,
+    preset_arg,
+    stderr,
+    stdout,
+)
+from saecli.compare import Comparison, check_comparable, compare_frames, compare_live
+from saecli.config import DEFAULT_PRESET, find_preset, resolve_run_config
+from saecli.errors import SaecliError
+from saecli.io import read_run
+
+MAX_LINES = 40
+
+
+def _fmt(value: float) -> str:
+    return "inf" if value == float("inf") else f"{value:.3g}"
+
+
+def _render(result: Comparison) -> None:
+    title = f"{result.label_b} vs {result.label_a}: {result.samples} samples, atol {result.atol:g}, rtol {result.rtol:g}"
+    table = Table(title=title)
+    for name, justify in (("column", "left"), ("max |Δ|", "right"), ("max rel Δ", "right"), ("at sample", "left"), ("", "left")):
+        table.add_column(name, justify=justify)
+    for c in result.columns:
+        verdict = "[green]pass[/]" if c.passed else f"[red]FAIL ({c.mismatches})[/]"
+        if c.kind == "discrete":
+            table.add_row(c.column, "equal" if c.passed else "differs", "", c.worst_sample or "", verdict)
+        else:
+            table.add_row(c.column, _fmt(c.max_abs), _fmt(c.max_rel), c.worst_sample or "", verdict)
+    stdout.print(table)
+    for sid in result.missing_in_b:
+        stdout.print(f"[red]missing[/] sample {sid} is in {result.label_a} but not in {result.label_b}")
+    for sid in result.missing_in_a:
+        stdout.print(f"[red]extra[/] sample {sid} is in {result.label_b} but not in {result.label_a}")
+    for m in result.mismatches[:MAX_LINES]:
+        near = result.near_threshold.get(m.sample_id)
+        note = f" ({near} near-threshold SAE features)" if near is not None else ""
+        stdout.print(f"[red]mismatch[/] sample {m.sample_id} column {m.column}: {m.a!r} vs {m.b!r}{note}")
+    if len(result.mismatches) > MAX_LINES:
+        stdout.print(f"... and {len(result.mismatches) - MAX_LINES} more mismatches (see --json)")
+    verdict = "[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
+    stdout.print(f"{verdict} {result.label_b} vs {result.label_a}: max |Δ| {_fmt(result.max_abs)} over {len(result.columns)} columns")
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="Two run folders to compare. Without them: run sequential and batched now.", show_default=False)
+    ] = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    data: DataOpt = None,
+    limit: LimitOpt = None,
+    domains: DomainsOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size to check.")] = 16,
+    sizes: Annotated[
+        str | None, typer.Option("--sizes", help="Several batch sizes to check, e.g. 1,8,32 (overrides --batch-size).", show_default=False)
+    ] = None,
+    seed: SeedOpt = None,
+    noise_std: NoiseOpt = None,
+    device: DeviceOpt = None,
+    dtype: Annotated[DType, typer.Option("--dtype", help="float64 checks the algorithm; float32 shows the rounding drift.")] = DType.float64,
+    atol: Annotated[float, typer.Option("--atol", min=0.0, help="Absolute tolerance for numeric columns.")] = 1e-6,
+    rtol: Annotated[float, typer.Option("--rtol", min=0.0, help="Relative tolerance for numeric columns.")] = 0.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Check that batched and sequential results agree (exit 0) or show where they do not (exit 1).
+
+    Numeric columns pass when |a − b| ≤ atol + rtol·|a|; integer and categorical columns must be equal.
+    Example: `saecli compare --sizes 1,8,32`, `saecli compare runs/A runs/B`.
+    """
+    if runs:
+        if len(runs) != 2:
+            raise SaecliError("compare takes exactly two run folders (or none to run both modes now)")
+        frame_a, manifest_a = read_run(runs[0])
+        frame_b, manifest_b = read_run(runs[1])
+        check_comparable(manifest_a, manifest_b, str(runs[0]), str(runs[1]))
+        results = {"runs": compare_frames(frame_a, frame_b, atol=atol, rtol=rtol, label_a=str(runs[0]), label_b=str(runs[1]))}
+        document = {"passed": results["runs"].passed, **results["runs"].to_dict()}
+    else:
+        name = preset_arg(preset, config) or DEFAULT_PRESET
+        run_config = resolve_run_config(
+            find_preset(name), preset=name, data=str(data) if data else None, limit=limit, domains=domains,
+            seed=seed, noise_std=noise_std, device=device.value if device else None, dtype=dtype.value,
+        )
+        size_list = parse_sizes(sizes) if sizes else [batch_size]
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(label: str, done: int, total: int) -> None:
+                if label not in tasks:
+                    tasks[label] = bar.add_task(label, total=total)
+                bar.update(tasks[label], completed=done)
+
+            live = compare_live(run_config, size_list, atol=atol, rtol=rtol, progress=progress)
+        results = live.results
+        document = live.to_dict()
+    if json_:
+        stdout.print_json(json.dumps(document, default=str))
+    else:
+        for result in results.values():
+            _render(result)
+    raise typer.Exit(0 if all(r.passed for r in results.values()) else 1)

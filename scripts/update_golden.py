@@ -1,0 +1,30 @@
+"""Regenerate tests/golden/tiny.json: metrics of a few built-in samples on the embedded preset.
+
+Run after rebuilding the embedded preset (scripts/build_tiny.py) or after an intended change to a
+metric's definition; the golden test then guards against unintended changes.
+
+    .venv/bin/python scripts/update_golden.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import saecli
+
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "tiny.json"
+SAMPLE_IDS = ["entity-001", "temporal-010", "logical-020", "adversarial-030", "adversarial-050"]
+
+
+def main() -> None:
+    preset = saecli.load_preset("tiny", device="cpu", dtype="float64")
+    samples = [s for s in saecli.load_samples() if s.id in SAMPLE_IDS]
+    rows = list(saecli.analyze(samples, preset, sequential=True))
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    GOLDEN.write_text(json.dumps({"preset": "tiny", "dtype": "float64", "rows": rows}, indent=1) + "\n")
+    print(f"wrote {len(rows)} rows to {GOLDEN}")
+
+
+if __name__ == "__main__":
+    main()
