@@ -124,7 +124,7 @@ def compare_frames(
         va, vb = joined[column].to_list(), joined[f"{column}__b"].to_list()
         if _is_numeric(a.schema[column]):
             worst_abs, worst_rel, worst_id, bad = 0.0, 0.0, None, 0
-            for sid, x, y in zip(ids, va, vb):
+            for sid, x, y in zip(ids, va, vb, strict=False):
                 diff, rel = _delta(x, y)
                 if worst_id is None or diff > worst_abs:
                     worst_abs, worst_id = diff, sid
@@ -134,7 +134,7 @@ def compare_frames(
                     mismatches.append(Mismatch(sid, column, x, y))
             reports.append(ColumnReport(column, "numeric", worst_abs, worst_rel, worst_id, bad, bad == 0))
         else:
-            bad_rows = [(sid, x, y) for sid, x, y in zip(ids, va, vb) if x != y]
+            bad_rows = [(sid, x, y) for sid, x, y in zip(ids, va, vb, strict=False) if x != y]
             mismatches += [Mismatch(sid, column, x, y) for sid, x, y in bad_rows]
             reports.append(
                 ColumnReport(column, "discrete", 0.0, 0.0, bad_rows[0][0] if bad_rows else None, len(bad_rows), not bad_rows)
@@ -162,10 +162,10 @@ def count_near_threshold(loaded: Any, samples: list[Any], margin: float) -> dict
     engine = Engine(loaded)
     counts: dict[str, int] = {}
     with torch.inference_mode():
-        for sample, toks in zip(samples, engine.tokenize(samples)):
+        for sample, toks in zip(samples, engine.tokenize(samples), strict=False):
             acts = engine._residuals_sequential(toks)
             total = 0
-            for layer, hook in zip(engine.layers, engine.hooks):
+            for layer, hook in zip(engine.layers, engine.hooks, strict=False):
                 sae = loaded.saes[layer]
                 _, cache = sae.run_with_cache(acts[hook].to(engine.sae_dtype), names_filter="hook_sae_acts_pre")
                 pre = cache["hook_sae_acts_pre"]
