@@ -127,3 +127,12 @@ def test_compare_needs_two_runs_and_valid_sizes(tmp_path):
     assert result.exit_code == 2 and "exactly two run folders" in result.output
     result = runner.invoke(app, ["compare", "--sizes", "1,x"])
     assert result.exit_code == 2 and "--sizes" in result.output
+
+
+def test_near_threshold_counts(loaded64, samples):
+    from saecli.compare import count_near_threshold
+
+    everything = count_near_threshold(loaded64, samples[:2], margin=1e9)
+    d_sae = loaded64.saes[loaded64.layers[0]].cfg.d_sae
+    assert everything == {s.id: 3 * len(loaded64.layers) * d_sae for s in samples[:2]}
+    assert set(count_near_threshold(loaded64, samples[:2], margin=0.0).values()) == {0}

@@ -64,7 +64,7 @@ def _render(result: RunResult, as_json: bool) -> None:
     t = m["timings"]
     stdout.print(
         f"{m['samples']} samples in {t['analysis_seconds']:.1f}s ({t['samples_per_second']:.1f} samples/s, "
-        f"load {t['load_seconds']:.1f}s) on {m['device']} ({m['dtype']}), batch size {m['batch_size']}"
+        f"load {t['load_seconds']:.1f}s) on {m['device']} ({m['device_reason']}), {m['dtype']}, batch size {m['batch_size']}"
     )
     stdout.print(f"results: {result.run_dir / 'metrics.parquet'}")
 
