@@ -233,7 +233,9 @@ def compare_live(
     for size in sizes:
         batched = frame(f"batch {size}", batch_size=size)
         result = compare_frames(reference, batched, atol=atol, rtol=rtol, label_a="sequential", label_b=f"batch {size}")
-        flagged = [s for s in samples if s.id in {m.sample_id for m in result.mismatches}]
+        discrete = {c.column for c in result.columns if c.kind == "discrete"}
+        flagged_ids = {m.sample_id for m in result.mismatches if m.column in discrete}
+        flagged = [s for s in samples if s.id in flagged_ids]
         if flagged:
             result.near_threshold = count_near_threshold(loaded, flagged, margin)
         results[size] = result

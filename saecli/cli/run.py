@@ -57,7 +57,7 @@ def _render(result: RunResult, as_json: bool) -> None:
     table.add_column("metric", no_wrap=True)
     domains = summary["domain"].to_list()
     for domain, n in zip(domains, summary["n"].to_list(), strict=False):
-        table.add_column(f"{domain} (n={n})", justify="right")
+        table.add_column(f"{domain}\nn={n}", justify="right")
     for metric in summary.columns[2:]:
         table.add_row(metric, *[f"{v:+.4f}" if v is not None else "–" for v in summary[metric].to_list()])
     stdout.print(table)
