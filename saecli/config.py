@@ -81,11 +81,19 @@ class ModelSpec:
     from_pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for ``HookedTransformer.from_pretrained_no_processing``."""
     random_init: bool = False
-    """Build the architecture of ``name`` with seeded random weights (benchmark-only presets)."""
+    """Build the architecture in ``config`` with seeded random weights (benchmark-only presets)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """``HookedTransformerConfig`` keyword arguments of a ``random_init`` model."""
+    tokenizer: str | None = None
+    """``tokenizer.json`` of a ``random_init`` model (``builtin:`` paths allowed)."""
+    seed: int = 0
+    """Seed of a ``random_init`` model's weights."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise SaecliError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.random_init and (not self.config or self.tokenizer is None):
+            raise SaecliError("a random_init model needs 'config' and 'tokenizer'")
 
 
 @dataclass(frozen=True)
@@ -100,18 +108,28 @@ class SAESpec:
     """SAE id within the release, e.g. ``layer_5/width_16k/canonical``."""
     path: str | None = None
     """Local folder as written by SAELens (``cfg.json`` + ``sae_weights.safetensors``)."""
+    random: dict[str, Any] | None = None
+    """A seeded random JumpReLU SAE: ``{hook, d_sae, target_l0, seed}`` (benchmark-only presets)."""
 
     def __post_init__(self) -> None:
         if self.layer < 0:
             raise SaecliError(f"sae.layer must be >= 0, got {self.layer}")
         hub = self.release is not None or self.id is not None
-        if (self.path is not None) == hub or (hub and (self.release is None or self.id is None)):
+        sources = (self.path is not None) + hub + (self.random is not None)
+        if sources != 1 or (hub and (self.release is None or self.id is None)):
             raise SaecliError(
-                f"the SAE for layer {self.layer} needs either 'path' or both 'release' and 'id'"
+                f"the SAE for layer {self.layer} needs exactly one of 'path', 'release' and 'id', or 'random'"
             )
+        if self.random is not None:
+            _check_keys(self.random, {"hook", "d_sae", "target_l0", "seed"}, f"sae.random (layer {self.layer})", Path("preset"))
+            for key in ("hook", "d_sae"):
+                if key not in self.random:
+                    raise SaecliError(f"sae.random for layer {self.layer} needs '{key}'")
 
     @property
     def identity(self) -> str:
+        if self.random is not None:
+            return f"random:{self.random['hook']}:{self.random['d_sae']}"
         return self.path if self.path is not None else f"{self.release}/{self.id}"
 
 
@@ -172,6 +190,8 @@ def load_preset_file(path: Path) -> Preset:
         _expect(table, dict, f"sae[{i}]", path)
         _check_keys(table, _SAE_KEYS, f"[[sae]] #{i + 1}", path)
         _expect(table.get("layer"), int, f"sae[{i}].layer", path)
+        if "random" in table:
+            _expect(table["random"], dict, f"sae[{i}].random", path)
         for key in ("release", "id", "path"):
             if key in table:
                 _expect(table[key], str, f"sae[{i}].{key}", path)
@@ -232,8 +252,8 @@ class RunConfig:
     """Analyse only the first N samples (after the domain filter)."""
     domains: tuple[str, ...] | None = None
     """Keep only these domains."""
-    batch_size: int = 16
-    """Samples per batch (``batched`` mode)."""
+    batch_size: int | str = 16
+    """Samples per batch (``batched`` mode), or ``"auto"``: the largest that fits (probed)."""
     seed: int = 0
     """Seed of the stability noise."""
     noise_std: float = 0.1
@@ -246,8 +266,10 @@ class RunConfig:
     """batched (``run``) or sequential (the one-text-at-a-time reference)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise SaecliError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.batch_size != "auto" and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise SaecliError(f"batch_size must be a whole number >= 1 or 'auto', got {self.batch_size!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise SaecliError(f"limit must be a whole number >= 1, got {self.limit!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

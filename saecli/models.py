@@ -132,7 +132,7 @@ def missing_from_cache(preset: Preset) -> list[tuple[str, str]]:
         if _cached_snapshot(repo_id) is None:
             missing.append((f"model {preset.model.name}", f"hf download {repo_id}"))
     for spec in preset.saes:
-        if spec.path is not None:
+        if spec.path is not None or spec.random is not None:
             continue
         repo_id, folder = _sae_location(spec)
         if _cached_snapshot(repo_id, folder) is None:
@@ -164,11 +164,27 @@ def _sae_location(spec: SAESpec) -> tuple[str, str]:
     return release.repo_id, release.saes_map[spec.id]
 
 
+def _tokenizer(path: Path, special: str = "<|endoftext|>") -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    if not path.is_file():
+        raise SaecliError(f"tokenizer file not found: {path}")
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(path),
+        bos_token=special,
+        eos_token=special,
+        pad_token=special,
+        # The tokenizer prepends BOS itself; TransformerLens then uses it as it is instead of
+        # re-loading it by name from the hub.
+        add_bos_token=True,
+        name_or_path=str(path.parent),
+    )
+
+
 def _load_local_model(folder: Path, dtype: str, device: str) -> HookedTransformer:
     import torch
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import PreTrainedTokenizerFast
 
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (folder / name).is_file():
@@ -176,23 +192,52 @@ def _load_local_model(folder: Path, dtype: str, device: str) -> HookedTransforme
     cfg_dict = json.loads((folder / "config.json").read_text())
     cfg_dict.update(dtype=torch_dtype(dtype), device="cpu")
     cfg = HookedTransformerConfig(**cfg_dict)
-    special = cfg_dict.get("special_token", "<|endoftext|>")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(folder / "tokenizer.json"),
-        bos_token=special,
-        eos_token=special,
-        pad_token=special,
-        # The tokenizer prepends BOS itself; TransformerLens then uses it as it is instead of
-        # re-loading it by name from the hub.
-        add_bos_token=True,
-        name_or_path=str(folder),
-    )
+    tokenizer = _tokenizer(folder / "tokenizer.json", cfg_dict.get("special_token", "<|endoftext|>"))
     model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
     state = load_file(str(folder / "model.safetensors"))
     model.load_state_dict({k: v.to(torch_dtype(dtype)) for k, v in state.items()}, strict=True)
     model.eval()
     with torch.no_grad():
         return model.to(device, print_details=False)
+
+
+def _random_model(preset: Preset, dtype: str, device: str) -> HookedTransformer:
+    """The architecture in ``model.config`` with seeded random weights, built on the device."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    spec = preset.model
+    tokenizer = _tokenizer(resolve_location(spec.tokenizer, preset.base_dir))
+    cfg = HookedTransformerConfig(**{**spec.config, "seed": spec.seed, "dtype": torch_dtype(dtype), "device": device})
+    with torch.device(device):
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
+    model.eval()
+    return model
+
+
+def _random_saes(preset: Preset, model: HookedTransformer, dtype: str, device: str) -> dict[int, SAE]:
+    """Seeded random JumpReLU SAEs, thresholds calibrated on the model's own activations for the
+    requested mean L0 (``target_l0``, default 100: what trained SAEs of this width show)."""
+    import torch
+
+    from saecli.data import load_samples
+    from saecli.synthetic import calibrate_thresholds, random_sae
+
+    probe = [s.fact_text for s in load_samples(limit=32)]
+    tokens = model.to_tokens(probe, padding_side="right")
+    lengths = torch.tensor([len(model.to_tokens(t)[0]) for t in probe], device=tokens.device)
+    real = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) < lengths.unsqueeze(1)
+    real[:, 0] = False  # not the BOS position
+    hooks = [spec.random["hook"] for spec in preset.saes]
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+    saes = {}
+    for spec in preset.saes:
+        cfg = spec.random
+        sae = random_sae(model.cfg.d_model, int(cfg["d_sae"]), cfg["hook"], seed=int(cfg.get("seed", spec.layer)), dtype="float64")
+        calibrate_thresholds(sae, cache[cfg["hook"]][real].to(torch.float64).cpu(), float(cfg.get("target_l0", 100)))
+        saes[spec.layer] = sae.to(device=device, dtype=torch_dtype(dtype))
+    return saes
 
 
 def _load_hub_model(preset: Preset, dtype: str, device: str, extra: dict[str, Any]) -> HookedTransformer:
@@ -237,10 +282,14 @@ def load_preset(
     sae_dtype = sae_dtype_for(dtype)
     started = time.perf_counter()
     _require_cached(preset)
-    saes = {spec.layer: _load_sae(spec, preset, sae_dtype, device) for spec in preset.saes}
-    if preset.model.path is not None:
+    if preset.model.random_init:
+        model = _random_model(preset, dtype, device)
+        saes = _random_saes(preset, model, sae_dtype, device)
+    elif preset.model.path is not None:
+        saes = {spec.layer: _load_sae(spec, preset, sae_dtype, device) for spec in preset.saes}
         model = _load_local_model(resolve_location(preset.model.path, preset.base_dir), dtype, device)
     else:
+        saes = {spec.layer: _load_sae(spec, preset, sae_dtype, device) for spec in preset.saes}
         first = next(iter(saes.values()))
         extra = dict(getattr(first.cfg.metadata, "model_from_pretrained_kwargs", None) or {})
         model = _load_hub_model(preset, dtype, device, extra)

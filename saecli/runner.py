@@ -66,7 +66,7 @@ def peak_memory(device: str) -> dict[str, int | None]:
 
 def build_manifest(
     config: RunConfig, loaded: LoadedPreset, engine: Engine, *, n_samples: int, n_tokens: int, data_source: str,
-    analysis_seconds: float,
+    analysis_seconds: float, batch_size: int,
 ) -> dict[str, Any]:
     preset = loaded.preset
     return {
@@ -92,7 +92,7 @@ def build_manifest(
         "geometry_dtype": "float64",
         "device": loaded.device,
         "device_reason": loaded.device_reason,
-        "batch_size": config.batch_size if config.mode == "batched" else 1,
+        "batch_size": batch_size,
         "seed": config.seed,
         "noise_std": config.noise_std,
         "samples": n_samples,
@@ -126,13 +126,19 @@ def execute(
         loaded = load_preset(preset, device=config.device, dtype=config.dtype)
     if preset.synthetic:
         log.warning("preset %s has random weights: its metrics mean nothing (benchmarking only)", preset.name)
+    batch_size, auto = config.batch_size, None
+    if config.mode == "batched" and batch_size == "auto":
+        from saecli.autobatch import find_batch_size
+
+        auto = find_batch_size(loaded, samples, seed=config.seed, noise_std=config.noise_std)
+        batch_size = auto.size
     engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std)
     rows: list[dict[str, Any] | None] = [None] * len(samples)
     done = n_tokens = 0
     if progress is not None:
         progress(0, len(samples))
     started = time.perf_counter()
-    for batch in engine.run(samples, batch_size=config.batch_size, sequential=config.mode == "sequential"):
+    for batch in engine.run(samples, batch_size=batch_size, sequential=config.mode == "sequential"):
         for index, row in zip(batch.indices, batch.rows, strict=False):
             rows[index] = row
         done += len(batch.indices)
@@ -151,7 +157,10 @@ def execute(
         n_tokens=n_tokens,
         data_source=str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})",
         analysis_seconds=analysis_seconds,
+        batch_size=batch_size if config.mode == "batched" else 1,
     )
+    if auto is not None:
+        manifest["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
     io.write_manifest(manifest, run_dir)
     return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
 

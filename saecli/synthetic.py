@@ -78,6 +78,17 @@ def random_sae(
     return sae
 
 
+def calibrate_thresholds(sae: SAE, acts: torch.Tensor, target_l0: float) -> None:
+    """Set one JumpReLU threshold for all features so that, on these activations [n, d_in], the
+    mean number of active features is ``target_l0``."""
+    w_enc = sae.W_enc.detach().to(torch.float64).cpu()
+    b_dec = sae.b_dec.detach().to(torch.float64).cpu()
+    pre = ((acts - b_dec) @ w_enc).flatten()
+    keep = max(1, min(pre.numel() - 1, round(target_l0 * acts.shape[0])))
+    threshold = torch.kthvalue(pre, pre.numel() - keep).values
+    sae.threshold.data.fill_(float(threshold))
+
+
 def random_loaded(
     *,
     n_layers: int = 3,
@@ -110,7 +121,7 @@ def random_loaded(
     preset = Preset(
         name="random",
         description="seeded random weights (tests only)",
-        model=ModelSpec(name="random", dtype=dtype, random_init=True),
+        model=ModelSpec(name="random", dtype=dtype),
         saes=tuple(SAESpec(layer=layer, path=f"memory:{layer}") for layer in layers),
         synthetic=True,
     )

@@ -52,7 +52,7 @@ def test_precedence(tmp_path):
         (lambda s: s.replace("[defaults]", "[defaults]\nbatchsize = 3"), "unknown key 'batchsize' in \\[defaults\\]"),
         (lambda s: s.replace('name = "mine"', 'name = "mine"\ncolour = 1'), "unknown key 'colour'"),
         (lambda s: s.replace("layer = 2", 'layer = "two"'), "must be int"),
-        (lambda s: s.replace('path = "c"', 'path = "c"\nrelease = "r"'), "either 'path' or both"),
+        (lambda s: s.replace('path = "c"', 'path = "c"\nrelease = "r"'), "exactly one of"),
         (lambda s: s.replace("batch_size = 4", "batch_size = 0"), "batch_size must be a whole number"),
         (lambda s: s.replace("[model]", '[model]\ndtype = "float8"'), "model.dtype must be one of"),
         (lambda s: s + "[[sae]]\nlayer = 3\npath = 'd'\n", "exactly 3 SAEs"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from saecli.cli import bench as _bench  # noqa: F401  (registers bench)
 from saecli.cli import compare as _compare  # noqa: F401  (registers compare)
 from saecli.cli import run as _run  # noqa: F401  (registers run and sequential)
 from saecli.cli.app import app, main

@@ -136,6 +136,19 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def parse_batch_size(text: str | None) -> int | str | None:
+    """``16`` → 16, ``auto`` → "auto"; anything else is a one-line error."""
+    if text is None or text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SaecliError(f"--batch-size must be a whole number >= 1 or 'auto' (got {text!r})")
+    return value
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

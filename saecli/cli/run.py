@@ -23,6 +23,7 @@ from saecli.cli.app import (
     PresetOpt,
     SeedOpt,
     app,
+    parse_batch_size,
     preset_arg,
     stderr,
     stdout,
@@ -77,7 +78,7 @@ def _run(mode: str, *, preset, config, data, limit, domains, batch_size, seed, n
         data=str(data) if data is not None else None,
         limit=limit,
         domains=domains,
-        batch_size=batch_size,
+        batch_size=parse_batch_size(batch_size),
         seed=seed,
         noise_std=noise_std,
         device=device.value if device is not None else None,
@@ -107,7 +108,8 @@ def run(
     limit: LimitOpt = None,
     domains: DomainsOpt = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", "-b", min=1, help="Samples per batch [default: 16].", show_default=False)
+        str | None,
+        typer.Option("--batch-size", "-b", help="Samples per batch, or 'auto' for the largest that fits (probed) [default: 16].", show_default=False),
     ] = None,
     seed: SeedOpt = None,
     noise_std: NoiseOpt = None,

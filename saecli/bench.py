@@ -1,0 +1,294 @@
+"""Batch-size sweeps: each size measured in a fresh process, so its peak memory is its own.
+
+``sweep`` (the parent) starts one worker per size (and one for the sequential reference) as
+``python -m saecli.bench``; the worker loads the preset, runs an uncounted warm-up, then ``repeats``
+timed passes over the same samples, and prints one JSON document on its last stdout line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saecli.errors import SaecliError
+
+log = logging.getLogger(__name__)
+
+SEQUENTIAL = "sequential"
+MEMORY_MARGIN = 0.8
+"""A size is recommended only if its peak memory stays under this fraction of what is available."""
+
+
+@dataclass
+class SizeResult:
+    """One point of the sweep (all times in seconds, memory in bytes)."""
+
+    size: int | str
+    ok: bool
+    oom: bool = False
+    error: str | None = None
+    samples: int = 0
+    tokens: int = 0
+    seconds_median: float | None = None
+    seconds_min: float | None = None
+    seconds_max: float | None = None
+    samples_per_second: float | None = None
+    tokens_per_second: float | None = None
+    speedup_vs_batch1: float | None = None
+    speedup_vs_sequential: float | None = None
+    load_seconds: float | None = None
+    model_memory: int | None = None
+    """Resident (CPU) or allocated (GPU) memory after loading, before any analysis."""
+    peak_memory: int | None = None
+    peak_increase: float | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage, per pass (median over repeats)."""
+    memory_detail: dict[str, Any] = field(default_factory=dict)
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes available to a run on this device (CUDA: free on the card; CPU/MPS: MemAvailable)."""
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True, check=True)
+            return int(out.stdout.strip())
+        except (OSError, ValueError, subprocess.CalledProcessError):
+            return None
+    return None
+
+
+def _current_rss() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def is_oom(exc: BaseException) -> bool:
+    """An out-of-memory error of CUDA, MPS or a CPU allocation."""
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text)
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any]:
+    """The worker: load, warm up, time ``repeats`` passes at one size. Runs in a fresh process."""
+    import torch
+
+    from saecli.data import load_samples
+    from saecli.engine import Engine, StageTimer
+    from saecli.models import load_preset
+    from saecli.runner import peak_memory
+
+    size = job["size"]
+    sequential = size == SEQUENTIAL
+    loaded = load_preset(job["preset"], device=job["device"], dtype=job["dtype"])
+    samples = load_samples(job["data"], domains=job.get("domains"), limit=job["limit"])
+    if loaded.device == "cuda":
+        torch.cuda.synchronize()
+        model_memory = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        model_memory = _current_rss()
+    result = SizeResult(size=size, ok=False, samples=len(samples), load_seconds=round(loaded.load_seconds, 3), model_memory=model_memory)
+    batch_size = 1 if sequential else int(size)
+    try:
+        warm = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"])
+        for _ in warm.run(samples[: min(len(samples), max(batch_size, 2))], batch_size=batch_size, sequential=sequential):
+            pass
+        times, stage_runs = [], []
+        for _ in range(job["repeats"]):
+            engine = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], timer=StageTimer(sync=True))
+            started = time.perf_counter()
+            tokens = sum(batch.tokens for batch in engine.run(samples, batch_size=batch_size, sequential=sequential))
+            if loaded.device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+            stage_runs.append(dict(engine.timer.seconds))
+    except Exception as exc:  # noqa: BLE001 - an OOM is a result of the sweep, not a crash
+        if not is_oom(exc):
+            raise
+        result.oom, result.error = True, str(exc).splitlines()[0][:200]
+        result.memory_detail = peak_memory(loaded.device)
+        return asdict(result)
+    median = statistics.median(times)
+    memory = peak_memory(loaded.device)
+    peak = memory.get("cuda_allocated_bytes") if loaded.device == "cuda" else memory.get("rss_bytes")
+    result.ok = True
+    result.tokens = tokens
+    result.seconds_median, result.seconds_min, result.seconds_max = round(median, 4), round(min(times), 4), round(max(times), 4)
+    result.samples_per_second = round(len(samples) / median, 3)
+    result.tokens_per_second = round(tokens / median, 1)
+    result.peak_memory = peak
+    result.peak_increase = (peak - model_memory) if peak is not None else None
+    result.stages = {k: round(statistics.median(run.get(k, 0.0) for run in stage_runs), 4) for k in stage_runs[0]}
+    result.memory_detail = memory
+    return asdict(result)
+
+
+@dataclass
+class Sweep:
+    """A finished sweep: every size, the recommendation and where it was saved."""
+
+    preset: str
+    device: str
+    dtype: str
+    samples: int
+    repeats: int
+    available_memory: int | None
+    results: list[SizeResult]
+    recommended: int | None
+    reason: str
+    synthetic: bool = False
+    out_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _run_worker(job: dict[str, Any]) -> SizeResult:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "saecli.bench"], input=json.dumps(job), capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        killed = proc.returncode in (-9, 137)  # the kernel's OOM killer sends SIGKILL
+        message = "killed (out of memory?)" if killed else (lines[-1] if lines else f"exit code {proc.returncode}")
+        return SizeResult(size=job["size"], ok=False, oom=killed, error=message[:300])
+    last = proc.stdout.strip().splitlines()[-1]
+    data = json.loads(last)
+    return SizeResult(**data)
+
+
+def recommend(results: list[SizeResult], available: int | None) -> tuple[int | None, str]:
+    """The fastest size whose peak memory stays under the margin of available memory."""
+    batched = [r for r in results if r.ok and r.size != SEQUENTIAL]
+    if not batched:
+        return None, "no batch size completed"
+    limit = available * MEMORY_MARGIN if available else None
+    fitting = [r for r in batched if limit is None or r.peak_memory is None or r.peak_memory <= limit]
+    if not fitting:
+        return None, f"every size's peak memory exceeds {MEMORY_MARGIN:.0%} of the available memory"
+    best = max(fitting, key=lambda r: r.samples_per_second or 0.0)
+    why = f"fastest measured ({best.samples_per_second:.1f} samples/s)"
+    if limit is not None and best.peak_memory is not None:
+        why += f", peak memory {best.peak_memory / 2**30:.2f} GiB under {MEMORY_MARGIN:.0%} of the {available / 2**30:.1f} GiB available"
+    skipped = [str(r.size) for r in batched if r not in fitting]
+    if skipped:
+        why += f"; not considered (over the memory margin): {', '.join(skipped)}"
+    return int(best.size), why
+
+
+def sweep(
+    *,
+    preset: str,
+    sizes: list[int],
+    data: str | None,
+    limit: int,
+    repeats: int,
+    device: str,
+    dtype: str | None,
+    seed: int = 0,
+    noise_std: float = 0.1,
+    domains: list[str] | None = None,
+    include_sequential: bool = True,
+    on_start: Callable[[int | str], None] | None = None,
+    on_done: Callable[[SizeResult], None] | None = None,
+) -> Sweep:
+    """Measure every size (and the sequential reference) in its own process."""
+    from saecli.config import find_preset
+    from saecli.models import resolve_device
+
+    chosen = find_preset(preset)
+    device, _ = resolve_device(device)
+    dtype = dtype or chosen.model.dtype
+    job = {"preset": preset, "data": data, "domains": domains, "limit": limit, "repeats": repeats,
+           "device": device, "dtype": dtype, "seed": seed, "noise_std": noise_std}
+    order: list[int | str] = ([SEQUENTIAL] if include_sequential else []) + list(sizes)
+    results = []
+    for size in order:
+        if on_start:
+            on_start(size)
+        result = _run_worker({**job, "size": size})
+        results.append(result)
+        if on_done:
+            on_done(result)
+    base = next((r for r in results if r.size == 1 and r.ok), None)
+    seq = next((r for r in results if r.size == SEQUENTIAL and r.ok), None)
+    for r in results:
+        if r.ok and r.samples_per_second:
+            if base:
+                r.speedup_vs_batch1 = round(r.samples_per_second / base.samples_per_second, 3)
+            if seq:
+                r.speedup_vs_sequential = round(r.samples_per_second / seq.samples_per_second, 3)
+    available = available_memory(device)
+    best, why = recommend(results, available)
+    n_samples = next((r.samples for r in results if r.samples), limit)
+    return Sweep(preset=chosen.name, device=device, dtype=dtype, samples=n_samples, repeats=repeats,
+                 available_memory=available, results=results, recommended=best, reason=why, synthetic=chosen.synthetic)
+
+
+CSV_FIELDS = ["size", "ok", "oom", "samples", "seconds_median", "seconds_min", "seconds_max", "samples_per_second",
+              "tokens_per_second", "speedup_vs_batch1", "speedup_vs_sequential", "model_memory", "peak_memory",
+              "peak_increase", "error"]
+
+
+def save(result: Sweep, out_dir: Path) -> None:
+    """``bench.json`` (everything) and ``bench.csv`` (one row per size, stages as columns)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.out_dir = str(out_dir)
+    (out_dir / "bench.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    stages = sorted({k for r in result.results for k in r.stages})
+    with (out_dir / "bench.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_FIELDS + [f"stage_{s}_seconds" for s in stages])
+        for r in result.results:
+            row = asdict(r)
+            writer.writerow([row[f] for f in CSV_FIELDS] + [r.stages.get(s) for s in stages])
+
+
+def _worker_main() -> int:
+    job = json.loads(sys.stdin.read())
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        result = measure(job)
+    except SaecliError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())
