@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +56,25 @@ def noise_vector(seed: int, sample_id: str, kind: str, d_model: int) -> torch.Te
     digest = hashlib.sha256(f"{seed}\x1f{sample_id}\x1f{kind}".encode()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return torch.randn(d_model, generator=generator, dtype=torch.float64)
+
+
+_RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _earliest_equivalent(hook: str) -> str:
+    """``blocks.L.hook_resid_pre`` holds exactly ``blocks.{L-1}.hook_resid_post`` (the previous
+    block's output is the next block's input), which lets the pass stop one block earlier."""
+    match = _RESID_PRE.match(hook)
+    if match and int(match.group(1)) > 0:
+        return f"blocks.{int(match.group(1)) - 1}.hook_resid_post"
+    return hook
+
+
+def _block_of(hook: str) -> int:
+    """The block whose forward fires this hook (hooks before the first block count as -1)."""
+    match = _BLOCK.match(hook)
+    return int(match.group(1)) if match else -1
 
 
 @dataclass
@@ -152,7 +172,9 @@ class Engine:
         self.noise_std = float(noise_std)
         self.timer = timer or StageTimer()
         self.hooks = [loaded.hooks[layer] for layer in self.layers]
-        self.stop_at = max(loaded.hook_block(layer) for layer in self.layers) + 1
+        # Where each hook's value is captured, and the first block that need not run at all.
+        self.capture = {hook: _earliest_equivalent(hook) for hook in self.hooks}
+        self.stop_at = max(_block_of(hook) for hook in self.capture.values()) + 1
         self.device = torch.device(loaded.device)
         self.sae_dtype = next(iter(loaded.saes.values())).W_dec.dtype
         tokenizer = self.model.tokenizer
@@ -201,11 +223,11 @@ class Engine:
         with self.timer("forward"):
             self.model.run_with_hooks(
                 tokens,
-                fwd_hooks=[(name, capture) for name in set(self.hooks)],
+                fwd_hooks=[(name, capture) for name in set(self.capture.values())],
                 stop_at_layer=self.stop_at,
                 padding_side="right",
             )
-        return captured
+        return {hook: captured[source] for hook, source in self.capture.items()}
 
     def _residuals_batched(self, toks: list[SampleTokens]) -> dict[str, torch.Tensor]:
         """One pass for a batch; reads ordered [P_0..P_B-1, F_0.., H_0..]."""

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import time
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 log = logging.getLogger(__name__)
-
-_HOOK_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -83,11 +80,6 @@ class LoadedPreset:
     @property
     def layers(self) -> list[int]:
         return self.preset.layers
-
-    def hook_block(self, layer: int) -> int:
-        """Index of the transformer block whose forward produces this layer's hook."""
-        match = _HOOK_BLOCK.match(self.hooks[layer])
-        return int(match.group(1)) if match else 0
 
 
 def _hub_is_offline() -> bool:

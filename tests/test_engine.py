@@ -112,3 +112,16 @@ def test_text_longer_than_context_is_an_error(loaded64):
     long = Sample(id="x", domain="entity", prompt="word " * 200, fact="a", hallucination="b")
     with pytest.raises(SaecliError, match="'x'"):
         list(analyze([long], loaded64))
+
+
+def test_resid_pre_is_read_from_previous_block(loaded64):
+    import dataclasses
+
+    pre = dataclasses.replace(loaded64, hooks={layer: f"blocks.{layer}.hook_resid_pre" for layer in loaded64.layers})
+    engine = Engine(pre)
+    assert engine.stop_at == max(loaded64.layers)  # the deepest block itself need not run
+    tokens = loaded64.model.to_tokens("The capital of France is Paris")[0].tolist()
+    got = engine._forward([tokens], [(0, len(tokens) - 1)])
+    _, cache = loaded64.model.run_with_cache(torch.tensor([tokens]))
+    for hook, value in got.items():
+        assert torch.equal(value[0], cache[hook][0, -1])
