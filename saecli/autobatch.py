@@ -9,13 +9,11 @@ doubling is predicted to pass it. Nothing is cached: every run probes its own pr
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from saecli.bench import MEMORY_MARGIN, available_memory, is_oom
+from saecli.bench import MEMORY_MARGIN, available_memory, is_oom, peak_rss, reset_peak_rss
 from saecli.data import Sample
 from saecli.engine import Engine
 from saecli.errors import SaecliError
@@ -44,9 +42,7 @@ def _peak(device: str) -> int:
         return int(torch.cuda.max_memory_allocated())
     if device == "mps":
         return int(torch.mps.driver_allocated_memory())
-    # ru_maxrss never decreases, which is fine here: probes grow, so the latest is the largest.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
+    return peak_rss()
 
 
 def _reset(device: str) -> None:
@@ -57,6 +53,10 @@ def _reset(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
     elif device == "mps":
         torch.mps.empty_cache()
+    else:
+        # Where the high-water mark cannot be reset it only grows, which still works here:
+        # probes grow, so the latest probe is the largest.
+        reset_peak_rss()
 
 
 def find_batch_size(

@@ -78,13 +78,42 @@ def available_memory(device: str) -> int | None:
     return None
 
 
-def _current_rss() -> int:
+def _proc_status(field_name: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field_name + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def current_rss() -> int:
+    """Resident memory of this process now."""
+    now = _proc_status("VmRSS")
+    if now is not None:
+        return now
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start a new resident-memory high-water mark (Linux), so that the peak of an analysis is not
+    the peak of loading the model. False where the platform cannot do it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    """The resident-memory high-water mark (since :func:`reset_peak_rss` on Linux)."""
+    peak = _proc_status("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -119,7 +148,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         model_memory = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        model_memory = _current_rss()
+        model_memory = current_rss()
+        reset_peak_rss()
     result = SizeResult(size=size, ok=False, samples=len(samples), load_seconds=round(loaded.load_seconds, 3), model_memory=model_memory)
     batch_size = 1 if sequential else int(size)
     try:
@@ -143,7 +173,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         return asdict(result)
     median = statistics.median(times)
     memory = peak_memory(loaded.device)
-    peak = memory.get("cuda_allocated_bytes") if loaded.device == "cuda" else memory.get("rss_bytes")
+    peak = memory.get("cuda_allocated_bytes") if loaded.device == "cuda" else peak_rss()
     result.ok = True
     result.tokens = tokens
     result.seconds_median, result.seconds_min, result.seconds_max = round(median, 4), round(min(times), 4), round(max(times), 4)

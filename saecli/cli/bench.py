@@ -80,16 +80,16 @@ def bench(
         stdout.print(json.dumps(result.to_dict()), soft_wrap=True, highlight=False)
         return
     table = Table(title=f"saecli bench: {result.preset}, {result.samples} samples, {result.device} {result.dtype}, median of {result.repeats}")
-    for column in ("size", "s", "samples/s", "tok/s", "×b1", "×seq", "peak GiB", "+GiB", "top stage"):
-        table.add_column(column, justify="left" if column in ("size", "top stage") else "right", no_wrap=True)
+    for column in ("size", "s", "samples/s", "tok/s", "×b1", "×seq", "peak GiB", "+GiB"):
+        table.add_column(column, justify="left" if column == "size" else "right", no_wrap=True, min_width=len(column))
     for r in result.results:
         label = "seq" if r.size == SEQUENTIAL else str(r.size)
         if not r.ok:
-            table.add_row(label, "[red]OOM[/]" if r.oom else "[red]failed[/]", *[""] * 6, r.error or "")
+            table.add_row(label, "[red]OOM[/]" if r.oom else "[red]failed[/]", *[""] * 6)
             continue
         table.add_row(
             label, f"{r.seconds_median:.3f}", f"{r.samples_per_second:.1f}", f"{r.tokens_per_second:.0f}",
-            _x(r.speedup_vs_batch1), _x(r.speedup_vs_sequential), _gib(r.peak_memory), _gib(r.peak_increase), _stages(r, 1),
+            _x(r.speedup_vs_batch1), _x(r.speedup_vs_sequential), _gib(r.peak_memory), _gib(r.peak_increase),
         )
     stdout.print(table)
     best = next((r for r in result.results if r.size == result.recommended), None)
