@@ -17,6 +17,7 @@ caller can shard samples across processes and merge by sample id.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -89,6 +90,11 @@ class SampleTokens:
     def prompt_in_fact(self) -> bool:
         n = len(self.prompt)
         return len(self.fact) >= n and self.fact[:n] == self.prompt
+
+    @property
+    def prompt_in_hall(self) -> bool:
+        n = len(self.prompt)
+        return len(self.hall) >= n and self.hall[:n] == self.prompt
 
     @property
     def length(self) -> int:
@@ -206,13 +212,22 @@ class Engine:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
     # -- forward ----------------------------------------------------------------------------------
-    def _forward(self, seqs: list[list[int]], reads: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
-        """Residuals at the SAE hooks for (row, position) reads: {hook: [n_reads, d]}."""
+    def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded tokens and their attention mask (1 on real tokens)."""
         width = max(len(s) for s in seqs)
         tokens = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for row, seq in enumerate(seqs):
             tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        tokens = tokens.to(self.device)
+            mask[row, : len(seq)] = 1
+        return tokens.to(self.device), mask.to(self.device)
+
+    def _forward(
+        self, seqs: Sequence[Sequence[int]], reads: list[tuple[int, int]], *, kv_cache: Any = None
+    ) -> dict[str, torch.Tensor]:
+        """Residuals at the SAE hooks for (row, position) reads: {hook: [n_reads, d]}. With
+        ``kv_cache``, ``seqs`` continue the cached sequences and positions count from their start."""
+        tokens, mask = self._pad(seqs)
         rows = torch.tensor([r for r, _ in reads], device=self.device)
         positions = torch.tensor([p for _, p in reads], device=self.device)
         captured: dict[str, torch.Tensor] = {}
@@ -220,30 +235,87 @@ class Engine:
         def capture(act: torch.Tensor, hook: Any) -> None:
             captured[hook.name] = act[rows, positions].reshape(len(reads), -1).clone()
 
+        extra = {} if kv_cache is None else {"past_kv_cache": kv_cache, "attention_mask": mask}
         with self.timer("forward"):
             self.model.run_with_hooks(
                 tokens,
                 fwd_hooks=[(name, capture) for name in set(self.capture.values())],
                 stop_at_layer=self.stop_at,
                 padding_side="right",
+                **extra,
             )
         return {hook: captured[source] for hook, source in self.capture.items()}
 
+    def _shared_prompt(self, toks: list[SampleTokens]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """For samples whose prompt tokens start both F and H: one pass over the prompts that keeps
+        their keys and values, then one pass over the fact and hallucination continuations that
+        attends to them. Returns the reads [P..] and [F.., H..]."""
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        n = len(toks)
+        cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch_size=n)
+        prompts = self._forward([t.prompt for t in toks], [(i, len(t.prompt) - 1) for i, t in enumerate(toks)], kv_cache=cache)
+        # The same prompt cache serves the fact row i and the hallucination row n + i.
+        both = TransformerLensKeyValueCache(
+            entries=[
+                dataclasses.replace(e, past_keys=e.past_keys.repeat(2, 1, 1, 1), past_values=e.past_values.repeat(2, 1, 1, 1))
+                for e in cache.entries
+            ],
+            previous_attention_mask=cache.previous_attention_mask.repeat(2, 1),
+        )
+        tails = [t.fact[len(t.prompt) :] for t in toks] + [t.hall[len(t.prompt) :] for t in toks]
+        texts = self._forward(tails, [(row, len(tail) - 1) for row, tail in enumerate(tails)], kv_cache=both)
+        return prompts, texts
+
+    def _cache_is_exact(self, toks: list[SampleTokens]) -> bool:
+        """Sliding-window attention measures distance in padded positions; with the prompts'
+        padding inside the cache that differs from the unpadded distance once a padded text
+        outgrows the window. Then the shared-prompt path is not used."""
+        cfg = self.model.cfg
+        if not getattr(cfg, "use_local_attn", False) or not cfg.window_size:
+            return True
+        width = max(len(t.prompt) for t in toks) + max(max(len(t.fact), len(t.hall)) - len(t.prompt) for t in toks)
+        return width <= cfg.window_size
+
     def _residuals_batched(self, toks: list[SampleTokens]) -> dict[str, torch.Tensor]:
-        """One pass for a batch; reads ordered [P_0..P_B-1, F_0.., H_0..]."""
-        seqs: list[list[int]] = []
-        p_reads, f_reads, h_reads = [], [], []
-        for t in toks:
-            f_row = len(seqs)
-            seqs += [t.fact, t.hall]
-            f_reads.append((f_row, len(t.fact) - 1))
-            h_reads.append((f_row + 1, len(t.hall) - 1))
-            if t.prompt_in_fact:
-                p_reads.append((f_row, len(t.prompt) - 1))
-            else:
-                seqs.append(t.prompt)
-                p_reads.append((len(seqs) - 1, len(t.prompt) - 1))
-        return self._forward(seqs, p_reads + f_reads + h_reads)
+        """Residuals of a batch, reads ordered [P_0..P_B-1, F_0.., H_0..]."""
+        n = len(toks)
+        shared = [i for i, t in enumerate(toks) if t.prompt_in_fact and t.prompt_in_hall]
+        if shared and not self._cache_is_exact([toks[i] for i in shared]):
+            shared = []
+        others = [i for i in range(n) if i not in set(shared)]
+        out: dict[str, torch.Tensor] = {}
+
+        def place(index: list[int], kind: int, values: dict[str, torch.Tensor]) -> None:
+            for hook, value in values.items():
+                if hook not in out:
+                    out[hook] = torch.empty((3 * n, value.shape[-1]), dtype=value.dtype, device=value.device)
+                out[hook][[kind * n + i for i in index]] = value
+
+        if shared:
+            prompts, texts = self._shared_prompt([toks[i] for i in shared])
+            place(shared, 0, prompts)
+            place(shared, 1, {h: v[: len(shared)] for h, v in texts.items()})
+            place(shared, 2, {h: v[len(shared) :] for h, v in texts.items()})
+        if others:
+            seqs: list[list[int]] = []
+            p_reads, f_reads, h_reads = [], [], []
+            for i in others:
+                t = toks[i]
+                f_row = len(seqs)
+                seqs += [t.fact, t.hall]
+                f_reads.append((f_row, len(t.fact) - 1))
+                h_reads.append((f_row + 1, len(t.hall) - 1))
+                if t.prompt_in_fact:
+                    p_reads.append((f_row, len(t.prompt) - 1))
+                else:
+                    seqs.append(t.prompt)
+                    p_reads.append((len(seqs) - 1, len(t.prompt) - 1))
+            values = self._forward(seqs, p_reads + f_reads + h_reads)
+            m = len(others)
+            for kind in range(3):
+                place(others, kind, {h: v[kind * m : (kind + 1) * m] for h, v in values.items()})
+        return out
 
     def _residuals_sequential(self, t: SampleTokens) -> dict[str, torch.Tensor]:
         parts = [self._forward([seq], [(0, len(seq) - 1)]) for seq in (t.prompt, t.fact, t.hall)]

@@ -125,3 +125,29 @@ def test_resid_pre_is_read_from_previous_block(loaded64):
     _, cache = loaded64.model.run_with_cache(torch.tensor([tokens]))
     for hook, value in got.items():
         assert torch.equal(value[0], cache[hook][0, -1])
+
+
+def test_mixed_shared_and_unshared_prompts(loaded64, samples, monkeypatch):
+    reference = _by_id(analyze(samples[:10], loaded64, sequential=True))
+    # Half the samples take the shared-prompt (KV cache) path, half their own passes.
+    monkeypatch.setattr(SampleTokens, "prompt_in_hall", property(lambda self: len(self.prompt) % 2 == 0))
+    assert _max_diff(reference, _by_id(analyze(samples[:10], loaded64, batch_size=10))) <= 1e-9
+
+
+@pytest.mark.parametrize("window", [8, 4096])
+def test_rotary_gqa_model_batched_equals_sequential(samples, window):
+    from saecli.synthetic import random_loaded
+
+    # window 8 is shorter than the texts: the shared-prompt path must step aside (see
+    # Engine._cache_is_exact); 4096 (Gemma-2's) takes it.
+    # Gemma-like attention: rotary positions, grouped key/value heads, RMS norm, local windows.
+    loaded = random_loaded(
+        dtype="float64",
+        seed=3,
+        model_overrides={
+            "positional_embedding_type": "rotary", "rotary_dim": 8, "n_key_value_heads": 2, "normalization_type": "RMS",
+            "use_local_attn": True, "window_size": window, "attn_types": ["local", "global", "local"], "gated_mlp": True,
+        },
+    )
+    reference = _by_id(analyze(samples[:12], loaded, sequential=True))
+    assert _max_diff(reference, _by_id(analyze(samples[:12], loaded, batch_size=5))) <= 1e-9
