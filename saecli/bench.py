@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saecli.engine import _is_oom as is_oom
 from saecli.errors import SaecliError
 
 log = logging.getLogger(__name__)
@@ -120,16 +121,6 @@ def peak_rss() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
-def is_oom(exc: BaseException) -> bool:
-    """An out-of-memory error of CUDA, MPS or a CPU allocation."""
-    import torch
-
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text)
-
-
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """The worker: load, warm up, time ``repeats`` passes at one size. Runs in a fresh process."""
     import torch
@@ -153,12 +144,12 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     result = SizeResult(size=size, ok=False, samples=len(samples), load_seconds=round(loaded.load_seconds, 3), model_memory=model_memory)
     batch_size = 1 if sequential else int(size)
     try:
-        warm = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"])
+        warm = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], backoff=False)
         for _ in warm.run(samples[: min(len(samples), max(batch_size, 2))], batch_size=batch_size, sequential=sequential):
             pass
         times, stage_runs = [], []
         for _ in range(job["repeats"]):
-            engine = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], timer=StageTimer(sync=True))
+            engine = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], timer=StageTimer(sync=True), backoff=False)
             started = time.perf_counter()
             tokens = sum(batch.tokens for batch in engine.run(samples, batch_size=batch_size, sequential=sequential))
             if loaded.device == "cuda":

@@ -170,6 +170,7 @@ class Engine:
         seed: int = 0,
         noise_std: float = 0.1,
         timer: StageTimer | None = None,
+        backoff: bool = True,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -177,6 +178,9 @@ class Engine:
         self.seed = seed
         self.noise_std = float(noise_std)
         self.timer = timer or StageTimer()
+        self.backoff = backoff
+        """Split a batch that runs out of memory (off for ``bench``, which must see the OOM)."""
+        self.backoffs: list[dict[str, Any]] = []
         self.hooks = [loaded.hooks[layer] for layer in self.layers]
         # Where each hook's value is captured, and the first block that need not run at all.
         self.capture = {hook: _earliest_equivalent(hook) for hook in self.hooks}
@@ -190,19 +194,30 @@ class Engine:
     def _tokens(self, text: str) -> list[int]:
         return self.model.to_tokens(text, truncate=False, move_to_device=False)[0].tolist()
 
-    def tokenize(self, samples: Sequence[Sample]) -> list[SampleTokens]:
-        """Tokenize each sample's P, F and H alone; a text longer than the context is an error."""
+    def tokenize(self, samples: Sequence[Sample], *, truncate: bool = False) -> list[SampleTokens]:
+        """Tokenize each sample's P, F and H alone. A text longer than the context is an error,
+        or with ``truncate`` is cut from the left (keeping the BOS)."""
         out = []
         n_ctx = self.model.cfg.n_ctx
         with self.timer("tokenize"):
             for sample in samples:
                 toks = SampleTokens(self._tokens(sample.prompt), self._tokens(sample.fact_text), self._tokens(sample.hall_text))
                 if toks.length > n_ctx:
-                    raise SaecliError(
-                        f"sample {sample.id!r} is {toks.length} tokens long, more than the model's context of {n_ctx}"
-                    )
+                    if not truncate:
+                        raise SaecliError(
+                            f"sample {sample.id!r} is {toks.length} tokens long, more than the model's context of {n_ctx}",
+                            hint="shorten it, or pass --truncate to cut long texts from the left",
+                        )
+                    toks = SampleTokens(*(self._cut_left(t, n_ctx) for t in (toks.prompt, toks.fact, toks.hall)))
                 out.append(toks)
         return out
+
+    def _cut_left(self, tokens: list[int], n_ctx: int) -> list[int]:
+        if len(tokens) <= n_ctx:
+            return tokens
+        bos = self.model.tokenizer.bos_token_id
+        keep_bos = bos is not None and tokens[0] == bos
+        return ([bos] if keep_bos else []) + tokens[len(tokens) - (n_ctx - keep_bos) :]
 
     @staticmethod
     def plan(tokens: Sequence[SampleTokens], batch_size: int) -> list[list[int]]:
@@ -434,20 +449,56 @@ class Engine:
             return self._rows([sample], outs)[0]
 
     def run(
-        self, samples: Sequence[Sample], *, batch_size: int = 16, sequential: bool = False
+        self,
+        samples: Sequence[Sample],
+        *,
+        batch_size: int = 16,
+        sequential: bool = False,
+        toks: Sequence[SampleTokens] | None = None,
     ) -> Iterator[BatchResult]:
-        """Analyse samples; yields batches as they finish (in length order, not input order)."""
-        toks = self.tokenize(samples)
-        plan = [[i] for i in range(len(samples))] if sequential else self.plan(toks, batch_size)
-        for idx in plan:
-            batch = [samples[i] for i in idx]
-            batch_toks = [toks[i] for i in idx]
-            if sequential:
-                rows = [self.analyze_one(batch[0], batch_toks[0])]
-            else:
-                rows = self.analyze_batch(batch, batch_toks)
+        """Analyse samples; yields batches as they finish (in length order, not input order).
+
+        A batch that runs out of memory is split in half and retried, down to single samples, and
+        the run goes on at the smaller size (each step is appended to ``self.backoffs``). A single
+        sample that does not fit raises the out-of-memory error.
+        """
+        toks = list(toks) if toks is not None else self.tokenize(samples)
+        order = list(range(len(samples))) if sequential else [i for batch in self.plan(toks, batch_size) for i in batch]
+        size = 1 if sequential else batch_size
+        position = 0
+        while position < len(order):
+            idx = order[position : position + size]
+            batch, batch_toks = [samples[i] for i in idx], [toks[i] for i in idx]
+            try:
+                rows = [self.analyze_one(batch[0], batch_toks[0])] if sequential else self.analyze_batch(batch, batch_toks)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
+                if not self.backoff or not _is_oom(exc) or len(idx) == 1:
+                    raise
+                _free_memory(self.device)
+                size = max(1, len(idx) // 2)
+                self.backoffs.append({"failed_size": len(idx), "new_size": size, "at_sample": samples[idx[0]].id})
+                log.warning("out of memory at batch size %d; going on at %d", len(idx), size)
+                continue
+            position += len(idx)
             n_tokens = sum(len(t.prompt) + len(t.fact) + len(t.hall) for t in batch_toks)
             yield BatchResult(indices=list(idx), rows=rows, tokens=n_tokens)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """An out-of-memory error of CUDA, MPS or a CPU allocation."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("out of memory", "can't allocate memory", "failed to allocate")
+    )
+
+
+def _free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
 
 
 def analyze(

@@ -14,9 +14,12 @@ import polars as pl
 
 from saecli.engine import metric_columns
 from saecli.errors import SaecliError
+from saecli.faults import crash_point
 
 METRICS_FILE = "metrics.parquet"
 MANIFEST_FILE = "manifest.json"
+PARTS_DIR = "parts"
+"""Finished samples of an unfinished run, one Parquet file per batch; merged and removed at the end."""
 
 
 def default_run_dir(preset_name: str, root: Path = Path("runs")) -> Path:
@@ -64,6 +67,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        crash_point("tmp_written")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -80,6 +84,53 @@ def write_manifest(manifest: dict[str, Any], run_dir: Path) -> Path:
     path = run_dir / MANIFEST_FILE
     _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n"))
     return path
+
+
+def write_part(frame: pl.DataFrame, run_dir: Path, number: int) -> Path:
+    path = run_dir / PARTS_DIR / f"part-{number:06d}.parquet"
+    _atomic_write(path, lambda tmp: frame.write_parquet(tmp))
+    return path
+
+
+def read_parts(run_dir: Path, layers: Sequence[int]) -> tuple[list[pl.DataFrame], list[Path]]:
+    """The readable part files of a run, and the corrupted ones (which are removed: redone)."""
+    frames, bad = [], []
+    for path in sorted((run_dir / PARTS_DIR).glob("part-*.parquet")):
+        try:
+            frame = pl.read_parquet(path)
+            if frame.schema != pl.Schema(schema(layers)):
+                raise ValueError("unexpected columns")
+            frames.append(frame)
+        except Exception:  # noqa: BLE001 - any unreadable part is redone, whatever broke it
+            bad.append(path)
+            path.unlink(missing_ok=True)
+    return frames, bad
+
+
+def remove_temporaries(run_dir: Path) -> list[Path]:
+    """Half-written files a killed run left under temporary names (never the results)."""
+    stale = [*run_dir.glob(".*.tmp"), *(run_dir / PARTS_DIR).glob(".*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def remove_parts(run_dir: Path) -> None:
+    parts = run_dir / PARTS_DIR
+    for path in parts.glob("*"):
+        path.unlink(missing_ok=True)
+    if parts.is_dir():
+        parts.rmdir()
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise SaecliError(f"{run_dir} is not a saecli run folder (no {MANIFEST_FILE})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SaecliError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
 
 
 def read_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:

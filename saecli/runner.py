@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import platform
 import resource
@@ -22,6 +24,9 @@ from saecli import io
 from saecli.config import RunConfig, find_preset
 from saecli.data import builtin_benchmark_path, load_samples
 from saecli.engine import Engine
+from saecli.engine import _is_oom as is_oom
+from saecli.errors import SaecliError
+from saecli.faults import crash_point
 from saecli.models import LoadedPreset, load_preset
 
 log = logging.getLogger(__name__)
@@ -110,6 +115,56 @@ def build_manifest(
     }
 
 
+IDENTITY_FIELDS = ("preset", "data", "data_fingerprint", "domains", "limit", "layers", "seed", "noise_std", "dtype", "mode")
+"""What must not change between a run and its resumption."""
+
+
+def identity(config: RunConfig, loaded_layers: list[int], dtype: str, samples: list[Any]) -> dict[str, Any]:
+    """The fields that make two runs' results the same computation."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(json.dumps([sample.id, sample.prompt, sample.fact, sample.hallucination]).encode())
+    return {
+        "preset": config.preset,
+        "data": config.data,
+        "data_fingerprint": digest.hexdigest()[:16],
+        "domains": list(config.domains) if config.domains else None,
+        "limit": config.limit,
+        "layers": loaded_layers,
+        "seed": config.seed,
+        "noise_std": config.noise_std,
+        "dtype": dtype,
+        "mode": config.mode,
+    }
+
+
+def config_hash(ident: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
+    """The configuration of an unfinished run folder, with explicitly given options on top (the
+    identity check then refuses any that change the results)."""
+    manifest = io.read_manifest(run_dir)
+    stored = manifest.get("config")
+    if not isinstance(stored, dict) or "identity" not in manifest:
+        raise SaecliError(f"{run_dir} is not a saecli run folder that can be resumed (its manifest has no config)")
+    values = {**stored, **{k: v for k, v in overrides.items() if v is not None}}
+    if values.get("domains") is not None:
+        values["domains"] = tuple(values["domains"])
+    return RunConfig(**values)
+
+
+def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: Path) -> None:
+    stored = manifest.get("identity") or {}
+    for key in IDENTITY_FIELDS:
+        if stored.get(key) != ident.get(key):
+            raise SaecliError(
+                f"cannot resume {run_dir}: {key} was {stored.get(key)!r} and is now {ident.get(key)!r}",
+                hint="resume with the run's own settings, or start a new run",
+            )
+
+
 def execute(
     config: RunConfig,
     *,
@@ -117,38 +172,119 @@ def execute(
     force: bool = False,
     progress: Progress | None = None,
     loaded: LoadedPreset | None = None,
+    resume: Path | None = None,
+    truncate: bool = False,
 ) -> RunResult:
-    """Run the analysis described by ``config`` and write its run folder."""
+    """Run the analysis described by ``config`` and write its run folder.
+
+    Finished batches are written as part files as the run goes (atomically: a temporary name,
+    then a rename) and the manifest lists the finished sample ids, so a run stopped at any moment
+    is completed by ``resume``. At the end the parts are merged into ``metrics.parquet`` (rows in
+    input order), atomically, and removed. Everything that can be wrong with the input is checked
+    before the first file is written.
+    """
     preset = loaded.preset if loaded is not None else find_preset(config.preset)
     samples = load_samples(config.data, domains=config.domains, limit=config.limit)
-    run_dir = io.prepare_run_dir(out or io.default_run_dir(preset.name), force=force)
+    if resume is not None:
+        run_dir = resume
+        previous = io.read_manifest(run_dir)
+        if previous.get("status") == "complete" and not (run_dir / io.PARTS_DIR).exists():
+            frame, manifest = io.read_run(run_dir)
+            log.warning("%s is already complete; nothing to resume", run_dir)
+            return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
+    else:
+        run_dir = io.prepare_run_dir(out or io.default_run_dir(preset.name), force=force)
+        previous = None
     if loaded is None:
         loaded = load_preset(preset, device=config.device, dtype=config.dtype)
     if preset.synthetic:
         log.warning("preset %s has random weights: its metrics mean nothing (benchmarking only)", preset.name)
+    ident = identity(config, loaded.layers, loaded.dtype, samples)
+    if previous is not None:
+        _check_resumable(previous, ident, run_dir)
+        for path in io.remove_temporaries(run_dir):
+            log.info("removed %s, left half-written by the interrupted run", path.name)
+    engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std)
+    toks = engine.tokenize(samples, truncate=truncate)
     batch_size, auto = config.batch_size, None
     if config.mode == "batched" and batch_size == "auto":
         from saecli.autobatch import find_batch_size
 
         auto = find_batch_size(loaded, samples, seed=config.seed, noise_std=config.noise_std)
         batch_size = auto.size
-    engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std)
-    rows: list[dict[str, Any] | None] = [None] * len(samples)
-    done = n_tokens = 0
+    batch_size = batch_size if config.mode == "batched" else 1
+
+    state = {
+        "schema_version": saecli.SCHEMA_VERSION,
+        "status": "running",
+        "mode": config.mode,
+        "config": dataclasses.asdict(config),
+        "identity": ident,
+        "config_hash": config_hash(ident),
+        "preset": {"name": preset.name, "source": preset.source, "description": preset.description, "synthetic": preset.synthetic},
+        "layers": loaded.layers,
+        "seed": config.seed,
+        "noise_std": config.noise_std,
+        "samples": len(samples),
+        "finished_ids": [],
+        "backoffs": [],
+    }
+    earlier_backoffs = list(previous.get("backoffs", [])) if previous else []
+    if previous is None:
+        io.remove_parts(run_dir)  # what a --force'd folder held belongs to another run
+    crash_point("before_manifest")
+    io.write_manifest(state, run_dir)
+    crash_point("after_manifest")
+
+    position = {s.id: i for i, s in enumerate(samples)}
+    frames, corrupted = io.read_parts(run_dir, loaded.layers)
+    for path in corrupted:
+        log.warning("part file %s was unreadable; its samples are analysed again", path.name)
+    finished = [sid for frame in frames for sid in frame["sample_id"].to_list() if sid in position]
+    if len(set(finished)) != len(finished):
+        raise SaecliError(f"{run_dir}: the part files hold a sample twice", hint="start a new run", exit_code=1)
+    todo = [i for i in range(len(samples)) if samples[i].id not in set(finished)]
+    state["finished_ids"] = finished
+    part_number = max((int(p.stem.split("-")[1]) for p in (run_dir / io.PARTS_DIR).glob("part-*.parquet")), default=0)
+    done, n_tokens = len(finished), 0
     if progress is not None:
-        progress(0, len(samples))
+        progress(done, len(samples))
     started = time.perf_counter()
-    for batch in engine.run(samples, batch_size=batch_size, sequential=config.mode == "sequential"):
-        for index, row in zip(batch.indices, batch.rows, strict=False):
-            rows[index] = row
-        done += len(batch.indices)
-        n_tokens += batch.tokens
-        if progress is not None:
-            progress(done, len(samples))
+    try:
+        batches = engine.run([samples[i] for i in todo], batch_size=batch_size, sequential=config.mode == "sequential",
+                             toks=[toks[i] for i in todo])
+        for batch in batches:
+            crash_point("batch_done")
+            with engine.timer("write"):
+                part = io.rows_to_frame(batch.rows, loaded.layers)
+                part_number += 1
+                io.write_part(part, run_dir, part_number)
+                crash_point("after_part")
+                state["finished_ids"] += part["sample_id"].to_list()
+                state["backoffs"] = earlier_backoffs + engine.backoffs
+                io.write_manifest(state, run_dir)
+            done += len(batch.indices)
+            n_tokens += batch.tokens
+            if progress is not None:
+                progress(done, len(samples))
+    except Exception as exc:
+        if is_oom(exc):
+            from saecli.doctor import oom_message
+
+            raise oom_message(1, preset.name, loaded.device) from None
+        raise
     analysis_seconds = time.perf_counter() - started
+
+    crash_point("before_merge")
     with engine.timer("write"):
-        frame = io.rows_to_frame(rows, loaded.layers)
+        frames, _ = io.read_parts(run_dir, loaded.layers)
+        merged = pl.concat(frames) if frames else io.rows_to_frame([], loaded.layers)
+        order = merged["sample_id"].map_elements(position.__getitem__, return_dtype=pl.Int64)
+        frame = merged.with_columns(order.alias("__order")).sort("__order").drop("__order")
+        if frame["sample_id"].to_list() != [s.id for s in samples]:
+            raise SaecliError(f"{run_dir}: the merged results do not match the samples", exit_code=1)
         io.write_metrics(frame, run_dir)
+    crash_point("after_merge")
     manifest = build_manifest(
         config,
         loaded,
@@ -157,11 +293,15 @@ def execute(
         n_tokens=n_tokens,
         data_source=str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})",
         analysis_seconds=analysis_seconds,
-        batch_size=batch_size if config.mode == "batched" else 1,
+        batch_size=batch_size,
     )
+    manifest.update(status="complete", identity=ident, config_hash=config_hash(ident), backoffs=earlier_backoffs + engine.backoffs,
+                    resumed=previous is not None)
     if auto is not None:
         manifest["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
     io.write_manifest(manifest, run_dir)
+    crash_point("after_final_manifest")
+    io.remove_parts(run_dir)
     return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -29,7 +30,9 @@ from saecli.cli.app import (
     stdout,
 )
 from saecli.config import DEFAULT_PRESET, find_preset, resolve_run_config
-from saecli.runner import RunResult, domain_summary, execute
+from saecli.errors import SaecliError
+from saecli.io import default_run_dir
+from saecli.runner import RunResult, domain_summary, execute, resume_config
 
 
 def _progress() -> Progress:
@@ -70,34 +73,63 @@ def _render(result: RunResult, as_json: bool) -> None:
     stdout.print(f"results: {result.run_dir / 'metrics.parquet'}")
 
 
-def _run(mode: str, *, preset, config, data, limit, domains, batch_size, seed, noise_std, device, dtype, out, force, as_json) -> None:
-    chosen = find_preset(preset_arg(preset, config) or DEFAULT_PRESET)
-    run_config = resolve_run_config(
-        chosen,
-        preset=preset_arg(preset, config) or DEFAULT_PRESET,
-        data=str(data) if data is not None else None,
-        limit=limit,
-        domains=domains,
-        batch_size=parse_batch_size(batch_size),
-        seed=seed,
-        noise_std=noise_std,
-        device=device.value if device is not None else None,
-        dtype=dtype.value if dtype is not None else None,
-        mode=mode,
-    )
+def _run(mode: str, *, resume: Path | None, truncate: bool, out: Path | None, force: bool, as_json: bool, **options: Any) -> None:
+    preset_name = preset_arg(options.pop("preset"), options.pop("config"))
+    flags = {
+        "preset": preset_name,
+        "data": str(options["data"]) if options["data"] is not None else None,
+        "limit": options["limit"],
+        "domains": options["domains"],
+        "batch_size": parse_batch_size(options["batch_size"]),
+        "seed": options["seed"],
+        "noise_std": options["noise_std"],
+        "device": options["device"].value if options["device"] is not None else None,
+        "dtype": options["dtype"].value if options["dtype"] is not None else None,
+        "mode": mode,
+    }
+    if resume is not None:
+        if out is not None:
+            raise SaecliError("--resume continues the given folder; do not also pass --out")
+        if isinstance(flags["domains"], str):
+            flags["domains"] = tuple(d for d in flags["domains"].split(",") if d)
+        run_config = resume_config(resume, **flags)
+        chosen = find_preset(run_config.preset)
+        run_dir = resume
+    else:
+        chosen = find_preset(preset_name or DEFAULT_PRESET)
+        run_config = resolve_run_config(chosen, **{**flags, "preset": preset_name or DEFAULT_PRESET})
+        run_dir = out or default_run_dir(chosen.name)
     with _progress() as progress:
         task = progress.add_task(f"loading {chosen.name}", total=None, rate="–")
 
+        resumed_at: list[int] = []  # samples already done when the analysis started
+
         def update(done: int, total: int) -> None:
-            if done == 0:  # loading is over; the rate and ETA count from here
-                progress.reset(task, total=total, description=f"{mode} {chosen.name}", rate="–")
+            if not resumed_at:  # loading is over; the rate and ETA count from here
+                resumed_at.append(done)
+                progress.reset(task, total=total, completed=done, description=f"{mode} {chosen.name}", rate="–")
                 return
             elapsed = progress.tasks[task].elapsed or 0.0
-            rate = f"{done / elapsed:.1f}" if elapsed > 0 else "–"
+            rate = f"{(done - resumed_at[0]) / elapsed:.1f}" if elapsed > 0 else "–"
             progress.update(task, completed=done, total=total, rate=rate)
 
-        result = execute(run_config, out=out, force=force, progress=update)
+        try:
+            result = execute(run_config, out=run_dir, force=force, progress=update, resume=resume, truncate=truncate)
+        except KeyboardInterrupt:
+            progress.stop()
+            again = f"saecli {'run' if mode == 'batched' else 'sequential'} --resume {run_dir}"
+            finished = (run_dir / "manifest.json").is_file()
+            stderr.print(f"[yellow]interrupted.[/] {'Finished samples are kept; continue with:' if finished else 'Nothing was written.'}")
+            if finished:
+                stderr.print(f"  {again}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     _render(result, as_json)
+
+
+ResumeOpt = Annotated[
+    Path | None, typer.Option("--resume", help="Continue an interrupted run folder (its own settings are kept).", show_default=False)
+]
+TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut texts longer than the model's context from the left.")]
 
 
 @app.command()
@@ -117,6 +149,8 @@ def run(
     dtype: DTypeOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
+    resume: ResumeOpt = None,
+    truncate: TruncateOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Analyse the benchmark in batches and write **metrics.parquet** and **manifest.json**.
@@ -124,7 +158,8 @@ def run(
     Example: `saecli run --batch-size 16`, `saecli run --preset gemma-2-2b --data ../shared/data/hb`.
     """
     _run("batched", preset=preset, config=config, data=data, limit=limit, domains=domains, batch_size=batch_size,
-         seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_)
+         seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
+         resume=resume, truncate=truncate)
 
 
 @app.command()
@@ -140,6 +175,8 @@ def sequential(
     dtype: DTypeOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
+    resume: ResumeOpt = None,
+    truncate: TruncateOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """The reference: one sample at a time, each text in its own forward pass, no padding.
@@ -147,5 +184,6 @@ def sequential(
     Slow by design; `saecli compare` checks `run` against it.
     """
     _run("sequential", preset=preset, config=config, data=data, limit=limit, domains=domains, batch_size=None,
-         seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_)
+         seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
+         resume=resume, truncate=truncate)
 

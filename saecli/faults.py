@@ -1,0 +1,21 @@
+"""Crash points for the resume tests: ``SAECLI_CRASH_AT=name`` (or ``name#k`` for the k-th time
+the point is reached) makes the process kill itself with SIGKILL there, as a power cut or the
+kernel's OOM killer would. Unset (always, outside tests), a crash point does nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+_seen: Counter[str] = Counter()
+
+
+def crash_point(name: str) -> None:
+    wanted = os.environ.get("SAECLI_CRASH_AT")
+    if not wanted:
+        return
+    _seen[name] += 1
+    point, _, nth = wanted.partition("#")
+    if point == name and _seen[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

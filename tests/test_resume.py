@@ -1,0 +1,133 @@
+"""Long runs that survive: SIGKILL at any point, resume, out-of-memory backoff."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import saecli
+from saecli.cli import app
+from saecli.compare import compare_frames
+from saecli.config import RunConfig
+from saecli.engine import Engine
+from saecli.io import rows_to_frame
+from saecli.runner import execute
+
+runner = CliRunner()
+LIMIT, BATCH = 20, 4  # five batches: enough points to stop between and inside them
+RUN_ARGS = ["run", "--limit", str(LIMIT), "--batch-size", str(BATCH), "--dtype", "float64"]
+
+
+def _saecli(args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "saecli", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    loaded = saecli.load_preset("tiny", device="cpu", dtype="float64")
+    samples = saecli.load_samples(limit=LIMIT)
+    return rows_to_frame(list(saecli.analyze(samples, loaded, batch_size=BATCH)), loaded.layers)
+
+
+CRASH_POINTS = [
+    "after_manifest",  # before the first part file
+    "tmp_written#2",  # the first part written under its temporary name, not yet renamed
+    "batch_done#1",  # mid-run: a batch analysed, nothing of it written
+    "after_part#1",  # a part renamed, the manifest not yet updated
+    "batch_done#3",
+    "after_part#4",
+    "before_merge",  # every part written
+    "tmp_written#12",  # during the merge: metrics.parquet under its temporary name
+    "after_merge",  # merged, final manifest not yet written
+    "after_final_manifest",  # done but the parts not yet removed
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, point):
+    out = tmp_path / "run"
+    killed = _saecli([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "metrics.parquet").exists() or point == "after_final_manifest" or point == "after_merge"
+    resumed = _saecli(["run", "--resume", str(out)])
+    assert resumed.returncode == 0, resumed.stderr
+    frame = pl.read_parquet(out / "metrics.parquet")
+    assert frame["sample_id"].to_list() == reference["sample_id"].to_list()  # none missing or duplicated
+    assert compare_frames(reference, frame, atol=1e-6).passed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and not (out / "parts").exists()
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_settings_and_non_runs(tmp_path):
+    out = tmp_path / "run"
+    assert _saecli([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": "after_part#1"}).returncode == -signal.SIGKILL
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["run", "--resume", str(out), "--seed", "5"])
+    assert result.exit_code == 2 and "seed was 0 and is now 5" in result.output
+    result = runner.invoke(app, ["run", "--resume", str(out), "--dtype", "float32"])
+    assert result.exit_code == 2 and "dtype" in result.output
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "not a saecli run folder" in result.output
+
+
+@pytest.mark.slow
+def test_corrupted_part_is_redone(tmp_path, reference):
+    out = tmp_path / "run"
+    assert _saecli([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": "after_part#3"}).returncode == -signal.SIGKILL
+    part = sorted((out / "parts").glob("part-*.parquet"))[1]
+    part.write_bytes(b"not parquet")
+    resumed = _saecli(["run", "--resume", str(out)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert part.name in resumed.stderr and "unreadable" in resumed.stderr
+    assert compare_frames(reference, pl.read_parquet(out / "metrics.parquet"), atol=1e-6).passed
+
+
+def _oom_above(limit):
+    original = Engine.analyze_batch
+
+    def patched(self, samples, toks):
+        if len(samples) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(self, samples, toks)
+
+    return patched
+
+
+@pytest.mark.slow
+def test_oom_backoff_gives_identical_results(tmp_path, reference, monkeypatch):
+    monkeypatch.setattr(Engine, "analyze_batch", _oom_above(1))
+    config = RunConfig(limit=LIMIT, batch_size=16, dtype="float64")
+    result = execute(config, out=tmp_path / "run")
+    assert compare_frames(reference, result.frame, atol=1e-9).passed
+    assert result.manifest["backoffs"] == [
+        {"failed_size": 16, "new_size": 8, "at_sample": result.manifest["backoffs"][0]["at_sample"]},
+        {"failed_size": 8, "new_size": 4, "at_sample": result.manifest["backoffs"][1]["at_sample"]},
+        {"failed_size": 4, "new_size": 2, "at_sample": result.manifest["backoffs"][2]["at_sample"]},
+        {"failed_size": 2, "new_size": 1, "at_sample": result.manifest["backoffs"][3]["at_sample"]},
+    ]
+
+
+@pytest.mark.slow
+def test_single_sample_oom_is_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(Engine, "analyze_batch", _oom_above(0))
+    result = runner.invoke(app, ["run", "--limit", "4", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert "batch size 1" in result.output and "saecli doctor --probe" in result.output and "Traceback" not in result.output
+
+
+def test_main_module_runs():
+    assert Path(saecli.__file__).with_name("__main__.py").is_file()
