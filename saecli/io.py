@@ -33,9 +33,17 @@ def prepare_run_dir(path: Path, *, force: bool = False) -> Path:
         raise SaecliError(f"output path {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise SaecliError(f"output folder {path} already exists and is not empty", hint="choose another --out, or pass --force")
-    probe_parent = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
-    if not os.access(probe_parent, os.W_OK):
-        raise SaecliError(f"output folder {path} cannot be written (no write permission on {probe_parent})")
+    existing = path if path.is_dir() else next((p for p in path.absolute().parents if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise SaecliError(f"output folder {path} cannot be created: {existing} is a file")
+    # A real write, not os.access: permissions are not the only reason a folder refuses files
+    # (read-only mounts, pseudo file systems), and root passes every access check.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".saecli-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SaecliError(f"output folder {path} cannot be written ({existing}: {exc.strerror})") from None
     return path
 
 

@@ -12,6 +12,7 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 import saecli
 from saecli.errors import SaecliError
@@ -27,9 +28,9 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except SaecliError as exc:
-            stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
             if exc.hint:
-                stderr.print(f"[dim]hint: {exc.hint}[/]", highlight=False, soft_wrap=True)
+                stderr.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("[yellow]interrupted[/]")
