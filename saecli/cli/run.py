@@ -73,7 +73,9 @@ def _render(result: RunResult, as_json: bool) -> None:
     stdout.print(f"results: {result.run_dir / 'metrics.parquet'}")
 
 
-def _run(mode: str, *, resume: Path | None, truncate: bool, out: Path | None, force: bool, as_json: bool, **options: Any) -> None:
+def _run(
+    mode: str, *, resume: Path | None, truncate: bool, report: bool, out: Path | None, force: bool, as_json: bool, **options: Any
+) -> None:
     preset_name = preset_arg(options.pop("preset"), options.pop("config"))
     flags = {
         "preset": preset_name,
@@ -124,12 +126,21 @@ def _run(mode: str, *, resume: Path | None, truncate: bool, out: Path | None, fo
                 stderr.print(f"  {again}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
     _render(result, as_json)
+    if report:
+        from saecli.cli.report import render_report
+        from saecli.report import make_report
+
+        with stderr.status("writing the report"):
+            made = make_report(result.run_dir)
+        if not as_json:
+            render_report(made)
 
 
 ResumeOpt = Annotated[
     Path | None, typer.Option("--resume", help="Continue an interrupted run folder (its own settings are kept).", show_default=False)
 ]
 TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut texts longer than the model's context from the left.")]
+ReportOpt = Annotated[bool, typer.Option("--report", help="Also write the report (dashboard.png, detection.csv, summary.md).")]
 
 
 @app.command()
@@ -151,6 +162,7 @@ def run(
     force: ForceOpt = False,
     resume: ResumeOpt = None,
     truncate: TruncateOpt = False,
+    report: ReportOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Analyse the benchmark in batches and write **metrics.parquet** and **manifest.json**.
@@ -159,7 +171,7 @@ def run(
     """
     _run("batched", preset=preset, config=config, data=data, limit=limit, domains=domains, batch_size=batch_size,
          seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
-         resume=resume, truncate=truncate)
+         resume=resume, truncate=truncate, report=report)
 
 
 @app.command()
@@ -177,6 +189,7 @@ def sequential(
     force: ForceOpt = False,
     resume: ResumeOpt = None,
     truncate: TruncateOpt = False,
+    report: ReportOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """The reference: one sample at a time, each text in its own forward pass, no padding.
@@ -185,5 +198,5 @@ def sequential(
     """
     _run("sequential", preset=preset, config=config, data=data, limit=limit, domains=domains, batch_size=None,
          seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
-         resume=resume, truncate=truncate)
+         resume=resume, truncate=truncate, report=report)
 

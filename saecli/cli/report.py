@@ -1,0 +1,67 @@
+"""``saecli report RUN_DIR``: detection.csv, dashboard.png and summary.md for a finished run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from saecli.cli.app import app, stdout
+from saecli.report import TOP_DEFAULT, Report, make_report, report_json
+
+
+def _ci(low: float, high: float) -> str:
+    return f"[{low:.3f}, {high:.3f}]" if math.isfinite(low) else "–"
+
+
+def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
+    """The top metrics as a Rich table on stdout, then where the files are."""
+    table = Table(title=f"Top {top} metrics by |AUROC − 0.5|, hall vs fact ({report.preset}, {report.samples} samples)")
+    for name, justify in (
+        ("metric", "left"), ("AUROC [95% CI]", "left"), ("hall", "left"), ("Δ hall − fact", "right"), ("Wilcoxon p", "right"),
+        ("best domain", "left"),
+    ):  # fmt: skip
+        table.add_column(name, justify=justify, no_wrap=name == "metric", overflow="fold")
+    domains = list(report.domains)
+    for r in report.top(top):
+        per_domain = [report.get(r.metric, d) for d in domains]
+        best = max(per_domain, key=lambda x: x.separation) if len(per_domain) > 1 else None
+        sd = f" ± {r.sd_diff:.2g}" if math.isfinite(r.sd_diff) else ""
+        color = "red" if r.auroc > 0.5 else "blue" if r.auroc < 0.5 else "default"
+        table.add_row(
+            r.metric,
+            f"[bold {color}]{r.auroc:.3f}[/] {_ci(r.ci_low, r.ci_high)}" if math.isfinite(r.auroc) else "–",
+            r.direction.removeprefix("hall "),
+            f"{r.mean_diff:+#.3g}{sd}",
+            f"{r.wilcoxon_p:.1e}" if math.isfinite(r.wilcoxon_p) else "–",
+            f"{best.domain} {best.auroc:.2f}" if best is not None else "",
+        )
+    stdout.print(table)
+    for path in report.files.values():
+        stdout.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `saecli run` (holds metrics.parquet and manifest.json).", show_default=False)],
+    bootstrap: Annotated[int, typer.Option("--bootstrap", "-B", min=0, help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resamples.")] = 0,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Metrics in the table and in summary.md.")] = TOP_DEFAULT,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the report files here instead of into RUN_DIR.", show_default=False)
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the detection document as JSON on stdout instead of the table.")] = False,
+) -> None:
+    """Which metric tells hallucinations from facts: AUROC per metric and domain, with bootstrap intervals.
+
+    Writes **detection.csv**, **dashboard.png** and **summary.md** into the run folder.
+    Example: `saecli report runs/20250101T000000Z-tiny`, `saecli report RUN --bootstrap 2000 --json`.
+    """
+    result = make_report(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top)
+    if json_:
+        stdout.print_json(report_json(result))
+    else:
+        render_report(result, top=top)
