@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saecli.engine import _is_oom as is_oom
 from saecli.errors import SaecliError
+from saecli.errors import is_out_of_memory as is_oom
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from saecli.engine import ID_COLUMNS
+from saecli.columns import ID_COLUMNS
 from saecli.errors import SaecliError
 
 # Manifest fields that must agree for two runs to be comparable at all.

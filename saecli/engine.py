@@ -31,24 +31,14 @@ from typing import Any
 import torch
 
 from saecli import geometry, metrics
+from saecli.columns import KINDS, LAYER_METRICS, metric_columns
 from saecli.data import Sample
-from saecli.errors import SaecliError
+from saecli.errors import SaecliError, is_out_of_memory
 from saecli.models import LoadedPreset
 
 log = logging.getLogger(__name__)
 
-KINDS = ("fact", "hall")
-LAYER_METRICS = ("l0_norm", "reconstruction_error", "gini", "sphericity", "shape_class", "dimensionality")
-ID_COLUMNS = ("sample_id", "domain", "topic", "complexity")
 STAGES = ("tokenize", "forward", "sae", "geometry", "metrics")
-
-
-def metric_columns(layers: Sequence[int]) -> list[str]:
-    """The metric columns of a results table, in order (``shared/spec/metrics.md``)."""
-    cols = [f"l{layer}_{kind}_{name}" for layer in layers for kind in KINDS for name in LAYER_METRICS]
-    for base in ("centroid_drift", "axis_twist", "stability", "entropy", "cross_layer_consistency"):
-        cols += [f"{base}_fact", f"{base}_hall", f"{base}_diff"]
-    return cols
 
 
 def noise_vector(seed: int, sample_id: str, kind: str, d_model: int) -> torch.Tensor:
@@ -472,7 +462,7 @@ class Engine:
             try:
                 rows = [self.analyze_one(batch[0], batch_toks[0])] if sequential else self.analyze_batch(batch, batch_toks)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
-                if not self.backoff or not _is_oom(exc) or len(idx) == 1:
+                if not self.backoff or not is_out_of_memory(exc) or len(idx) == 1:
                     raise
                 _free_memory(self.device)
                 size = max(1, len(idx) // 2)
@@ -482,16 +472,6 @@ class Engine:
             position += len(idx)
             n_tokens = sum(len(t.prompt) + len(t.fact) + len(t.hall) for t in batch_toks)
             yield BatchResult(indices=list(idx), rows=rows, tokens=n_tokens)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """An out-of-memory error of CUDA, MPS or a CPU allocation."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        marker in text for marker in ("out of memory", "can't allocate memory", "failed to allocate")
-    )
 
 
 def _free_memory(device: torch.device) -> None:

@@ -17,3 +17,17 @@ class SaecliError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An out-of-memory error of CUDA, MPS or a CPU allocation."""
+    if isinstance(exc, MemoryError):
+        return True
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("out of memory", "can't allocate memory", "failed to allocate")
+    )

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from saecli.engine import metric_columns
+from saecli.columns import metric_columns
 from saecli.errors import SaecliError
 from saecli.faults import crash_point
 

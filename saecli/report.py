@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from saecli.engine import KINDS, LAYER_METRICS
+from saecli.columns import KINDS, LAYER_METRICS
 from saecli.errors import SaecliError
 from saecli.io import METRICS_FILE, _atomic_write, read_run
 

@@ -23,9 +23,8 @@ import saecli
 from saecli import io
 from saecli.config import RunConfig, find_preset
 from saecli.data import builtin_benchmark_path, load_samples
-from saecli.engine import Engine
-from saecli.engine import _is_oom as is_oom
 from saecli.errors import SaecliError
+from saecli.errors import is_out_of_memory as is_oom
 from saecli.faults import crash_point
 from saecli.models import LoadedPreset, load_preset
 
@@ -70,7 +69,7 @@ def peak_memory(device: str) -> dict[str, int | None]:
 
 
 def build_manifest(
-    config: RunConfig, loaded: LoadedPreset, engine: Engine, *, n_samples: int, n_tokens: int, data_source: str,
+    config: RunConfig, loaded: LoadedPreset, engine: Any, *, n_samples: int, n_tokens: int, data_source: str,
     analysis_seconds: float, batch_size: int,
 ) -> dict[str, Any]:
     preset = loaded.preset
@@ -199,6 +198,8 @@ def execute(
         loaded = load_preset(preset, device=config.device, dtype=config.dtype)
     if preset.synthetic:
         log.warning("preset %s has random weights: its metrics mean nothing (benchmarking only)", preset.name)
+    from saecli.engine import Engine  # torch is imported only when there is work to do
+
     ident = identity(config, loaded.layers, loaded.dtype, samples)
     if previous is not None:
         _check_resumable(previous, ident, run_dir)

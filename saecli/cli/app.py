@@ -117,7 +117,7 @@ OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<UTC time>-<preset>].", show_default=False)
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an existing, non-empty --out folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout instead of the table.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of the table (run: the manifest).")]
 
 
 def preset_arg(preset: str | None, config: Path | None) -> str | None:

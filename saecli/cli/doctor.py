@@ -1,0 +1,81 @@
+"""``saecli doctor``: device, cache, version and memory checks, each with what to type."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from saecli.cli.app import ConfigOpt, DataOpt, DeviceOpt, DTypeOpt, JsonOpt, PresetOpt, app, preset_arg, stderr, stdout
+from saecli.doctor import GiB, Report, diagnose
+
+_STATUS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
+
+
+@app.command()
+def doctor(
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    device: DeviceOpt = None,
+    dtype: DTypeOpt = None,
+    data: DataOpt = None,
+    probe: Annotated[
+        bool, typer.Option("--probe", help="Also load the preset and find the largest batch that fits by trying it (as `run --batch-size auto`).")
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Check versions, devices, the preset's cache entries and its memory needs before a long run,
+    or explain an out-of-memory error after one. Exit code 1 when a check fails.
+
+    Example: `saecli doctor`, `saecli doctor --preset gemma-2-2b --dtype bfloat16`, `saecli doctor --probe`.
+    """
+    args = {"device": device.value if device else "auto", "dtype": dtype.value if dtype else None, "data": str(data) if data else None}
+    if probe and not json_:
+        with stderr.status("probing batch sizes (loads the preset)"):
+            report = diagnose(preset_arg(preset, config), probe=True, **args)
+    else:
+        report = diagnose(preset_arg(preset, config), probe=probe, **args)
+    if json_:
+        stdout.print(json.dumps(report.to_dict(), default=str), soft_wrap=True, highlight=False)
+    else:
+        _render(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _render(report: Report) -> None:
+    table = Table(title=f"saecli doctor: {report.preset} on {report.device or '?'} ({report.dtype})", show_lines=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail / what to do")
+    for check in report.checks:
+        cell = escape(check.detail)
+        if check.hint:
+            cell += f"\n[cyan]→ {escape(check.hint)}[/]"
+        table.add_row(check.name, _STATUS[check.status], cell)
+    stdout.print(table)
+    est = report.estimate
+    if est is not None and est.per_batch:
+        shown = [size for size in est.per_batch if est.largest_safe is None or size <= 2 * est.largest_safe] or [1]
+        line = ", ".join(f"{size}: {est.per_batch[size] / GiB:.2f}" for size in shown)
+        stdout.print(f"estimated GiB by batch size: {line}", highlight=False)
+    if report.probe is not None and report.probe.probes:
+        base = report.probe.loaded_bytes
+        probes = Table(title="--probe: peak memory per batch size")
+        for column in ("batch", "peak GiB", "+GiB over loaded", "outcome"):
+            probes.add_column(column, justify="right" if column != "outcome" else "left")
+        for p in report.probe.probes:
+            peak = p.get("peak_bytes")
+            probes.add_row(
+                str(p["size"]), "–" if peak is None else f"{peak / GiB:.2f}",
+                "–" if peak is None or base is None else f"{(peak - base) / GiB:.2f}", p["outcome"],
+            )
+        stdout.print(probes)
+    stdout.print("[bold]If a run runs out of memory:[/]")
+    for hint in report.oom_hints:
+        stdout.print(f"  • {escape(hint)}", highlight=False)
+    counts = {s: sum(c.status == s for c in report.checks) for s in ("ok", "warn", "fail")}
+    stdout.print(f"{counts['ok']} ok, {counts['warn']} warnings, {counts['fail']} failed", highlight=False)
