@@ -39,6 +39,8 @@ from saecli.models import LoadedPreset
 log = logging.getLogger(__name__)
 
 STAGES = ("tokenize", "forward", "sae", "geometry", "metrics")
+MIN_SHARED_PROMPT = 8
+"""Samples a batch needs before its prompts get a pass of their own (the shared-prompt path)."""
 
 
 def noise_vector(seed: int, sample_id: str, kind: str, d_model: int) -> torch.Tensor:
@@ -286,7 +288,9 @@ class Engine:
         """Residuals of a batch, reads ordered [P_0..P_B-1, F_0.., H_0..]."""
         n = len(toks)
         shared = [i for i, t in enumerate(toks) if t.prompt_in_fact and t.prompt_in_hall]
-        if shared and not self._cache_is_exact([toks[i] for i in shared]):
+        # Two short passes cost more than one longer pass for small batches (measured on
+        # gpt2-small-shape, CPU: -15% at 4 samples, +3-10% at 16 and 32).
+        if len(shared) < MIN_SHARED_PROMPT or not self._cache_is_exact([toks[i] for i in shared]):
             shared = []
         others = [i for i in range(n) if i not in set(shared)]
         out: dict[str, torch.Tensor] = {}

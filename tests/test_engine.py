@@ -128,10 +128,10 @@ def test_resid_pre_is_read_from_previous_block(loaded64):
 
 
 def test_mixed_shared_and_unshared_prompts(loaded64, samples, monkeypatch):
-    reference = _by_id(analyze(samples[:10], loaded64, sequential=True))
-    # Half the samples take the shared-prompt (KV cache) path, half their own passes.
-    monkeypatch.setattr(SampleTokens, "prompt_in_hall", property(lambda self: len(self.prompt) % 2 == 0))
-    assert _max_diff(reference, _by_id(analyze(samples[:10], loaded64, batch_size=10))) <= 1e-9
+    reference = _by_id(analyze(samples[:20], loaded64, sequential=True))
+    # Some samples take the shared-prompt (KV cache) path, the others their own passes.
+    monkeypatch.setattr(SampleTokens, "prompt_in_hall", property(lambda self: len(self.prompt) % 3 != 0))
+    assert _max_diff(reference, _by_id(analyze(samples[:20], loaded64, batch_size=20))) <= 1e-9
 
 
 @pytest.mark.parametrize("window", [8, 4096])
@@ -150,4 +150,13 @@ def test_rotary_gqa_model_batched_equals_sequential(samples, window):
         },
     )
     reference = _by_id(analyze(samples[:12], loaded, sequential=True))
-    assert _max_diff(reference, _by_id(analyze(samples[:12], loaded, batch_size=5))) <= 1e-9
+    assert _max_diff(reference, _by_id(analyze(samples[:12], loaded, batch_size=12))) <= 1e-9
+
+
+def test_shared_prompt_path_is_taken_for_large_batches(loaded64, samples, monkeypatch):
+    calls = []
+    original = Engine._shared_prompt
+    monkeypatch.setattr(Engine, "_shared_prompt", lambda self, toks: calls.append(len(toks)) or original(self, toks))
+    list(analyze(samples[:12], loaded64, batch_size=12))
+    list(analyze(samples[:12], loaded64, batch_size=4))
+    assert calls == [12]
