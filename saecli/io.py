@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,56 @@ def remove_parts(run_dir: Path) -> None:
         path.unlink(missing_ok=True)
     if parts.is_dir():
         parts.rmdir()
+
+
+LOCK_FILE = ".saecli.lock"
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock (see :func:`acquire_lock`) for the duration of the block."""
+    lock = acquire_lock(run_dir)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def acquire_lock(run_dir: Path) -> Path:
+    """Claim a run folder for this process: two processes writing one folder (a run and its
+    resumption started too early) would interleave their part files. A lock left by a killed
+    process (its pid no longer runs) is taken over."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise SaecliError(
+                    f"another saecli process (pid {pid}) is writing to {run_dir}",
+                    hint="wait for it to finish, or stop it and then --resume",
+                ) from None
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return path
+    raise SaecliError(f"could not lock {run_dir}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:

@@ -234,76 +234,77 @@ def execute(
     if previous is None:
         io.remove_parts(run_dir)  # what a --force'd folder held belongs to another run
     crash_point("before_manifest")
-    io.write_manifest(state, run_dir)
-    crash_point("after_manifest")
+    with io.locked(run_dir):
+        io.write_manifest(state, run_dir)
+        crash_point("after_manifest")
 
-    position = {s.id: i for i, s in enumerate(samples)}
-    frames, corrupted = io.read_parts(run_dir, loaded.layers)
-    for path in corrupted:
-        log.warning("part file %s was unreadable; its samples are analysed again", path.name)
-    finished = [sid for frame in frames for sid in frame["sample_id"].to_list() if sid in position]
-    if len(set(finished)) != len(finished):
-        raise SaecliError(f"{run_dir}: the part files hold a sample twice", hint="start a new run", exit_code=1)
-    todo = [i for i in range(len(samples)) if samples[i].id not in set(finished)]
-    state["finished_ids"] = finished
-    part_number = max((int(p.stem.split("-")[1]) for p in (run_dir / io.PARTS_DIR).glob("part-*.parquet")), default=0)
-    done, n_tokens = len(finished), 0
-    if progress is not None:
-        progress(done, len(samples))
-    started = time.perf_counter()
-    try:
-        batches = engine.run([samples[i] for i in todo], batch_size=batch_size, sequential=config.mode == "sequential",
-                             toks=[toks[i] for i in todo])
-        for batch in batches:
-            crash_point("batch_done")
-            with engine.timer("write"):
-                part = io.rows_to_frame(batch.rows, loaded.layers)
-                part_number += 1
-                io.write_part(part, run_dir, part_number)
-                crash_point("after_part")
-                state["finished_ids"] += part["sample_id"].to_list()
-                state["backoffs"] = earlier_backoffs + engine.backoffs
-                io.write_manifest(state, run_dir)
-            done += len(batch.indices)
-            n_tokens += batch.tokens
-            if progress is not None:
-                progress(done, len(samples))
-    except Exception as exc:
-        if is_oom(exc):
-            from saecli.doctor import oom_message
+        position = {s.id: i for i, s in enumerate(samples)}
+        frames, corrupted = io.read_parts(run_dir, loaded.layers)
+        for path in corrupted:
+            log.warning("part file %s was unreadable; its samples are analysed again", path.name)
+        finished = [sid for frame in frames for sid in frame["sample_id"].to_list() if sid in position]
+        if len(set(finished)) != len(finished):
+            raise SaecliError(f"{run_dir}: the part files hold a sample twice", hint="start a new run", exit_code=1)
+        todo = [i for i in range(len(samples)) if samples[i].id not in set(finished)]
+        state["finished_ids"] = finished
+        part_number = max((int(p.stem.split("-")[1]) for p in (run_dir / io.PARTS_DIR).glob("part-*.parquet")), default=0)
+        done, n_tokens = len(finished), 0
+        if progress is not None:
+            progress(done, len(samples))
+        started = time.perf_counter()
+        try:
+            batches = engine.run([samples[i] for i in todo], batch_size=batch_size, sequential=config.mode == "sequential",
+                                 toks=[toks[i] for i in todo])
+            for batch in batches:
+                crash_point("batch_done")
+                with engine.timer("write"):
+                    part = io.rows_to_frame(batch.rows, loaded.layers)
+                    part_number += 1
+                    io.write_part(part, run_dir, part_number)
+                    crash_point("after_part")
+                    state["finished_ids"] += part["sample_id"].to_list()
+                    state["backoffs"] = earlier_backoffs + engine.backoffs
+                    io.write_manifest(state, run_dir)
+                done += len(batch.indices)
+                n_tokens += batch.tokens
+                if progress is not None:
+                    progress(done, len(samples))
+        except Exception as exc:
+            if is_oom(exc):
+                from saecli.doctor import oom_message
 
-            raise oom_message(1, preset.name, loaded.device) from None
-        raise
-    analysis_seconds = time.perf_counter() - started
+                raise oom_message(1, preset.name, loaded.device) from None
+            raise
+        analysis_seconds = time.perf_counter() - started
 
-    crash_point("before_merge")
-    with engine.timer("write"):
-        frames, _ = io.read_parts(run_dir, loaded.layers)
-        merged = pl.concat(frames) if frames else io.rows_to_frame([], loaded.layers)
-        order = merged["sample_id"].map_elements(position.__getitem__, return_dtype=pl.Int64)
-        frame = merged.with_columns(order.alias("__order")).sort("__order").drop("__order")
-        if frame["sample_id"].to_list() != [s.id for s in samples]:
-            raise SaecliError(f"{run_dir}: the merged results do not match the samples", exit_code=1)
-        io.write_metrics(frame, run_dir)
-    crash_point("after_merge")
-    manifest = build_manifest(
-        config,
-        loaded,
-        engine,
-        n_samples=len(samples),
-        n_tokens=n_tokens,
-        data_source=str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})",
-        analysis_seconds=analysis_seconds,
-        batch_size=batch_size,
-    )
-    manifest.update(status="complete", identity=ident, config_hash=config_hash(ident), backoffs=earlier_backoffs + engine.backoffs,
-                    resumed=previous is not None)
-    if auto is not None:
-        manifest["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
-    io.write_manifest(manifest, run_dir)
-    crash_point("after_final_manifest")
-    io.remove_parts(run_dir)
-    return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
+        crash_point("before_merge")
+        with engine.timer("write"):
+            frames, _ = io.read_parts(run_dir, loaded.layers)
+            merged = pl.concat(frames) if frames else io.rows_to_frame([], loaded.layers)
+            order = merged["sample_id"].map_elements(position.__getitem__, return_dtype=pl.Int64)
+            frame = merged.with_columns(order.alias("__order")).sort("__order").drop("__order")
+            if frame["sample_id"].to_list() != [s.id for s in samples]:
+                raise SaecliError(f"{run_dir}: the merged results do not match the samples", exit_code=1)
+            io.write_metrics(frame, run_dir)
+        crash_point("after_merge")
+        manifest = build_manifest(
+            config,
+            loaded,
+            engine,
+            n_samples=len(samples),
+            n_tokens=n_tokens,
+            data_source=str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})",
+            analysis_seconds=analysis_seconds,
+            batch_size=batch_size,
+        )
+        manifest.update(status="complete", identity=ident, config_hash=config_hash(ident), backoffs=earlier_backoffs + engine.backoffs,
+                        resumed=previous is not None)
+        if auto is not None:
+            manifest["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
+        io.write_manifest(manifest, run_dir)
+        crash_point("after_final_manifest")
+        io.remove_parts(run_dir)
+        return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
 
 
 def domain_summary(frame: pl.DataFrame, layers: list[int]) -> pl.DataFrame:

@@ -131,3 +131,19 @@ def test_single_sample_oom_is_one_line_error(tmp_path, monkeypatch):
 
 def test_main_module_runs():
     assert Path(saecli.__file__).with_name("__main__.py").is_file()
+
+
+@pytest.mark.slow
+def test_folder_in_use_by_another_process_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert _saecli([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": "after_part#1"}).returncode == -signal.SIGKILL
+    # The killed run's lock is stale (its pid is gone) and must not block the resumption...
+    assert (out / ".saecli.lock").is_file()
+    # ...but a lock held by a live process must.
+    (out / ".saecli.lock").write_text(str(os.getppid()))
+    result = runner.invoke(app, ["run", "--resume", str(out)])
+    assert result.exit_code == 2 and f"pid {os.getppid()}" in result.output
+    (out / ".saecli.lock").write_text("999999999")
+    result = runner.invoke(app, ["run", "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (out / ".saecli.lock").exists()
