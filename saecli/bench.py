@@ -89,15 +89,18 @@ def _proc_status(field_name: str) -> int | None:
     return None
 
 
-def current_rss() -> int:
-    """Resident memory of this process now."""
-    now = _proc_status("VmRSS")
-    if now is not None:
-        return now
+def _lifetime_peak_rss() -> int:
+    """``ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS): the fallback off Linux."""
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
+
+
+def current_rss() -> int:
+    """Resident memory of this process now."""
+    now = _proc_status("VmRSS")
+    return now if now is not None else _lifetime_peak_rss()
 
 
 def reset_peak_rss() -> bool:
@@ -113,12 +116,7 @@ def reset_peak_rss() -> bool:
 def peak_rss() -> int:
     """The resident-memory high-water mark (since :func:`reset_peak_rss` on Linux)."""
     peak = _proc_status("VmHWM")
-    if peak is not None:
-        return peak
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
+    return peak if peak is not None else _lifetime_peak_rss()
 
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:
