@@ -12,7 +12,7 @@ from saecli.columns import ID_COLUMNS
 from saecli.errors import SaecliError
 
 # Manifest fields that must agree for two runs to be comparable at all.
-IDENTITY_FIELDS = ("schema_version", "preset.name", "layers", "seed", "noise_std")
+COMPARABLE_FIELDS = ("schema_version", "preset.name", "layers", "seed", "noise_std")
 
 
 @dataclass
@@ -80,7 +80,7 @@ def _get(manifest: dict[str, Any], dotted: str) -> Any:
 
 def check_comparable(a: dict[str, Any], b: dict[str, Any], label_a: str, label_b: str) -> None:
     """Refuse runs that differ in what makes results comparable."""
-    for key in IDENTITY_FIELDS:
+    for key in COMPARABLE_FIELDS:
         va, vb = _get(a, key), _get(b, key)
         if va != vb:
             raise SaecliError(f"runs are not comparable: {key} is {va!r} in {label_a} but {vb!r} in {label_b}")

@@ -38,7 +38,6 @@ from saecli.models import LoadedPreset
 
 log = logging.getLogger(__name__)
 
-STAGES = ("tokenize", "forward", "sae", "geometry", "metrics")
 MIN_SHARED_PROMPT = 8
 """Samples a batch needs before its prompts get a pass of their own (the shared-prompt path)."""
 
