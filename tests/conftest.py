@@ -37,3 +37,22 @@ def hb_dir() -> Path:
     if not HB_DIR.is_dir():
         pytest.skip(f"shared benchmark not found at {HB_DIR}")
     return HB_DIR
+
+
+@pytest.fixture
+def oom_above(monkeypatch):
+    """Make the engine's batches larger than ``limit`` raise an out-of-memory error, as a GPU
+    would, so that backoff and OOM reporting can be tested on a CPU."""
+    from saecli.engine import Engine
+
+    original = Engine.analyze_batch
+
+    def install(limit: int) -> None:
+        def patched(self, samples, toks):
+            if len(samples) > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return original(self, samples, toks)
+
+        monkeypatch.setattr(Engine, "analyze_batch", patched)
+
+    return install

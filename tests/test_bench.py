@@ -6,13 +6,11 @@ import csv
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from saecli.autobatch import find_batch_size
 from saecli.bench import SEQUENTIAL, SizeResult, measure, recommend
 from saecli.cli import app
-from saecli.engine import Engine
 from saecli.errors import SaecliError
 
 runner = CliRunner()
@@ -31,27 +29,18 @@ def test_recommend_fastest_under_margin():
     assert recommend([SizeResult(size=1, ok=False, oom=True)], available=GiB)[0] is None
 
 
-def _oom_above(limit):
-    original = Engine.analyze_batch
-
-    def patched(self, samples, toks):
-        if len(samples) > limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(self, samples, toks)
-
-    return patched
 
 
-def test_auto_halves_on_oom(loaded64, samples, monkeypatch):
-    monkeypatch.setattr(Engine, "analyze_batch", _oom_above(4))
+def test_auto_halves_on_oom(loaded64, samples, monkeypatch, oom_above):
+    oom_above(4)
     auto = find_batch_size(loaded64, samples, cap=32)
     assert auto.size == 4
     assert [p["size"] for p in auto.probes] == [1, 2, 4, 8] and auto.probes[-1]["outcome"] == "out of memory"
     assert "batch 8 ran out of memory" in auto.reason
 
 
-def test_auto_single_sample_that_does_not_fit(loaded64, samples, monkeypatch):
-    monkeypatch.setattr(Engine, "analyze_batch", _oom_above(0))
+def test_auto_single_sample_that_does_not_fit(loaded64, samples, monkeypatch, oom_above):
+    oom_above(0)
     with pytest.raises(SaecliError, match="not even one sample fits") as info:
         find_batch_size(loaded64, samples)
     assert "doctor --probe" in info.value.hint
@@ -65,8 +54,8 @@ def test_auto_respects_memory_margin(loaded64, samples):
 
 
 @pytest.mark.slow
-def test_measure_records_oom(monkeypatch):
-    monkeypatch.setattr(Engine, "analyze_batch", _oom_above(2))
+def test_measure_records_oom(monkeypatch, oom_above):
+    oom_above(2)
     job = {"preset": "tiny", "data": None, "limit": 8, "repeats": 1, "device": "cpu", "dtype": "float32",
            "seed": 0, "noise_std": 0.1, "size": 4}
     result = measure(job)

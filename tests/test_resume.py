@@ -11,14 +11,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import saecli
 from saecli.cli import app
 from saecli.compare import compare_frames
 from saecli.config import RunConfig
-from saecli.engine import Engine
 from saecli.io import rows_to_frame
 from saecli.runner import execute
 
@@ -96,20 +94,11 @@ def test_corrupted_part_is_redone(tmp_path, reference):
     assert compare_frames(reference, pl.read_parquet(out / "metrics.parquet"), atol=1e-6).passed
 
 
-def _oom_above(limit):
-    original = Engine.analyze_batch
-
-    def patched(self, samples, toks):
-        if len(samples) > limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return original(self, samples, toks)
-
-    return patched
 
 
 @pytest.mark.slow
-def test_oom_backoff_gives_identical_results(tmp_path, reference, monkeypatch):
-    monkeypatch.setattr(Engine, "analyze_batch", _oom_above(1))
+def test_oom_backoff_gives_identical_results(tmp_path, reference, monkeypatch, oom_above):
+    oom_above(1)
     config = RunConfig(limit=LIMIT, batch_size=16, dtype="float64")
     result = execute(config, out=tmp_path / "run")
     assert compare_frames(reference, result.frame, atol=1e-9).passed
@@ -122,8 +111,8 @@ def test_oom_backoff_gives_identical_results(tmp_path, reference, monkeypatch):
 
 
 @pytest.mark.slow
-def test_single_sample_oom_is_one_line_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(Engine, "analyze_batch", _oom_above(0))
+def test_single_sample_oom_is_one_line_error(tmp_path, monkeypatch, oom_above):
+    oom_above(0)
     result = runner.invoke(app, ["run", "--limit", "4", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1, result.output
     assert "batch size 1" in result.output and "saecli doctor --probe" in result.output and "Traceback" not in result.output
