@@ -3,31 +3,45 @@
 ``sweep`` (the parent) starts one worker per size (and one for the sequential reference) as
 ``python -m saecli.bench``; the worker loads the preset, runs an uncounted warm-up, then ``repeats``
 timed passes over the same samples, and prints one JSON document on its last stdout line.
+
+Nothing measured is lost: the options are checked and the output folder is created and tried with a
+real write (:func:`prepare_out_dir`) before the first worker starts, and ``bench.json`` / ``bench.csv``
+are written atomically.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saecli import rundir
 from saecli.errors import SaecliError
 from saecli.errors import is_out_of_memory as is_oom
+from saecli.io import atomic_write, probe_write
 
 log = logging.getLogger(__name__)
 
 SEQUENTIAL = "sequential"
 MEMORY_MARGIN = 0.8
 """A size is recommended only if its peak memory stays under this fraction of what is available."""
+MAX_REPEATS = 100
+"""Timed passes per size at most: the median is stable long before, and each pass costs a full analysis."""
+MAX_SIZES = 32
+"""Batch sizes per sweep at most: each one is a fresh process that loads the model."""
+BENCH_ROOT = Path("bench")
+JSON_FILE, CSV_FILE = "bench.json", "bench.csv"
 
 
 @dataclass
@@ -210,6 +224,69 @@ def _run_worker(job: dict[str, Any]) -> SizeResult:
     return SizeResult(**data)
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_options(*, sizes: Sequence[int], repeats: int, limit: int | None = None) -> None:
+    """Refuse, before any folder is made or worker started, a sweep that cannot run or would not end
+    (the one place both the CLI and :func:`sweep` check these).
+
+    A batch size has no upper bound of its own: the data caps it (a size above the number of samples
+    measures one batch of all of them), and a size that does not fit is recorded as out of memory,
+    which is what a sweep is for.
+    """
+    if not sizes or not all(_whole(size) and size >= 1 for size in sizes):
+        raise SaecliError(f"--sizes must be positive whole numbers separated by commas, e.g. 1,8,32 (got {list(sizes)!r})")
+    if len(sizes) > MAX_SIZES:
+        raise SaecliError(
+            f"--sizes takes at most {MAX_SIZES} batch sizes (got {len(sizes)})", hint="each size is a fresh process; split the sweep"
+        )
+    if not _whole(repeats) or not 1 <= repeats <= MAX_REPEATS:
+        raise SaecliError(f"--repeats must be a whole number from 1 to {MAX_REPEATS} (got {repeats!r})")
+    if limit is not None and (not _whole(limit) or limit < 1):
+        raise SaecliError(f"--limit must be a whole number >= 1 (got {limit!r})")
+
+
+@dataclass
+class OutDir:
+    """The folder a sweep saves into, made before the sweep starts."""
+
+    path: Path
+    created: list[Path] = field(default_factory=list)
+    """Folders :func:`prepare_out_dir` made, outermost first: removed again by :meth:`discard`."""
+
+    def discard(self) -> None:
+        """For a sweep that ends without saving (an error, Ctrl-C): remove the folders made for it,
+        if still empty (never anything written in them)."""
+        rundir.remove_empty(self.created)
+
+
+def prepare_out_dir(out: Path | None, preset: str, *, root: Path = BENCH_ROOT) -> OutDir:
+    """Create the folder ``bench.json`` and ``bench.csv`` will go to and try it with a real write, so
+    that a folder that cannot take them is refused before anything is measured, not after.
+
+    ``out`` None is a new ``root/<UTC second>-<preset>`` (``-2``, ``-3``, ... appended when a sweep
+    started in the same second has it). An explicit ``out`` may exist (its bench files are replaced).
+    """
+    if out is not None and out.exists() and not out.is_dir():
+        raise SaecliError(f"bench output {out} exists and is not a folder", hint="choose another --out")
+    first = Path(out) if out is not None else root
+    target = OutDir(first, rundir.make_folders(first))
+    try:
+        if out is None:
+            target.path = rundir.new_folder(root, f"{rundir.run_stamp()}-{re.sub(r'[^A-Za-z0-9._-]+', '-', preset)}")
+            target.created.append(target.path)
+        probe_write(target.path)
+    except OSError as exc:
+        target.discard()
+        raise rundir.not_writable(target.path, target.path, exc) from None
+    except BaseException:
+        target.discard()
+        raise
+    return target
+
+
 def recommend(results: list[SizeResult], available: int | None) -> tuple[int | None, str]:
     """The fastest size whose peak memory stays under the margin of available memory."""
     batched = [r for r in results if r.ok and r.size != SEQUENTIAL]
@@ -247,6 +324,10 @@ def sweep(
 ) -> Sweep:
     """Measure every size (and the sequential reference) in its own process."""
     from saecli.config import find_preset
+    from saecli.data import load_samples
+
+    check_options(sizes=sizes, repeats=repeats, limit=limit)
+    load_samples(data, domains=domains, limit=limit)  # bad data is one error here, not a failure in every worker
     from saecli.models import resolve_device
 
     chosen = find_preset(preset)
@@ -284,17 +365,29 @@ CSV_FIELDS = ["size", "ok", "oom", "samples", "seconds_median", "seconds_min", "
 
 
 def save(result: Sweep, out_dir: Path) -> None:
-    """``bench.json`` (everything) and ``bench.csv`` (one row per size, stages as columns)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """``bench.json`` (everything) and ``bench.csv`` (one row per size, stages as columns), each
+    written atomically (whole or absent). A folder that fails (a full disk, a mount gone read-only) is
+    a one-line error (exit code 1) naming the file and the fix; the caller still holds ``result``."""
     result.out_dir = str(out_dir)
-    (out_dir / "bench.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     stages = sorted({k for r in result.results for k in r.stages})
-    with (out_dir / "bench.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_FIELDS + [f"stage_{s}_seconds" for s in stages])
-        for r in result.results:
-            row = asdict(r)
-            writer.writerow([row[f] for f in CSV_FIELDS] + [r.stages.get(s) for s in stages])
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_FIELDS + [f"stage_{s}_seconds" for s in stages])
+            for r in result.results:
+                row = asdict(r)
+                writer.writerow([row[f] for f in CSV_FIELDS] + [r.stages.get(s) for s in stages])
+
+    for path, write in (
+        (out_dir / JSON_FILE, lambda tmp: tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")),
+        (out_dir / CSV_FILE, write_csv),
+    ):
+        try:
+            atomic_write(path, write)
+        except OSError as exc:
+            hint = "free some space, or choose another --out" if exc.errno == errno.ENOSPC else "choose another --out"
+            raise SaecliError(f"cannot save {path}: {exc.strerror or exc}", hint=hint, exit_code=1) from None
 
 
 def _worker_main() -> int:

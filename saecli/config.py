@@ -8,7 +8,9 @@ TOML file are rejected with the file and the key named.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,13 +51,154 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str, source: Pa
         )
 
 
+def _type_name(t: type) -> str:
+    # TOML's words for the containers a preset author writes.
+    return {dict: "table", list: "array"}.get(t, t.__name__)
+
+
+def _type_problem(value: Any, types: tuple[type, ...]) -> str | None:
+    """Why ``value`` is none of ``types`` (a bool is not an int here), or None when it is one."""
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return None
+    names = " or ".join(_type_name(t) for t in types if t is not type(None))
+    return f"must be {names}, got {_type_name(type(value))} {value!r}"
+
+
 def _expect(value: Any, types: type | tuple[type, ...], key: str, source: Path | str) -> Any:
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise SaecliError(f"{source}: '{key}' has the wrong type (got a boolean)")
-    if not isinstance(value, types):
-        names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-        raise SaecliError(f"{source}: '{key}' must be {names}, got {type(value).__name__} {value!r}")
+    problem = _type_problem(value, types if isinstance(types, tuple) else (types,))
+    if problem is not None:
+        raise SaecliError(f"{source}: '{key}' {problem}")
     return value
+
+
+def _field_types(annotation: str) -> tuple[type, ...]:
+    """The runtime types of a dataclass field's annotation string (``str | None``, ``dict[str, Any]``)."""
+    names = {"str": str, "int": int, "bool": bool, "float": float, "dict": dict, "tuple": tuple, "None": type(None)}
+    return tuple(names[part.strip().split("[")[0]] for part in annotation.split("|"))
+
+
+def _check_field_types(spec: Any, prefix: str, suffix: str = "") -> None:
+    """Check every field of a spec dataclass against its annotation, so that a mistyped TOML
+    value is refused where it is read, not deep inside the model loading."""
+    for f in dataclasses.fields(spec):
+        problem = _type_problem(getattr(spec, f.name), _field_types(f.type))
+        if problem is not None:
+            raise SaecliError(f"'{prefix}.{f.name}'{suffix} {problem}")
+
+
+# -- one validator per run option, shared by RunConfig, a preset's [defaults] and the Python API --
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Seeds and sample complexities are stored as signed 64-bit integers (torch generators, Parquet)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int64(value: Any, name: str) -> int:
+    """A whole number in the signed 64-bit range."""
+    if not _is_int(value) or not INT64_MIN <= value <= INT64_MAX:
+        raise SaecliError(f"{name} must be a whole number from {INT64_MIN} to {INT64_MAX}, got {value!r}")
+    return value
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """The stability noise's seed: any signed 64-bit integer."""
+    return check_int64(value, name)
+
+
+def _is_finite_number(value: Any) -> bool:
+    """An int or float that converts to a finite float (a huge int overflows it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def check_noise_std(value: Any, name: str = "noise_std") -> float:
+    """σ of the stability noise: finite and >= 0 (NaN or infinity would turn every stability value into 0)."""
+    if not _is_finite_number(value) or value < 0:
+        raise SaecliError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def check_limit(value: Any, name: str = "limit") -> int | None:
+    """None (all samples) or a whole number >= 1."""
+    if value is not None and (not _is_int(value) or value < 1):
+        raise SaecliError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def check_batch_size(value: Any, name: str = "batch_size", *, auto: bool = True) -> int | str:
+    """A whole number >= 1, or ``"auto"`` where the caller can probe one."""
+    if (auto and value == "auto") or (_is_int(value) and value >= 1):
+        return value
+    raise SaecliError(f"{name} must be a whole number >= 1{' or ' + repr('auto') if auto else ''}, got {value!r}")
+
+
+def split_domains(value: Any) -> Any:
+    """``"entity, logical"`` or a list → ``("entity", "logical")``; anything else as it is (for
+    :func:`check_domains` to judge). Only commas and spaces give an empty tuple, which is refused."""
+    if isinstance(value, str):
+        return tuple(d.strip() for d in value.split(",") if d.strip())
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def check_domains(value: Any, name: str = "domains") -> tuple[str, ...] | None:
+    """None (every domain) or a non-empty tuple of non-empty domain names."""
+    if value is None:
+        return None
+    if not isinstance(value, tuple) or not all(isinstance(d, str) for d in value):
+        raise SaecliError(f"{name} must be a tuple of domain names, got {value!r}")
+    if not value or not all(d.strip() for d in value):
+        raise SaecliError(f"{name} must name at least one domain, each non-empty, got {value!r}", hint="e.g. --domains entity,logical")
+    return value
+
+
+def check_optional_str(value: Any, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise SaecliError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_str(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise SaecliError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _check_choice(allowed: tuple[str, ...], optional: bool = False) -> Callable[[Any, str], Any]:
+    def check(value: Any, name: str) -> Any:
+        if (value is None and optional) or (isinstance(value, str) and value in allowed):
+            return value
+        raise SaecliError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    return check
+
+
+_OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "preset": check_str,
+    "data": check_optional_str,
+    "limit": check_limit,
+    "domains": check_domains,
+    "batch_size": check_batch_size,
+    "seed": check_seed,
+    "noise_std": check_noise_std,
+    "device": _check_choice(DEVICES),
+    "dtype": _check_choice(DTYPES, optional=True),
+    "mode": _check_choice(MODES),
+}
+
+
+def check_option(key: str, value: Any, name: str | None = None) -> Any:
+    """Validate one run option (a :class:`RunConfig` field) and return it unchanged; ``name`` is how
+    the message calls it (default: the key). The one check behind flags, presets and the API."""
+    return _OPTION_CHECKS[key](value, name or key)
 
 
 def resolve_location(value: str, base: Path) -> Path:
@@ -90,8 +233,10 @@ class ModelSpec:
     """Seed of a ``random_init`` model's weights."""
 
     def __post_init__(self) -> None:
+        _check_field_types(self, "model")
         if self.dtype not in DTYPES:
             raise SaecliError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_int64(self.seed, "model.seed")
         if self.random_init and (not self.config or self.tokenizer is None):
             raise SaecliError("a random_init model needs 'config' and 'tokenizer'")
 
@@ -112,6 +257,7 @@ class SAESpec:
     """A seeded random JumpReLU SAE: ``{hook, d_sae, target_l0, seed}`` (benchmark-only presets)."""
 
     def __post_init__(self) -> None:
+        _check_field_types(self, "sae", f" (the SAE for layer {self.layer!r})")
         if self.layer < 0:
             raise SaecliError(f"sae.layer must be >= 0, got {self.layer}")
         hub = self.release is not None or self.id is not None
@@ -121,10 +267,26 @@ class SAESpec:
                 f"the SAE for layer {self.layer} needs exactly one of 'path', 'release' and 'id', or 'random'"
             )
         if self.random is not None:
-            _check_keys(self.random, {"hook", "d_sae", "target_l0", "seed"}, f"sae.random (layer {self.layer})", Path("preset"))
-            for key in ("hook", "d_sae"):
-                if key not in self.random:
-                    raise SaecliError(f"sae.random for layer {self.layer} needs '{key}'")
+            self._check_random(self.random)
+
+    def _check_random(self, random: dict[str, Any]) -> None:
+        """The keys and values of a random SAE's table, checked here rather than when it is built."""
+        where = f"sae.random (layer {self.layer})"
+        unknown = sorted(set(random) - {"hook", "d_sae", "target_l0", "seed"})
+        if unknown:
+            raise SaecliError(f"unknown key '{unknown[0]}' in {where}", hint="allowed keys: d_sae, hook, seed, target_l0")
+        for key in ("hook", "d_sae"):
+            if key not in random:
+                raise SaecliError(f"sae.random for layer {self.layer} needs '{key}'")
+        check_str(random["hook"], f"{where}.hook")
+        if not _is_int(random["d_sae"]) or not 1 <= random["d_sae"] <= INT64_MAX:
+            raise SaecliError(f"{where}.d_sae must be a whole number >= 1, got {random['d_sae']!r}")
+        if "target_l0" in random:
+            target = random["target_l0"]
+            if not _is_finite_number(target) or target <= 0:
+                raise SaecliError(f"{where}.target_l0 must be a finite number > 0, got {target!r}")
+        if "seed" in random:
+            check_int64(random["seed"], f"{where}.seed")
 
     @property
     def identity(self) -> str:
@@ -153,11 +315,24 @@ class Preset:
     """True when the weights are random: its metrics mean nothing (benchmarking only)."""
 
     def __post_init__(self) -> None:
+        self._check_defaults()
         if len(self.saes) != 3:
             raise SaecliError(f"{self.source}: a preset needs exactly 3 SAEs, got {len(self.saes)}")
         layers = [s.layer for s in self.saes]
         if len(set(layers)) != 3:
             raise SaecliError(f"{self.source}: the 3 SAE layers must differ, got {layers}")
+
+    def _check_defaults(self) -> None:
+        """``[defaults]`` holds only run options, each checked as the same flag would be (the loader
+        adds the file to the message)."""
+        problem = _type_problem(self.defaults, (dict,))
+        if problem is not None:
+            raise SaecliError(f"'defaults' {problem}")
+        unknown = sorted(set(self.defaults) - set(PRESET_DEFAULT_KEYS))
+        if unknown:
+            raise SaecliError(f"unknown key '{unknown[0]}' in [defaults]", hint=f"allowed keys: {', '.join(sorted(PRESET_DEFAULT_KEYS))}")
+        for key, value in self.defaults.items():
+            check_option(key, value, f"[defaults] {key}")
 
     @property
     def layers(self) -> list[int]:
@@ -173,32 +348,43 @@ _MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
 _SAE_KEYS = {f.name for f in dataclasses.fields(SAESpec)}
 
 
-def load_preset_file(path: Path) -> Preset:
-    """Parse and validate one preset file."""
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML of a preset file; anything that keeps it from being read is one error naming it."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise SaecliError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise SaecliError(f"config path {path} is a folder, not a TOML file") from None
+    except OSError as exc:
+        raise SaecliError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SaecliError(f"{path} is not a UTF-8 text file (byte {exc.start} is not UTF-8)", hint="a preset is a TOML file") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SaecliError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise SaecliError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
+
+
+def load_preset_file(path: Path) -> Preset:
+    """Parse and validate one preset file: every key and value, before anything is loaded."""
+    raw = _read_toml(path)
     _check_keys(raw, _PRESET_KEYS, "the top level", path)
-    model_raw = _expect(raw.get("model"), dict, "model", path)
+    if "model" not in raw:
+        raise SaecliError(f"{path}: no [model] table", hint="a preset needs [model] with at least 'name'")
+    model_raw = _expect(raw["model"], dict, "model", path)
     _check_keys(model_raw, _MODEL_KEYS, "[model]", path)
+    _expect(model_raw.get("name"), str, "model.name", path)
     sae_raw = _expect(raw.get("sae", []), list, "sae", path)
     saes = []
     for i, table in enumerate(sae_raw):
         _expect(table, dict, f"sae[{i}]", path)
         _check_keys(table, _SAE_KEYS, f"[[sae]] #{i + 1}", path)
         _expect(table.get("layer"), int, f"sae[{i}].layer", path)
-        if "random" in table:
-            _expect(table["random"], dict, f"sae[{i}].random", path)
-        for key in ("release", "id", "path"):
-            if key in table:
-                _expect(table[key], str, f"sae[{i}].{key}", path)
         saes.append(_with_source(path, lambda t=table: SAESpec(**t)))
-    _expect(model_raw.get("name"), str, "model.name", path)
     defaults = _expect(raw.get("defaults", {}), dict, "defaults", path)
-    _check_keys(defaults, set(PRESET_DEFAULT_KEYS), "[defaults]", path)
     return _with_source(
         path,
         lambda: Preset(
@@ -213,7 +399,7 @@ def load_preset_file(path: Path) -> Preset:
     )
 
 
-def _with_source(path: Path, build: Any) -> Any:
+def _with_source(path: Path | str, build: Any) -> Any:
     """Run a constructor, prefixing a validation error with the file it came from."""
     try:
         return build()
@@ -225,15 +411,20 @@ def _with_source(path: Path, build: Any) -> Any:
 
 def find_preset(name_or_path: str) -> Preset:
     """A preset by name (``tiny``, ``gemma-2-2b``) or by the path of a TOML file."""
-    candidate = Path(name_or_path).expanduser()
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise SaecliError(f"a preset is a name or the path of a TOML file, got {name_or_path!r}")
+    try:
+        candidate = Path(name_or_path).expanduser()
+    except RuntimeError:  # ~user of an unknown user
+        candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.is_file():
-        if not candidate.is_file():
-            raise SaecliError(f"config file not found: {candidate}")
         return load_preset_file(candidate)
     for directory in preset_dirs():
         path = directory / f"{name_or_path}.toml"
         if path.is_file():
             return load_preset_file(path)
+    if candidate.is_dir():  # checked last: a folder in the current one may share a preset's name
+        raise SaecliError(f"config path {candidate} is a folder, not a TOML file")
     raise SaecliError(
         f"unknown preset {name_or_path!r}",
         hint=f"available: {', '.join(available_presets())}; or pass --config FILE.toml",
@@ -266,22 +457,10 @@ class RunConfig:
     """batched (``run``) or sequential (the one-text-at-a-time reference)."""
 
     def __post_init__(self) -> None:
-        if self.batch_size != "auto" and (
-            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
-        ):
-            raise SaecliError(f"batch_size must be a whole number >= 1 or 'auto', got {self.batch_size!r}")
-        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
-            raise SaecliError(f"limit must be a whole number >= 1, got {self.limit!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise SaecliError(f"seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.noise_std, (int, float)) or self.noise_std < 0:
-            raise SaecliError(f"noise_std must be a number >= 0, got {self.noise_std!r}")
-        if self.device not in DEVICES:
-            raise SaecliError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise SaecliError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.mode not in MODES:
-            raise SaecliError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        # --domains arrives as "a,b" (the CLI), a list (a manifest's JSON) or a tuple (Python).
+        object.__setattr__(self, "domains", split_domains(self.domains))
+        for f in dataclasses.fields(self):
+            check_option(f.name, getattr(self, f.name))
 
 
 PRESET_DEFAULT_KEYS = ("batch_size", "seed", "noise_std", "device", "data", "limit")
@@ -296,10 +475,7 @@ def resolve_run_config(preset: Preset, /, **overrides: Any) -> RunConfig:
     for key, value in overrides.items():
         if value is not None:
             values[key] = value
-    if isinstance(values.get("domains"), str):
-        values["domains"] = tuple(d.strip() for d in values["domains"].split(",") if d.strip())
-    elif values.get("domains") is not None:
-        values["domains"] = tuple(values["domains"])
+    values["domains"] = split_domains(values.get("domains"))
     if values.get("data") is not None and preset.defaults.get("data") == values["data"]:
         values["data"] = str(resolve_location(values["data"], preset.base_dir))
     return RunConfig(**values)

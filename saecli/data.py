@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saecli.config import assets_dir
+from saecli.config import INT64_MAX, INT64_MIN, assets_dir, check_domains, check_limit
 from saecli.errors import SaecliError
 
 DOMAINS = ("entity", "temporal", "logical", "adversarial")
@@ -25,9 +25,57 @@ HB_FILES = {
 _REQUIRED_TEXT = ("prompt", "fact", "hallucination")
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a user's value, cut so that a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SampleFieldError(SaecliError):
+    """One field of a sample is invalid; the data loader re-words it with the file and record."""
+
+    def __init__(self, sample_id: Any, name: str, problem: str):
+        where = f"sample {_short(sample_id)}: " if isinstance(sample_id, str) and sample_id else ""
+        super().__init__(f"{where}field '{name}' {problem}")
+        self.field = name
+        self.problem = problem
+
+
+def _text_problem(value: Any, *, optional: bool = False) -> str | None:
+    """Why ``value`` cannot be one of a sample's texts, or None when it can."""
+    if value is None:
+        return None if optional else "is missing"
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not optional and not value.strip():
+        return "is empty"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # json.loads turns "\ud800" into a lone surrogate, which the tokenizer fails on mid-run.
+        bad = value[exc.start]
+        return f"is not valid Unicode text: it holds the lone surrogate \\u{ord(bad):04x} at character {exc.start}"
+    return None
+
+
+def _complexity_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be an integer, got {type(value).__name__}"
+    if not INT64_MIN <= value <= INT64_MAX:
+        # Stored as Int64 in metrics.parquet: a larger value would fail at the first write.
+        return f"must be an integer from {INT64_MIN} to {INT64_MAX}, got {value}"
+    return None
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One benchmark item: a prompt with a true and a false completion."""
+    """One benchmark item: a prompt with a true and a false completion.
+
+    Every field is checked when a sample is made (from a data file or in Python), so nothing a
+    sample holds can fail later in the tokenizer or in the Parquet writer.
+    """
 
     id: str
     domain: str
@@ -36,6 +84,18 @@ class Sample:
     hallucination: str
     topic: str | None = None
     complexity: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = {
+            "id": _text_problem(self.id),
+            "domain": _text_problem(self.domain),
+            **{key: _text_problem(getattr(self, key)) for key in _REQUIRED_TEXT},
+            "topic": _text_problem(self.topic, optional=True),
+            "complexity": _complexity_problem(self.complexity),
+        }
+        for name, problem in problems.items():
+            if problem is not None:
+                raise SampleFieldError(self.id, name, problem)
 
     @property
     def fact_text(self) -> str:
@@ -52,26 +112,46 @@ def builtin_benchmark_path() -> Path:
     return assets_dir() / "benchmark.json"
 
 
+def _read_text(path: Path) -> str:
+    """A data file's text: UTF-8 (a byte-order mark is allowed), else one error naming the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        guess = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise SaecliError(
+            f"{path} is not UTF-8 text{guess}: byte {exc.start} (0x{raw[exc.start]:02x}) is not valid UTF-8",
+            hint="save the file as UTF-8",
+        ) from None
+
+
+def _parse_json(text: str, path: Path, lineno: int | None = None) -> Any:
+    """One JSON document; a syntax error or absurd nesting is one error with the file and line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = lineno if lineno is not None else exc.lineno
+        raise SaecliError(f"{path}: invalid JSON at line {line}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        where = f" at line {lineno}" if lineno is not None else ""
+        raise SaecliError(f"{path}: invalid JSON{where}: arrays or objects nested too deeply") from None
+
+
 def _read_records(path: Path) -> list[tuple[Any, str]]:
     """Records of one JSON list or JSONL file, each with a label for error messages."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SaecliError(f"cannot read {path}: {exc.strerror}") from None
+    text = _read_text(path)
     if path.suffix == ".jsonl":
         records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((json.loads(line), f"{path}:{lineno}"))
-            except json.JSONDecodeError as exc:
-                raise SaecliError(f"{path}: invalid JSON at line {lineno}, column {exc.colno}: {exc.msg}") from None
+        # JSON Lines are separated by "\n" only: str.splitlines() would also cut at U+2028 and
+        # other characters that JSON strings may hold as they are.
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                records.append((_parse_json(line, path, lineno), f"{path}:{lineno}"))
         return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SaecliError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    data = _parse_json(text, path)
     if isinstance(data, dict) and isinstance(data.get("samples"), list):
         data = data["samples"]
     if not isinstance(data, list):
@@ -80,60 +160,57 @@ def _read_records(path: Path) -> list[tuple[Any, str]]:
 
 
 def _to_sample(record: Any, where: str, suite: str | None) -> Sample:
+    """A record as a Sample; a bad field is one error naming the file, the record and the field."""
     if not isinstance(record, dict):
         raise SaecliError(f"{where}: expected an object, got {type(record).__name__}")
     rid = record.get("id")
-    label = f"{where} (id {rid!r})" if rid is not None else where
-    if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
-        raise SaecliError(f"{label}: field 'id' is missing or not a string")
-    for key in _REQUIRED_TEXT:
-        value = record.get(key)
-        if value is None:
-            raise SaecliError(f"{label}: field '{key}' is missing")
-        if not isinstance(value, str):
-            raise SaecliError(f"{label}: field '{key}' must be a string, got {type(value).__name__}")
-        if not value.strip():
-            raise SaecliError(f"{label}: field '{key}' is empty")
+    label = f"{where} (id {_short(rid)})" if rid is not None else where
+    # Whole-number ids are accepted as their text (some benchmarks number their records).
+    sample_id = str(rid) if isinstance(rid, int) and not isinstance(rid, bool) else rid
     own_domain = record.get("domain")
-    if own_domain is not None and not isinstance(own_domain, str):
-        raise SaecliError(f"{label}: field 'domain' must be a string")
-    topic = record.get("topic")
-    if suite is not None:
-        domain, topic = suite, own_domain
-    else:
-        if own_domain is None:
-            raise SaecliError(f"{label}: field 'domain' is missing")
-        domain = own_domain
-    if topic is not None and not isinstance(topic, str):
-        raise SaecliError(f"{label}: field 'topic' must be a string")
-    complexity = record.get("complexity")
-    if complexity is not None and (isinstance(complexity, bool) or not isinstance(complexity, int)):
-        raise SaecliError(f"{label}: field 'complexity' must be an integer")
-    return Sample(
-        id=str(rid),
-        domain=domain,
-        prompt=record["prompt"].strip(),
-        fact=record["fact"].strip(),
-        hallucination=record["hallucination"].strip(),
-        topic=topic,
-        complexity=complexity,
-    )
+    # In an HB-1000 suite file the file names the domain and the record's own "domain" is a topic.
+    domain, topic = (suite, own_domain) if suite is not None else (own_domain, record.get("topic"))
+    record_field = {"topic": "domain"} if suite is not None else {}
+    texts = {key: record.get(key) for key in _REQUIRED_TEXT}
+    try:
+        return Sample(
+            id=sample_id,
+            domain=domain,
+            topic=topic,
+            complexity=record.get("complexity"),
+            **{key: value.strip() if isinstance(value, str) else value for key, value in texts.items()},
+        )
+    except SampleFieldError as exc:
+        raise SaecliError(f"{label}: field '{record_field.get(exc.field, exc.field)}' {exc.problem}") from None
 
 
 def _files_of(path: Path) -> list[tuple[Path, str | None]]:
-    if path.is_file():
-        return [(path, HB_FILES.get(path.name))]
-    if path.is_dir():
+    """The data files of ``path`` (a file, or the .json/.jsonl files of a folder) with their suite."""
+    try:
+        if path.is_file():
+            return [(path, HB_FILES.get(path.name))]
+        if not path.is_dir():
+            if path.exists():
+                raise SaecliError(f"data path {path} is neither a file nor a folder")
+            raise SaecliError(f"data path does not exist: {path}")
         files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file())
-        if not files:
-            raise SaecliError(f"{path}: no .json or .jsonl files in this folder")
-        hb = [p for p in files if p.name in HB_FILES]
-        if hb:
-            # HB-1000 order: the suites in their conventional order, whatever the listing order.
-            order = list(HB_FILES)
-            files = sorted(hb, key=lambda p: order.index(p.name))
-        return [(p, HB_FILES.get(p.name)) for p in files]
-    raise SaecliError(f"data path does not exist: {path}")
+    except OSError as exc:
+        raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not files:
+        raise SaecliError(f"{path}: no .json or .jsonl files in this folder")
+    hb = [p for p in files if p.name in HB_FILES]
+    if hb:
+        # HB-1000 order: the suites in their conventional order, whatever the listing order.
+        order = list(HB_FILES)
+        files = sorted(hb, key=lambda p: order.index(p.name))
+    return [(p, HB_FILES.get(p.name)) for p in files]
+
+
+def _expand(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:  # ~user of an unknown user: then it is a name like any other
+        return path
 
 
 def load_samples(
@@ -148,7 +225,12 @@ def load_samples(
     files to the domains entity/temporal/logical/adversarial, keeping each record's own ``domain``
     as ``topic``). None loads the built-in benchmark.
     """
-    source = Path(path).expanduser() if path is not None else builtin_benchmark_path()
+    if path is not None and not isinstance(path, (str, Path)):
+        raise SaecliError(f"data must be a path, got {type(path).__name__} {path!r}")
+    check_limit(limit)
+    if domains is not None:
+        domains = check_domains(tuple(domains) if not isinstance(domains, str) else domains)
+    source = _expand(Path(path)) if path is not None else builtin_benchmark_path()
     samples = [
         _to_sample(record, where, suite)
         for file, suite in _files_of(source)

@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,7 @@ import torch
 
 from saecli import geometry, metrics
 from saecli.columns import KINDS, LAYER_METRICS, metric_columns
+from saecli.config import check_batch_size, check_noise_std, check_seed
 from saecli.data import Sample
 from saecli.errors import SaecliError, is_out_of_memory
 from saecli.models import LoadedPreset
@@ -163,11 +164,13 @@ class Engine:
         timer: StageTimer | None = None,
         backoff: bool = True,
     ):
+        if not isinstance(loaded, LoadedPreset):
+            raise SaecliError(f"the engine needs a LoadedPreset (from saecli.load_preset), got {type(loaded).__name__}")
         self.loaded = loaded
         self.model = loaded.model
         self.layers = list(loaded.layers)
-        self.seed = seed
-        self.noise_std = float(noise_std)
+        self.seed = check_seed(seed)
+        self.noise_std = float(check_noise_std(noise_std))
         self.timer = timer or StageTimer()
         self.backoff = backoff
         """Split a batch that runs out of memory (off for ``bench``, which must see the OOM)."""
@@ -494,8 +497,22 @@ def analyze(
     noise_std: float = 0.1,
     on_batch: Callable[[BatchResult], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Analyse samples on a loaded preset, yielding one row (dict) per sample in input order."""
+    """Analyse samples on a loaded preset, yielding one row (dict) per sample in input order.
+
+    The arguments are checked when it is called (with the checks of the CLI's options), not when
+    the first row is asked for; each Sample has checked its own fields when it was made.
+    """
+    check_batch_size(batch_size, auto=False)
+    samples = list(samples) if isinstance(samples, Iterable) and not isinstance(samples, (str, bytes)) else None
+    if samples is None or not all(isinstance(s, Sample) for s in samples):
+        raise SaecliError("analyze needs a list of saecli.Sample", hint="load them with saecli.load_samples, or make Sample(...) objects")
     engine = Engine(preset, seed=seed, noise_std=noise_std)
+    return _rows_in_order(engine, samples, batch_size=batch_size, sequential=sequential, on_batch=on_batch)
+
+
+def _rows_in_order(
+    engine: Engine, samples: list[Sample], *, batch_size: int, sequential: bool, on_batch: Callable[[BatchResult], None] | None
+) -> Iterator[dict[str, Any]]:
     pending: dict[int, dict[str, Any]] = {}
     next_index = 0
     for result in engine.run(samples, batch_size=batch_size, sequential=sequential):

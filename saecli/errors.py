@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SaecliError(Exception):
     """A problem the user can act on: a clear message and, where possible, what to do about it.
@@ -17,6 +19,15 @@ class SaecliError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run that has written its folder: what was finished is kept."""
+
+    def __init__(self, run_dir: Any, resume_command: str):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+        self.resume_command = resume_command
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +20,8 @@ METRICS_FILE = "metrics.parquet"
 MANIFEST_FILE = "manifest.json"
 PARTS_DIR = "parts"
 """Finished samples of an unfinished run, one Parquet file per batch; merged and removed at the end."""
-
-
-def default_run_dir(preset_name: str, root: Path = Path("runs")) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return root / f"{stamp}-{preset_name}"
-
-
-def prepare_run_dir(path: Path, *, force: bool = False) -> Path:
-    """Check that a run can be written to ``path`` before any work is done."""
-    if path.exists() and not path.is_dir():
-        raise SaecliError(f"output path {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise SaecliError(f"output folder {path} already exists and is not empty", hint="choose another --out, or pass --force")
-    existing = path if path.is_dir() else next((p for p in path.absolute().parents if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise SaecliError(f"output folder {path} cannot be created: {existing} is a file")
-    # A real write, not os.access: permissions are not the only reason a folder refuses files
-    # (read-only mounts, pseudo file systems), and root passes every access check.
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".saecli-write-test-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise SaecliError(f"output folder {path} cannot be written ({existing}: {exc.strerror})") from None
-    return path
+REPORT_FILES = ("detection.csv", "dashboard.png", "summary.md")
+"""What ``saecli report`` writes into a run folder."""
 
 
 def schema(layers: Sequence[int]) -> dict[str, pl.DataType]:
@@ -70,7 +46,32 @@ def rows_to_frame(rows: Sequence[dict[str, Any]], layers: Sequence[int]) -> pl.D
     return pl.DataFrame(list(rows), schema=schema(layers), orient="row")
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def probe_write(folder: Path) -> None:
+    """Create and remove a file in ``folder``; raises the OSError of a folder that refuses files.
+    A real write, not ``os.access``: permissions are not the only reason a folder refuses files
+    (read-only mounts, pseudo file systems, a full disk), and root passes every access check."""
+    fd, probe = tempfile.mkstemp(prefix=".saecli-write-test-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """Write ``frame`` to exactly ``path`` (through a file handle, as :func:`read_parquet` reads)."""
+    with open(path, "wb") as handle:
+        frame.write_parquet(handle)
+
+
+def read_parquet(path: Path) -> pl.DataFrame:
+    """A Parquet file at exactly ``path``. Polars reads a path string as a glob pattern (``[``,
+    ``*``, ``?``), so a run folder named ``e[12]`` would read ``e1`` and ``e2``; an open file
+    handle is always the one file."""
+    with open(path, "rb") as handle:
+        return pl.read_parquet(handle)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write ``path`` through ``write(tmp)`` on a temporary name beside it, then rename: the file is
+    whole or absent, never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -85,28 +86,28 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def write_metrics(frame: pl.DataFrame, run_dir: Path) -> Path:
     path = run_dir / METRICS_FILE
-    _atomic_write(path, lambda tmp: frame.write_parquet(tmp))
+    atomic_write(path, lambda tmp: write_parquet(frame, tmp))
     return path
 
 
 def write_manifest(manifest: dict[str, Any], run_dir: Path) -> Path:
     path = run_dir / MANIFEST_FILE
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n"))
     return path
 
 
 def write_part(frame: pl.DataFrame, run_dir: Path, number: int) -> Path:
     path = run_dir / PARTS_DIR / f"part-{number:06d}.parquet"
-    _atomic_write(path, lambda tmp: frame.write_parquet(tmp))
+    atomic_write(path, lambda tmp: write_parquet(frame, tmp))
     return path
 
 
 def read_parts(run_dir: Path, layers: Sequence[int]) -> tuple[list[pl.DataFrame], list[Path]]:
     """The readable part files of a run, and the corrupted ones (which are removed: redone)."""
     frames, bad = [], []
-    for path in sorted((run_dir / PARTS_DIR).glob("part-*.parquet")):
+    for path in part_files(run_dir):
         try:
-            frame = pl.read_parquet(path)
+            frame = read_parquet(path)
             if frame.schema != pl.Schema(schema(layers)):
                 raise ValueError("unexpected columns")
             frames.append(frame)
@@ -116,86 +117,87 @@ def read_parts(run_dir: Path, layers: Sequence[int]) -> tuple[list[pl.DataFrame]
     return frames, bad
 
 
+def merge_parts(run_dir: Path, layers: Sequence[int], sample_ids: Sequence[str]) -> pl.DataFrame:
+    """The part files of a run as one table, rows in the order of ``sample_ids``, which they must
+    hold exactly (each once)."""
+    frames, _ = read_parts(run_dir, layers)
+    merged = pl.concat(frames) if frames else rows_to_frame([], layers)
+    position = {sid: i for i, sid in enumerate(sample_ids)}
+    order = merged["sample_id"].map_elements(position.get, return_dtype=pl.Int64)
+    frame = merged.with_columns(order.alias("__order")).sort("__order").drop("__order")
+    if frame["sample_id"].to_list() != list(sample_ids):
+        raise SaecliError(f"{run_dir}: the merged results do not match the samples", hint="start a new run", exit_code=1)
+    return frame
+
+
+def _temporaries(folder: Path, names: Sequence[str]) -> list[Path]:
+    """Files :func:`atomic_write` left half-written for these file names (glob patterns; ``folder``
+    itself is literal: ``Path.glob`` reads only its argument as a pattern)."""
+    return [p for name in names for p in folder.glob(f".{name}.*.tmp")]
+
+
 def remove_temporaries(run_dir: Path) -> list[Path]:
-    """Half-written files a killed run left under temporary names (never the results)."""
-    stale = [*run_dir.glob(".*.tmp"), *(run_dir / PARTS_DIR).glob(".*.tmp")]
+    """Half-written files a killed run left under temporary names (never the results, never files
+    saecli did not write)."""
+    stale = _temporaries(run_dir, [METRICS_FILE, MANIFEST_FILE, *REPORT_FILES]) + _temporaries(run_dir / PARTS_DIR, ["part-*.parquet"])
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
 
 
-def remove_parts(run_dir: Path) -> None:
+def part_files(run_dir: Path) -> list[Path]:
+    """The finished part files of an unfinished run, in the order they were written."""
+    return sorted((run_dir / PARTS_DIR).glob("part-[0-9]*.parquet"))
+
+
+def remove_parts(run_dir: Path) -> list[Path]:
+    """Delete the part files (and their temporaries); the parts folder too once nothing else is in it."""
     parts = run_dir / PARTS_DIR
-    for path in parts.glob("*"):
+    removed = part_files(run_dir) + _temporaries(parts, ["part-*.parquet"])
+    for path in removed:
         path.unlink(missing_ok=True)
-    if parts.is_dir():
+    if parts.is_dir() and not any(parts.iterdir()):
         parts.rmdir()
-
-
-LOCK_FILE = ".saecli.lock"
-
-
-@contextmanager
-def locked(run_dir: Path) -> Iterator[None]:
-    """Hold the run folder's lock (see :func:`acquire_lock`) for the duration of the block."""
-    lock = acquire_lock(run_dir)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def acquire_lock(run_dir: Path) -> Path:
-    """Claim a run folder for this process: two processes writing one folder (a run and its
-    resumption started too early) would interleave their part files. A lock left by a killed
-    process (its pid no longer runs) is taken over."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise SaecliError(
-                    f"another saecli process (pid {pid}) is writing to {run_dir}",
-                    hint="wait for it to finish, or stop it and then --resume",
-                ) from None
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        return path
-    raise SaecliError(f"could not lock {run_dir}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return removed
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """A run folder's manifest, or a one-line error saying why it is not one."""
     path = run_dir / MANIFEST_FILE
     if not path.is_file():
         raise SaecliError(f"{run_dir} is not a saecli run folder (no {MANIFEST_FILE})")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SaecliError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise SaecliError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(manifest, dict):
+        raise SaecliError(f"{path} is not a saecli manifest (not a JSON object)")
+    return manifest
+
+
+def resume_command(run_dir: Path, manifest: dict[str, Any]) -> str:
+    """What to type to finish the run in ``run_dir``."""
+    command = "sequential" if manifest.get("mode") == "sequential" else "run"
+    return f"saecli {command} --resume {shlex.quote(str(run_dir))}"
 
 
 def read_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """A finished run's table and manifest."""
-    metrics, manifest = run_dir / METRICS_FILE, run_dir / MANIFEST_FILE
-    if not metrics.is_file() or not manifest.is_file():
-        raise SaecliError(f"{run_dir} is not a saecli run folder (no {METRICS_FILE} and {MANIFEST_FILE})")
-    return pl.read_parquet(metrics), json.loads(manifest.read_text())
-
+    """A finished run's table and manifest. A run that has not completed (still running, killed,
+    or interrupted) is refused: its folder may hold an earlier run's table under its manifest."""
+    if not run_dir.is_dir():
+        raise SaecliError(f"{run_dir} is not a saecli run folder (no such folder)")
+    manifest = read_manifest(run_dir)
+    if manifest.get("status") != "complete":
+        raise SaecliError(
+            f"the run in {run_dir} is not complete (status {manifest.get('status', 'unknown')!s}); "
+            f"finish it first: {resume_command(run_dir, manifest)}"
+        )
+    metrics = run_dir / METRICS_FILE
+    if not metrics.is_file():
+        raise SaecliError(f"{run_dir} is not a saecli run folder (no {METRICS_FILE})")
+    try:
+        return read_parquet(metrics), manifest
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise SaecliError(f"cannot read {metrics}: {exc}".splitlines()[0], hint="rerun `saecli run` into a fresh --out") from None

@@ -11,17 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from saecli.config import Preset, SAESpec, find_preset, resolve_location
-from saecli.errors import SaecliError
+from saecli.config import Preset, SAESpec, check_option, find_preset, resolve_location
+from saecli.errors import SaecliError, is_out_of_memory
 
 if TYPE_CHECKING:
     import torch
@@ -156,21 +158,163 @@ def _sae_location(spec: SAESpec) -> tuple[str, str]:
     return release.repo_id, release.saes_map[spec.id]
 
 
+# -- local files, checked before anything is loaded ----------------------------------------------
+
+_SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
+}
+_MAX_HEADER = 100_000_000  # what the safetensors library itself accepts
+
+
+def _gist(exc: BaseException, limit: int = 240) -> str:
+    """A library's error in one line: its first lines, cut (a state-dict mismatch runs for pages)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_file(what: str, path: Path, problem: str) -> SaecliError:
+    return SaecliError(f"{what}: {path} {problem}", hint="restore the file, or re-create the preset's files")
+
+
+def _read_local(what: str, path: Path) -> bytes:
+    """A file of a preset, whole; missing or unreadable is one error naming it."""
+    if not path.exists():
+        raise _bad_file(what, path, "is missing")
+    if not path.is_file():
+        raise _bad_file(what, path, "is not a file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _bad_file(what, path, f"cannot be read ({exc.strerror or exc})") from None
+
+
+def check_json_file(what: str, path: Path) -> dict[str, Any]:
+    """A JSON file of a preset that must hold one object (config.json, cfg.json, tokenizer.json)."""
+    try:
+        data = json.loads(_read_local(what, path).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _bad_file(what, path, f"is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise _bad_file(what, path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise _bad_file(what, path, "is not valid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise _bad_file(what, path, f"must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file, or None. Reads only its header: 8 bytes of
+    little-endian header length, a JSON header whose tensors' data_offsets cover the rest exactly."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"is not a safetensors file (only {size} bytes)"
+            length = int.from_bytes(prefix, "little")
+            if length > min(size - 8, _MAX_HEADER):
+                return f"is truncated or not a safetensors file (its header claims {length} bytes, the file has {size})"
+            header_bytes = handle.read(length)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    try:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return "is not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return "is not a safetensors file (its header is not a JSON object)"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if (
+            not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] or not isinstance(shape, list) or not all(isinstance(d, int) for d in shape)
+        ):
+            return f"is not a safetensors file (tensor {name!r} has no valid data_offsets and shape)"
+        width = _SAFETENSORS_DTYPE_BYTES.get(info.get("dtype"))
+        if width is not None and math.prod(shape) * width != offsets[1] - offsets[0]:
+            return f"is damaged (tensor {name!r} of shape {shape} does not match its {offsets[1] - offsets[0]} bytes)"
+        end = max(end, offsets[1])
+    if 8 + length + end != size:
+        state = "truncated" if 8 + length + end > size else "longer than its header says"
+        return f"is {state} (its header needs {8 + length + end} bytes, the file has {size})"
+    return None
+
+
+@contextlib.contextmanager
+def _naming(path: Path, problem: str) -> Iterator[None]:
+    """Turn a failure of a library loading ``path`` into one line naming the file. The checks of
+    :func:`check_preset_files` come first; this catches what they cannot see (a config.json with
+    the wrong keys, weights of another shape). Out-of-memory errors pass through: they are not
+    the file's fault."""
+    try:
+        yield
+    except SaecliError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the loading libraries on this file
+        if is_out_of_memory(exc):
+            raise
+        raise SaecliError(f"{path} {problem}: {_gist(exc)}") from None
+
+
+def check_safetensors_file(what: str, path: Path) -> None:
+    """A safetensors file of a preset: there, readable, and as long as its header says."""
+    if not path.exists():
+        raise _bad_file(what, path, "is missing")
+    if not path.is_file():
+        raise _bad_file(what, path, "is not a file")
+    problem = _safetensors_problem(path)
+    if problem is not None:
+        raise _bad_file(what, path, problem)
+
+
+def check_preset_files(preset: Preset) -> None:
+    """Check every local file a preset uses before any model is built: each is there, its JSON
+    parses to an object, and each safetensors file's header matches its size. The first problem is
+    one SaecliError naming the file. Hub models and SAEs are not checked here (``_require_cached``
+    is); loads nothing heavy."""
+    spec = preset.model
+    if spec.random_init:
+        check_json_file("the model's tokenizer", resolve_location(spec.tokenizer, preset.base_dir))
+    elif spec.path is not None:
+        folder = resolve_location(spec.path, preset.base_dir)
+        if not folder.is_dir():
+            raise _bad_file(f"the model {spec.name}", folder, "is not a folder" if folder.exists() else "does not exist")
+        check_json_file(f"the model {spec.name}", folder / "config.json")
+        check_safetensors_file(f"the model {spec.name}", folder / "model.safetensors")
+        check_json_file(f"the model {spec.name}", folder / "tokenizer.json")
+    for sae in preset.saes:
+        if sae.path is None:
+            continue
+        what = f"the SAE for layer {sae.layer}"
+        folder = resolve_location(sae.path, preset.base_dir)
+        if not folder.is_dir():
+            raise _bad_file(what, folder, "is not a folder" if folder.exists() else "does not exist")
+        check_json_file(what, folder / "cfg.json")
+        check_safetensors_file(what, folder / "sae_weights.safetensors")
+
+
 def _tokenizer(path: Path, special: str = "<|endoftext|>") -> Any:
     from transformers import PreTrainedTokenizerFast
 
     if not path.is_file():
         raise SaecliError(f"tokenizer file not found: {path}")
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(path),
-        bos_token=special,
-        eos_token=special,
-        pad_token=special,
-        # The tokenizer prepends BOS itself; TransformerLens then uses it as it is instead of
-        # re-loading it by name from the hub.
-        add_bos_token=True,
-        name_or_path=str(path.parent),
-    )
+    with _naming(path, "is not a tokenizer file that can be loaded"):
+        return PreTrainedTokenizerFast(
+            tokenizer_file=str(path),
+            bos_token=special,
+            eos_token=special,
+            pad_token=special,
+            # The tokenizer prepends BOS itself; TransformerLens then uses it as it is instead of
+            # re-loading it by name from the hub.
+            add_bos_token=True,
+            name_or_path=str(path.parent),
+        )
 
 
 def _load_local_model(folder: Path, dtype: str, device: str) -> HookedTransformer:
@@ -178,16 +322,20 @@ def _load_local_model(folder: Path, dtype: str, device: str) -> HookedTransforme
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        if not (folder / name).is_file():
-            raise SaecliError(f"model folder {folder} has no {name}")
-    cfg_dict = json.loads((folder / "config.json").read_text())
+    what = f"the model in {folder}"
+    cfg_dict = check_json_file(what, folder / "config.json")
     cfg_dict.update(dtype=torch_dtype(dtype), device="cpu")
-    cfg = HookedTransformerConfig(**cfg_dict)
-    tokenizer = _tokenizer(folder / "tokenizer.json", cfg_dict.get("special_token", "<|endoftext|>"))
-    model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
-    state = load_file(str(folder / "model.safetensors"))
-    model.load_state_dict({k: v.to(torch_dtype(dtype)) for k, v in state.items()}, strict=True)
+    with _naming(folder / "config.json", "is not a TransformerLens model config"):
+        cfg = HookedTransformerConfig(**cfg_dict)
+        special = cfg_dict.get("special_token", "<|endoftext|>")
+    tokenizer = _tokenizer(folder / "tokenizer.json", special)
+    with _naming(folder / "config.json", "describes a model that cannot be built"):
+        model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
+    weights = folder / "model.safetensors"
+    check_safetensors_file(what, weights)
+    with _naming(weights, "cannot be loaded into the model of config.json"):
+        state = load_file(str(weights))
+        model.load_state_dict({k: v.to(torch_dtype(dtype)) for k, v in state.items()}, strict=True)
     model.eval()
     with torch.no_grad():
         return model.to(device, print_details=False)
@@ -200,9 +348,12 @@ def _random_model(preset: Preset, dtype: str, device: str) -> HookedTransformer:
 
     spec = preset.model
     tokenizer = _tokenizer(resolve_location(spec.tokenizer, preset.base_dir))
-    cfg = HookedTransformerConfig(**{**spec.config, "seed": spec.seed, "dtype": torch_dtype(dtype), "device": device})
-    with torch.device(device):
-        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
+    # TransformerLens checks few of its config's types: a mistyped value often fails only when the
+    # model is built, so both steps are named after [model.config].
+    with _naming(Path(preset.source or "the preset"), "has a [model.config] that is not a valid TransformerLens config"):
+        cfg = HookedTransformerConfig(**{**spec.config, "seed": spec.seed, "dtype": torch_dtype(dtype), "device": device})
+        with torch.device(device):
+            model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
     model.eval()
     return model
 
@@ -255,7 +406,8 @@ def _load_sae(spec: SAESpec, preset: Preset, dtype: str, device: str) -> SAE:
         folder = resolve_location(spec.path, preset.base_dir)
         if not (folder / "cfg.json").is_file():
             raise SaecliError(f"SAE folder for layer {spec.layer} not found or has no cfg.json: {folder}")
-        return SAE.load_from_disk(str(folder), device=device, dtype=dtype)
+        with _naming(folder, f"(the SAE for layer {spec.layer}) cannot be loaded by SAELens"):
+            return SAE.load_from_disk(str(folder), device=device, dtype=dtype)
     try:
         return SAE.from_pretrained(spec.release, spec.id, device=device, dtype=dtype)
     except OSError as exc:
@@ -267,6 +419,9 @@ def load_preset(
 ) -> LoadedPreset:
     """Load a preset by name, TOML path or :class:`Preset`, ready for :func:`saecli.analyze`."""
     preset = name_or_path if isinstance(name_or_path, Preset) else find_preset(name_or_path)
+    check_option("device", device)
+    check_option("dtype", dtype)
+    check_preset_files(preset)
     dtype = dtype or preset.model.dtype
     device, reason = resolve_device(device)
     if device == "mps" and dtype == "float64":

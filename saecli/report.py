@@ -17,13 +17,16 @@ keeps the process's own matplotlib backend untouched.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import numbers
+import os
 import re
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,19 +36,23 @@ import polars as pl
 
 from saecli.columns import KINDS, LAYER_METRICS
 from saecli.errors import SaecliError
-from saecli.io import METRICS_FILE, _atomic_write, read_run
+from saecli.io import METRICS_FILE, REPORT_FILES, atomic_write, probe_write, read_run
 
 log = logging.getLogger(__name__)
 
-DETECTION_FILE = "detection.csv"
-DASHBOARD_FILE = "dashboard.png"
-SUMMARY_FILE = "summary.md"
+DETECTION_FILE, DASHBOARD_FILE, SUMMARY_FILE = REPORT_FILES
 ALL = "all"
 SAMPLE_METRICS = ("centroid_drift", "axis_twist", "stability", "entropy", "cross_layer_consistency")
 LAYER_NUMERIC = tuple(name for name in LAYER_METRICS if name != "shape_class")
 SHAPE_CLASSES = ("Spherical", "Oblate", "Prolate", "Triaxial")
 FACT_COLOR, HALL_COLOR = "#2b6cb0", "#c53030"
 TOP_DEFAULT = 10
+MAX_BOOTSTRAP = 100_000
+"""The most bootstrap resamples a report takes (default 1000): far more than a 95% interval needs, while
+the time grows with every one."""
+BOOTSTRAP_BLOCK = 1 << 21
+"""Resample × sample weights held at once (16 MiB of float64): the bootstrap is drawn in chunks of
+``BOOTSTRAP_BLOCK // n`` resamples, so its memory does not grow with ``bootstrap × n``."""
 
 
 # -- the statistics (pure) -------------------------------------------------------------------------
@@ -106,6 +113,17 @@ def bootstrap_weights(n: int, resamples: int, rng: np.random.Generator) -> np.nd
     if n == 0 or resamples == 0:
         return np.zeros((resamples, n))
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+
+
+def bootstrap_chunks(n: int, resamples: int, rng: np.random.Generator, block: int | None = None) -> Iterator[np.ndarray]:
+    """:func:`bootstrap_weights` in successive chunks of at most ``block // n`` rows (at least one).
+
+    The generator draws each row in turn, so the chunks concatenated are exactly
+    ``bootstrap_weights(n, resamples, rng)``: the same seed gives the same intervals whatever the chunk size.
+    """
+    rows = max(1, (BOOTSTRAP_BLOCK if block is None else block) // max(n, 1))
+    for start in range(0, resamples, rows):
+        yield bootstrap_weights(n, min(rows, resamples - start), rng)
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -266,6 +284,40 @@ def _group_rng(seed: int, domain: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(domain.encode())])
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_options(*, bootstrap: int, seed: int, top: int = TOP_DEFAULT) -> None:
+    """Refuse, before any work, the report options that would fail or exhaust memory later (the one
+    place both the CLI and the Python API check them)."""
+    if not _whole(bootstrap) or not 0 <= bootstrap <= MAX_BOOTSTRAP:
+        raise SaecliError(
+            f"--bootstrap must be a whole number from 0 (no interval) to {MAX_BOOTSTRAP} resamples (got {bootstrap!r})",
+            hint="the default is 1000",
+        )
+    if not _whole(seed) or seed < 0:
+        raise SaecliError(f"--seed must be a whole number >= 0 (got {seed!r})")
+    if not _whole(top) or top < 1:
+        raise SaecliError(f"--top must be a whole number >= 1 (got {top!r})")
+
+
+def _bootstrap_aurocs(
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, bootstrap: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The resampled AUROC of each (hall, fact, ok) metric, all metrics on the same resamples, drawn in
+    chunks (memory O(chunk × n), not O(bootstrap × n)); an empty array for a metric with no sample."""
+    out = [np.empty(bootstrap if ok.any() else 0) for _, _, ok in pairs]
+    start = 0
+    for weights in bootstrap_chunks(n, bootstrap, rng):
+        stop = start + weights.shape[0]
+        for values, (h, f, ok) in zip(out, pairs, strict=True):
+            if values.size:
+                values[start:stop] = weighted_auroc(h, f, weights[:, ok])
+        start = stop
+    return out
+
+
 def detect(frame: pl.DataFrame, layers: Sequence[int], *, bootstrap: int = 1000, seed: int = 0) -> list[Detection]:
     """Detection statistics of every numeric metric, per domain (input order) and over all samples.
 
@@ -273,18 +325,23 @@ def detect(frame: pl.DataFrame, layers: Sequence[int], *, bootstrap: int = 1000,
     hall values stay together). A sample missing either value of a metric (null or NaN) is left out
     of that metric only.
     """
+    check_options(bootstrap=bootstrap, seed=seed)
     domains = list(dict.fromkeys(frame["domain"].to_list()))
     groups = [(d, frame.filter(pl.col("domain") == d)) for d in domains] + [(ALL, frame)]
+    metrics = numeric_metrics(layers)
     rows: list[Detection] = []
     for domain, part in groups:
-        weights = bootstrap_weights(part.height, bootstrap, _group_rng(seed, domain))
-        for metric in numeric_metrics(layers):
+        pairs = []
+        for metric in metrics:
             fact = part[metric.fact].cast(pl.Float64).fill_null(math.nan).to_numpy()
             hall = part[metric.hall].cast(pl.Float64).fill_null(math.nan).to_numpy()
             ok = np.isfinite(fact) & np.isfinite(hall)
-            f, h = fact[ok], hall[ok]
+            pairs.append((hall[ok], fact[ok], ok))
+        rng = _group_rng(seed, domain)
+        resampled = _bootstrap_aurocs(pairs, part.height, bootstrap, rng) if bootstrap else [np.empty(0)] * len(pairs)
+        for metric, (h, f, ok), values in zip(metrics, pairs, resampled, strict=True):
             point = auroc(h, f)
-            lo, hi = percentile_interval(weighted_auroc(h, f, weights[:, ok])) if bootstrap and ok.any() else (math.nan, math.nan)
+            lo, hi = percentile_interval(values) if values.size else (math.nan, math.nan)
             mean, sd = paired_effect(h, f)
             rows.append(
                 Detection(
@@ -310,8 +367,9 @@ def load_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any], list[int]]:
         raise SaecliError(f"{run_dir} is not a folder", hint="give the folder a `saecli run` wrote (it holds metrics.parquet)")
     try:
         frame, manifest = read_run(run_dir)
-    except SaecliError as exc:
-        raise SaecliError(exc.message, hint="give the folder a `saecli run` wrote, e.g. runs/<time>-tiny") from None
+    except SaecliError as exc:  # keep a hint that says more (e.g. the command that finishes the run)
+        hint = exc.hint or "give the folder a `saecli run` wrote, e.g. runs/<time>-tiny"
+        raise SaecliError(exc.message, hint=hint, exit_code=exc.exit_code) from None
     except (OSError, ValueError, pl.exceptions.PolarsError) as exc:  # a truncated file, broken JSON
         raise SaecliError(f"cannot read the run in {run_dir}: {exc}", hint="rerun `saecli run` into a fresh --out") from None
     if not isinstance(manifest, dict):
@@ -331,12 +389,16 @@ def load_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any], list[int]]:
 
 def make_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, out_dir: Path | None = None, top: int = TOP_DEFAULT) -> Report:
     """Compute the detection table of a finished run and write detection.csv, dashboard.png and
-    summary.md into the run folder (or ``out_dir``)."""
-    if bootstrap < 0:
-        raise SaecliError(f"--bootstrap must be 0 (no interval) or a positive number of resamples (got {bootstrap})")
+    summary.md into the run folder (or ``out_dir``).
+
+    The options are checked, the run read and the output folder tried with a real write before
+    anything is computed; each file is written atomically (whole or absent).
+    """
+    check_options(bootstrap=bootstrap, seed=seed, top=top)
     run_dir = Path(run_dir)
     frame, manifest, layers = load_run(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
+    check_writable(out_dir, run_dir)
     preset = manifest.get("preset")
     counts = frame.group_by("domain", maintain_order=True).len()
     report = Report(
@@ -353,19 +415,64 @@ def make_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, out_dir:
     )
     log.info("report of %s: %d samples, %d metrics, %d bootstrap resamples", run_dir, frame.height, len(numeric_metrics(layers)), bootstrap)
     report.rows = detect(frame, layers, bootstrap=bootstrap, seed=seed)
-    try:
-        report.files["detection"] = _write(out_dir / DETECTION_FILE, lambda p: report.frame().write_csv(p, float_precision=6))
-        report.files["dashboard"] = _write(out_dir / DASHBOARD_FILE, lambda p: draw_dashboard(frame, report, p))
-        report.files["summary"] = _write(out_dir / SUMMARY_FILE, lambda p: p.write_text(summary_markdown(report, top=top)))
-    except PermissionError as exc:
-        raise SaecliError(f"cannot write the report into {out_dir}: {exc.strerror}", hint="pass --out to write it elsewhere") from None
+    write_files(report, frame, top=top)
     log.info("wrote %s", ", ".join(str(p) for p in report.files.values()))
     return report
 
 
-def _write(path: Path, write: Any) -> Path:
-    _atomic_write(path, write)
-    return path
+def _reason(exc: OSError) -> str:
+    """``No space left on device``, also for an OSError made from an errno alone."""
+    return exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+
+
+def _elsewhere(run_dir: Path, exc: OSError | None = None) -> str:
+    """The fix for a folder that refuses the report."""
+    fix = f"write it elsewhere: saecli report {run_dir} --out DIR"
+    return f"free some space, or {fix}" if exc is not None and exc.errno == errno.ENOSPC else fix
+
+
+def check_writable(out_dir: Path, run_dir: Path) -> None:
+    """Refuse an output folder that cannot take the report, before anything is computed.
+
+    A real write (a temporary file created and removed), not ``os.access``: permissions are not the
+    only reason a folder refuses files (read-only mounts, pseudo file systems, a full disk), and root
+    passes every access check. A folder that does not exist yet is tried in its nearest existing parent.
+    """
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise SaecliError(f"cannot write the report into {out_dir}: it is a broken symbolic link", hint=_elsewhere(run_dir))
+    absolute = out_dir.absolute()
+    existing = next(p for p in (absolute, *absolute.parents) if p.exists())
+    if not existing.is_dir():
+        raise SaecliError(f"cannot write the report into {out_dir}: {existing} is a file", hint=_elsewhere(run_dir))
+    try:
+        probe_write(existing)
+    except OSError as exc:
+        raise SaecliError(
+            f"cannot write the report into {out_dir} ({existing}: {_reason(exc)})", hint=_elsewhere(run_dir, exc)
+        ) from None
+
+
+def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT) -> None:
+    """detection.csv, dashboard.png and summary.md into ``report.out_dir``, each atomically.
+
+    A folder that fails on the way (a full disk, a mount gone read-only) is one error naming the file,
+    the files already written (kept, whole) and the fix; no file is ever left half-written.
+    """
+    writers = {
+        "detection": (DETECTION_FILE, lambda p: report.frame().write_csv(p, float_precision=6)),
+        "dashboard": (DASHBOARD_FILE, lambda p: draw_dashboard(frame, report, p)),
+        "summary": (SUMMARY_FILE, lambda p: p.write_text(summary_markdown(report, top=top), encoding="utf-8")),
+    }
+    for key, (name, write) in writers.items():
+        path = report.out_dir / name
+        try:
+            atomic_write(path, write)
+        except OSError as exc:
+            kept = f"; {', '.join(p.name for p in report.files.values())} written and kept" if report.files else ""
+            raise SaecliError(
+                f"cannot write {path}: {_reason(exc)}{kept}", hint=_elsewhere(report.run_dir, exc), exit_code=1
+            ) from None
+        report.files[key] = path
 
 
 # -- summary.md ------------------------------------------------------------------------------------

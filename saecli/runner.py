@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -10,7 +11,8 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -21,12 +23,13 @@ import polars as pl
 
 import saecli
 from saecli import io
-from saecli.config import RunConfig, find_preset
+from saecli.config import RunConfig, find_preset, split_domains
 from saecli.data import builtin_benchmark_path, load_samples
-from saecli.errors import SaecliError
+from saecli.errors import RunInterrupted, SaecliError
 from saecli.errors import is_out_of_memory as is_oom
 from saecli.faults import crash_point
-from saecli.models import LoadedPreset, load_preset
+from saecli.models import LoadedPreset, check_preset_files, load_preset
+from saecli.rundir import claim_run_dir, clear_outputs
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +151,12 @@ def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
     stored = manifest.get("config")
     if not isinstance(stored, dict) or "identity" not in manifest:
         raise SaecliError(f"{run_dir} is not a saecli run folder that can be resumed (its manifest has no config)")
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(stored) - known)
+    if unknown:
+        raise SaecliError(f"{run_dir / io.MANIFEST_FILE}: unknown config key {unknown[0]!r}", hint="was it written by another saecli version?")
     values = {**stored, **{k: v for k, v in overrides.items() if v is not None}}
-    if values.get("domains") is not None:
-        values["domains"] = tuple(values["domains"])
+    values["domains"] = split_domains(values.get("domains"))
     return RunConfig(**values)
 
 
@@ -162,6 +168,22 @@ def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: P
                 f"cannot resume {run_dir}: {key} was {stored.get(key)!r} and is now {ident.get(key)!r}",
                 hint="resume with the run's own settings, or start a new run",
             )
+
+
+@contextmanager
+def _writing(run_dir: Path, done: int, manifest: dict[str, Any]) -> Iterator[None]:
+    """A failed write (disk full, a folder made read-only, a quota) ends the run with one line; the
+    part files already written stay, and ``--resume`` continues from them."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make the folder writable"
+        raise SaecliError(
+            f"cannot write to {run_dir} ({reason}); the {done} samples finished so far are kept",
+            hint=f"{fix}, then: {io.resume_command(run_dir, manifest)}",
+            exit_code=1,
+        ) from None
 
 
 def execute(
@@ -176,24 +198,38 @@ def execute(
 ) -> RunResult:
     """Run the analysis described by ``config`` and write its run folder.
 
-    Finished batches are written as part files as the run goes (atomically: a temporary name,
-    then a rename) and the manifest lists the finished sample ids, so a run stopped at any moment
-    is completed by ``resume``. At the end the parts are merged into ``metrics.parquet`` (rows in
-    input order), atomically, and removed. Everything that can be wrong with the input is checked
-    before the first file is written.
+    Everything that can be checked without the model (the samples, every option, the preset's
+    files) is checked first; then the run folder is claimed (created and locked, see
+    :mod:`saecli.rundir`) before the model loads. Finished batches are written as part files as
+    the run goes (atomically: a temporary name, then a rename) and the manifest lists the finished
+    sample ids, so a run stopped at any moment is completed by ``resume``. At the end the parts are
+    merged into ``metrics.parquet`` (rows in input order), atomically, and removed. Input found bad
+    after the claim (a text longer than the model's context) leaves nothing behind.
     """
     preset = loaded.preset if loaded is not None else find_preset(config.preset)
     samples = load_samples(config.data, domains=config.domains, limit=config.limit)
-    if resume is not None:
-        run_dir = resume
-        previous = io.read_manifest(run_dir)
-        if previous.get("status") == "complete" and not (run_dir / io.PARTS_DIR).exists():
-            frame, manifest = io.read_run(run_dir)
-            log.warning("%s is already complete; nothing to resume", run_dir)
-            return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
-    else:
-        run_dir = io.prepare_run_dir(out or io.default_run_dir(preset.name), force=force)
-        previous = None
+    if loaded is None:
+        check_preset_files(preset)
+    target = resume if resume is not None else out
+    with claim_run_dir(target, preset_name=preset.name, force=force, resume=resume is not None) as claim:
+        try:
+            return _execute_claimed(config, claim.path, preset, samples, loaded=loaded, progress=progress,
+                                    resuming=resume is not None, truncate=truncate)
+        except KeyboardInterrupt:
+            if (claim.path / io.MANIFEST_FILE).is_file():
+                raise RunInterrupted(claim.path, io.resume_command(claim.path, {"mode": config.mode})) from None
+            raise
+
+
+def _execute_claimed(
+    config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], *, loaded: LoadedPreset | None,
+    progress: Progress | None, resuming: bool, truncate: bool,
+) -> RunResult:
+    previous = io.read_manifest(run_dir) if resuming else None
+    if previous is not None and previous.get("status") == "complete" and not (run_dir / io.PARTS_DIR).exists():
+        frame, manifest = io.read_run(run_dir)
+        log.warning("%s is already complete; nothing to resume", run_dir)
+        return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
     if loaded is None:
         loaded = load_preset(preset, device=config.device, dtype=config.dtype)
     if preset.synthetic:
@@ -203,8 +239,6 @@ def execute(
     ident = identity(config, loaded.layers, loaded.dtype, samples)
     if previous is not None:
         _check_resumable(previous, ident, run_dir)
-        for path in io.remove_temporaries(run_dir):
-            log.info("removed %s, left half-written by the interrupted run", path.name)
     engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std)
     toks = engine.tokenize(samples, truncate=truncate)
     batch_size, auto = config.batch_size, None
@@ -231,80 +265,83 @@ def execute(
         "backoffs": [],
     }
     earlier_backoffs = list(previous.get("backoffs", [])) if previous else []
-    if previous is None:
-        io.remove_parts(run_dir)  # what a --force'd folder held belongs to another run
-    crash_point("before_manifest")
-    with io.locked(run_dir):
+    # From here on the folder is written: what was there before is either this run's own (resume)
+    # or an earlier run's that --force replaces (its table goes first, so that an interruption
+    # never leaves an old metrics.parquet under the new run's manifest).
+    with _writing(run_dir, 0, state):
+        if previous is not None:
+            for path in io.remove_temporaries(run_dir):
+                log.info("removed %s, left half-written by the interrupted run", path.name)
+        else:
+            for path in clear_outputs(run_dir):
+                log.info("--force: removed %s of the earlier run", path.relative_to(run_dir))
+        crash_point("before_manifest")
         io.write_manifest(state, run_dir)
-        crash_point("after_manifest")
+    crash_point("after_manifest")
 
-        position = {s.id: i for i, s in enumerate(samples)}
-        frames, corrupted = io.read_parts(run_dir, loaded.layers)
-        for path in corrupted:
-            log.warning("part file %s was unreadable; its samples are analysed again", path.name)
-        finished = [sid for frame in frames for sid in frame["sample_id"].to_list() if sid in position]
-        if len(set(finished)) != len(finished):
-            raise SaecliError(f"{run_dir}: the part files hold a sample twice", hint="start a new run", exit_code=1)
-        todo = [i for i in range(len(samples)) if samples[i].id not in set(finished)]
-        state["finished_ids"] = finished
-        part_number = max((int(p.stem.split("-")[1]) for p in (run_dir / io.PARTS_DIR).glob("part-*.parquet")), default=0)
-        done, n_tokens = len(finished), 0
-        if progress is not None:
-            progress(done, len(samples))
-        started = time.perf_counter()
-        try:
-            batches = engine.run([samples[i] for i in todo], batch_size=batch_size, sequential=config.mode == "sequential",
-                                 toks=[toks[i] for i in todo])
-            for batch in batches:
-                crash_point("batch_done")
-                with engine.timer("write"):
-                    part = io.rows_to_frame(batch.rows, loaded.layers)
-                    part_number += 1
-                    io.write_part(part, run_dir, part_number)
-                    crash_point("after_part")
-                    state["finished_ids"] += part["sample_id"].to_list()
-                    state["backoffs"] = earlier_backoffs + engine.backoffs
-                    io.write_manifest(state, run_dir)
-                done += len(batch.indices)
-                n_tokens += batch.tokens
-                if progress is not None:
-                    progress(done, len(samples))
-        except Exception as exc:
-            if is_oom(exc):
-                from saecli.doctor import oom_message
+    position = {s.id: i for i, s in enumerate(samples)}
+    frames, corrupted = io.read_parts(run_dir, loaded.layers)
+    for path in corrupted:
+        log.warning("part file %s was unreadable; its samples are analysed again", path.name)
+    finished = [sid for frame in frames for sid in frame["sample_id"].to_list() if sid in position]
+    if len(set(finished)) != len(finished):
+        raise SaecliError(f"{run_dir}: the part files hold a sample twice", hint="start a new run", exit_code=1)
+    todo = [i for i in range(len(samples)) if samples[i].id not in set(finished)]
+    state["finished_ids"] = finished
+    part_number = max((int(p.stem.split("-")[1]) for p in io.part_files(run_dir)), default=0)
+    done, n_tokens = len(finished), 0
+    if progress is not None:
+        progress(done, len(samples))
+    started = time.perf_counter()
+    try:
+        batches = engine.run([samples[i] for i in todo], batch_size=batch_size, sequential=config.mode == "sequential",
+                             toks=[toks[i] for i in todo])
+        for batch in batches:
+            crash_point("batch_done")
+            with engine.timer("write"), _writing(run_dir, done, state):
+                part = io.rows_to_frame(batch.rows, loaded.layers)
+                part_number += 1
+                io.write_part(part, run_dir, part_number)
+                crash_point("after_part")
+                state["finished_ids"] += part["sample_id"].to_list()
+                state["backoffs"] = earlier_backoffs + engine.backoffs
+                io.write_manifest(state, run_dir)
+            done += len(batch.indices)
+            n_tokens += batch.tokens
+            if progress is not None:
+                progress(done, len(samples))
+    except Exception as exc:
+        if is_oom(exc):
+            from saecli.doctor import oom_message
 
-                raise oom_message(1, preset.name, loaded.device) from None
-            raise
-        analysis_seconds = time.perf_counter() - started
+            raise oom_message(1, preset.name, loaded.device) from None
+        raise
+    analysis_seconds = time.perf_counter() - started
 
-        crash_point("before_merge")
-        with engine.timer("write"):
-            frames, _ = io.read_parts(run_dir, loaded.layers)
-            merged = pl.concat(frames) if frames else io.rows_to_frame([], loaded.layers)
-            order = merged["sample_id"].map_elements(position.__getitem__, return_dtype=pl.Int64)
-            frame = merged.with_columns(order.alias("__order")).sort("__order").drop("__order")
-            if frame["sample_id"].to_list() != [s.id for s in samples]:
-                raise SaecliError(f"{run_dir}: the merged results do not match the samples", exit_code=1)
-            io.write_metrics(frame, run_dir)
-        crash_point("after_merge")
-        manifest = build_manifest(
-            config,
-            loaded,
-            engine,
-            n_samples=len(samples),
-            n_tokens=n_tokens,
-            data_source=str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})",
-            analysis_seconds=analysis_seconds,
-            batch_size=batch_size,
-        )
-        manifest.update(status="complete", identity=ident, config_hash=config_hash(ident), backoffs=earlier_backoffs + engine.backoffs,
-                        resumed=previous is not None)
-        if auto is not None:
-            manifest["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
+    crash_point("before_merge")
+    with engine.timer("write"), _writing(run_dir, done, state):
+        frame = io.merge_parts(run_dir, loaded.layers, [s.id for s in samples])
+        io.write_metrics(frame, run_dir)
+    crash_point("after_merge")
+    manifest = build_manifest(
+        config,
+        loaded,
+        engine,
+        n_samples=len(samples),
+        n_tokens=n_tokens,
+        data_source=str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})",
+        analysis_seconds=analysis_seconds,
+        batch_size=batch_size,
+    )
+    manifest.update(status="complete", identity=ident, config_hash=config_hash(ident), backoffs=earlier_backoffs + engine.backoffs,
+                    resumed=previous is not None)
+    if auto is not None:
+        manifest["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
+    with _writing(run_dir, done, state):
         io.write_manifest(manifest, run_dir)
-        crash_point("after_final_manifest")
-        io.remove_parts(run_dir)
-        return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
+    crash_point("after_final_manifest")
+    io.remove_parts(run_dir)
+    return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
 
 
 def domain_summary(frame: pl.DataFrame, layers: list[int]) -> pl.DataFrame:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from saecli.cli import app
+from saecli.config import assets_dir, find_preset
 from saecli.synthetic import random_sae
 
 runner = CliRunner()
@@ -17,6 +19,11 @@ GOOD = {"id": "a", "domain": "entity", "prompt": "The capital of France is", "fa
 
 def _write(path: Path, content) -> Path:
     path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def _write_bytes(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
     return path
 
 
@@ -44,6 +51,74 @@ layer = 3
 path = "{sae_path}"
 """,
     )
+
+
+TINY_PRESET = """
+[model]
+name = "saecli-tiny"
+path = "builtin:tiny/model"
+{model}
+[[sae]]
+layer = 0
+path = "builtin:tiny/saes/layer_0"
+[[sae]]
+layer = 2
+path = "builtin:tiny/saes/layer_2"
+[[sae]]
+layer = 3
+{sae3}
+{rest}
+"""
+
+# A random_init model as small as the embedded one, so that a case reaches its model quickly.
+RANDOM_PRESET = """
+[model]
+name = "small-random"
+random_init = true
+tokenizer = "builtin:tiny/model/tokenizer.json"
+{model}
+[model.config]
+n_layers = 2
+d_model = 16
+n_heads = 2
+d_head = 8
+d_mlp = 32
+d_vocab = 4096
+n_ctx = 64
+act_fn = "gelu"
+normalization_type = "LN"
+[[sae]]
+layer = 0
+random = {{ hook = "blocks.0.hook_resid_post", d_sae = 32 }}
+[[sae]]
+layer = 1
+random = {{ hook = "blocks.1.hook_resid_post", d_sae = 32 }}
+[[sae]]
+layer = 2
+random = {{ hook = "blocks.1.hook_resid_pre", d_sae = 32 }}
+"""
+
+
+def _toml(root: Path, *, model: str = "", sae3: str = 'path = "builtin:tiny/saes/layer_3"', rest: str = "") -> list[str]:
+    """``run --config`` of a copy of the embedded preset's TOML with lines added or replaced."""
+    return ["run", "--config", str(_write(root / "p.toml", TINY_PRESET.format(model=model, sae3=sae3, rest=rest)))]
+
+
+def _random_toml(root: Path, *, model: str = "", edit: tuple[str, str] = ("", "")) -> list[str]:
+    """``run --config`` of a small random_init preset with lines added to [model] or edited."""
+    return ["run", "--config", str(_write(root / "r.toml", RANDOM_PRESET.format(model=model).replace(*edit)))]
+
+
+def _broken_tiny(root: Path, relative: str, damage) -> list[str]:
+    """``run --config`` of a copy of the embedded preset's files, one of them damaged by ``damage(path)``."""
+    shutil.copytree(assets_dir() / "tiny", root / "tiny")
+    damage(root / "tiny" / relative)
+    text = Path(find_preset("tiny").source).read_text()
+    return ["run", "--config", str(_write(root / "p.toml", text.replace("builtin:tiny", str(root / "tiny"))))]
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -78,6 +153,53 @@ CASES = [
     ("output not writable", lambda t: ["run", "--out", str(_write(t / "afile", "x") / "sub")], "cannot be created"),
     ("output on a pseudo file system", lambda t: ["run", "--out", "/proc/saecli-run"], "cannot be written"),
     ("resume a non-run", lambda t: ["run", "--resume", str(t)], "is not a saecli run folder"),
+    # Sample fields: every one checked by Sample itself, named with the file and the record.
+    ("complexity beyond 64 bits", lambda t: ["run", "--data", str(_write(t / "d.json", [{**GOOD, "complexity": 2**70}]))],
+     "d.json record 0 (id 'a'): field 'complexity' must be an integer from -9223372036854775808 to 9223372036854775807"),
+    ("lone surrogate in a text", lambda t: ["run", "--data", str(_write(t / "d.json", [{**GOOD, "fact": "Par\ud800is"}]))],
+     "(id 'a'): field 'fact' is not valid Unicode text"),
+    ("lone surrogate in an id (JSONL)", lambda t: ["run", "--data", str(_write(t / "d.jsonl", json.dumps({**GOOD, "id": "\ud800"})))],
+     "d.jsonl:1 (id '\\ud800'): field 'id' is not valid Unicode text"),
+    # Data files that are not UTF-8 JSON.
+    ("UTF-16 data", lambda t: ["run", "--data", str(_write_bytes(t / "d.json", json.dumps([GOOD]).encode("utf-16")))],
+     "d.json is not UTF-8 text (it looks like UTF-16)"),
+    ("Latin-1 data", lambda t: ["run", "--data", str(_write_bytes(t / "d.json", json.dumps([{**GOOD, "fact": "Málaga"}], ensure_ascii=False).encode("latin-1")))],
+     "d.json is not UTF-8 text: byte"),
+    ("deeply nested JSON", lambda t: ["run", "--data", str(_write(t / "d.json", "[" * 100_000))], "d.json: invalid JSON: arrays or objects nested too deeply"),
+    # Run options: one validator each, shared by flags, [defaults] and the Python API.
+    # nan may be refused by the option's own range check or by RunConfig's: either way, one line.
+    ("noise std nan", lambda t: ["run", "--noise-std", "nan"], "noise"),
+    ("noise std inf", lambda t: ["run", "--noise-std", "inf"], "noise_std must be a finite number >= 0, got inf"),
+    ("seed beyond 64 bits", lambda t: ["run", "--seed", str(2**70)], "seed must be a whole number from -9223372036854775808"),
+    ("domains only commas", lambda t: ["run", "--domains", ","], "domains must name at least one domain"),
+    # Preset files: unreadable, or a value of the wrong type anywhere, named with the file and the key.
+    ("binary config", lambda t: ["run", "--config", str(_write_bytes(t / "c.toml", bytes(range(256))))], "c.toml is not a UTF-8 text file"),
+    ("config is a folder", lambda t: ["run", "--config", str((t / "c.toml").mkdir() or t / "c.toml")], "c.toml is a folder"),
+    ("config noise_std nan", lambda t: _toml(t, rest="[defaults]\nnoise_std = nan"), "p.toml: [defaults] noise_std must be a finite number >= 0"),
+    ("config noise_std a string", lambda t: _toml(t, rest='[defaults]\nnoise_std = "x"'), "p.toml: [defaults] noise_std must be a finite number"),
+    ("config batch_size 0", lambda t: _toml(t, rest="[defaults]\nbatch_size = 0"), "p.toml: [defaults] batch_size must be a whole number >= 1"),
+    ("config seed beyond 64 bits", lambda t: _toml(t, rest=f"[defaults]\nseed = {2**70}"), "p.toml: [defaults] seed must be a whole number from"),
+    ("config from_pretrained_kwargs", lambda t: _toml(t, model="from_pretrained_kwargs = 3"), "p.toml: 'model.from_pretrained_kwargs' must be table"),
+    ("config random_init a string", lambda t: _toml(t, model='random_init = "no"'), "p.toml: 'model.random_init' must be bool"),
+    ("config random SAE d_sae", lambda t: _toml(t, sae3='random = { hook = "blocks.3.hook_resid_post", d_sae = "x" }'),
+     "p.toml: sae.random (layer 3).d_sae must be a whole number >= 1"),
+    ("config model.config a string", lambda t: _toml(t, model='random_init = true\ntokenizer = "builtin:tiny/model/tokenizer.json"\nconfig = "x"'),
+     "p.toml: 'model.config' must be table, got str 'x'"),
+    ("config model.seed a float", lambda t: _random_toml(t, model="seed = 1.5"), "r.toml: 'model.seed' must be int, got float 1.5"),
+    ("config model.config mistyped", lambda t: _random_toml(t, edit=("n_layers = 2", 'n_layers = "two"')), "r.toml has a [model.config] that is not a valid"),
+    # The preset's own files: checked before any model is built, each named.
+    ("SAE weights missing", lambda t: _broken_tiny(t, "saes/layer_3/sae_weights.safetensors", Path.unlink),
+     "layer_3/sae_weights.safetensors is missing"),
+    ("SAE weights truncated", lambda t: _broken_tiny(t, "saes/layer_2/sae_weights.safetensors", _truncate),
+     "layer_2/sae_weights.safetensors is truncated"),
+    ("SAE cfg.json not JSON", lambda t: _broken_tiny(t, "saes/layer_0/cfg.json", lambda p: p.write_text("{oops")),
+     "layer_0/cfg.json is not valid JSON"),
+    ("SAE cfg.json not an SAE config", lambda t: _broken_tiny(t, "saes/layer_0/cfg.json", lambda p: p.write_text("{}")),
+     "layer_0 (the SAE for layer 0) cannot be loaded by SAELens"),
+    ("model weights missing", lambda t: _broken_tiny(t, "model/model.safetensors", Path.unlink), "model/model.safetensors is missing"),
+    ("model weights truncated", lambda t: _broken_tiny(t, "model/model.safetensors", _truncate), "model/model.safetensors is truncated"),
+    ("model config.json not JSON", lambda t: _broken_tiny(t, "model/config.json", lambda p: p.write_bytes(b"\x00\xff")),
+     "model/config.json is not UTF-8 text"),
 ]
 
 
@@ -93,6 +215,7 @@ def test_bad_input(tmp_path, monkeypatch, name, setup, message):
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
     assert _snapshot(tmp_path) == before
     assert not (tmp_path / "new-run").exists() and not (tmp_path / "runs").exists()
 
@@ -102,3 +225,26 @@ def test_long_text_runs_with_truncate(tmp_path):
     result = runner.invoke(app, ["run", "--data", str(data), "--truncate", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r" / "metrics.parquet").is_file()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"noise_std": float("nan")}, "noise_std must be a finite number >= 0, got nan"),
+        ({"noise_std": float("inf")}, "noise_std must be a finite number >= 0, got inf"),
+        ({"seed": 2**64}, "seed must be a whole number from"),
+        ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+        ({"batch_size": "auto"}, "batch_size must be a whole number >= 1, got 'auto'"),
+        ({"samples": [GOOD]}, "analyze needs a list of saecli.Sample"),
+        ({"samples": "abc"}, "analyze needs a list of saecli.Sample"),
+        ({"preset": "tiny"}, "the engine needs a LoadedPreset"),
+    ],
+)
+def test_python_api_checks_its_arguments_when_called(loaded64, samples, kwargs, message):
+    # The same checks as the CLI's options, raised by the call itself rather than at the first row.
+    import saecli
+
+    args = {"samples": samples[:2], "preset": loaded64, **kwargs}
+    with pytest.raises(saecli.SaecliError) as info:
+        saecli.analyze(args.pop("samples"), args.pop("preset"), **args)
+    assert message in info.value.message

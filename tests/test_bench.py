@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from saecli.autobatch import find_batch_size
-from saecli.bench import SEQUENTIAL, SizeResult, measure, recommend
+from saecli.bench import SEQUENTIAL, SizeResult, Sweep, measure, recommend
 from saecli.cli import app
 from saecli.errors import SaecliError
 
@@ -82,3 +82,108 @@ def test_bench_cli_writes_json_and_csv(tmp_path):
 def test_bench_rejects_bad_sizes():
     result = runner.invoke(app, ["bench", "--sizes", "4,-1"])
     assert result.exit_code == 2 and "--sizes" in result.output
+
+
+# -- nothing lost: options and the output folder are checked before anything is measured ----------
+
+
+@pytest.fixture
+def no_sweep(monkeypatch):
+    """Fail the test if a size is measured."""
+    import saecli.bench
+    import saecli.cli.bench
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the sweep ran")
+
+    monkeypatch.setattr(saecli.cli.bench, "sweep", refuse)
+    monkeypatch.setattr(saecli.bench, "_run_worker", refuse)
+
+
+def _fake_sweep(**kwargs):
+    results = [_result(SEQUENTIAL, 10.0, GiB), _result(1, 20.0, GiB), _result(4, 60.0, GiB)]
+    for r in results:
+        r.samples, r.seconds_median, r.tokens_per_second, r.stages = 8, 0.1, 900.0, {"forward": 0.05}
+    return Sweep(preset="tiny", device="cpu", dtype="float32", samples=8, repeats=1, available_memory=8 * GiB,
+                 results=results, recommended=4, reason="fastest measured")  # fmt: skip
+
+
+def _one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--out", "/proc/saecli-bench"], "output folder /proc/saecli-bench cannot be written"),
+     (["--repeats", "101"], "--repeats must be a whole number from 1 to 100"), (["--repeats", "0"], "--repeats"),
+     (["--limit", "0"], "--limit must be"), (["--sizes", ",".join(str(s) for s in range(1, 34))], "at most 32 batch sizes")],
+)  # fmt: skip
+def test_bench_refuses_before_measuring(tmp_path, monkeypatch, no_sweep, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["bench", *args])
+    _one_line_error(result, 2, message)
+    assert list(tmp_path.iterdir()) == []  # no bench folder made
+
+
+def test_bench_results_survive_a_full_disk(tmp_path, monkeypatch):
+    import errno
+
+    import saecli.bench
+    import saecli.cli.bench
+
+    monkeypatch.setattr(saecli.cli.bench, "sweep", _fake_sweep)
+    real = saecli.bench.atomic_write
+
+    def full(path, write):
+        if path.name == "bench.csv":  # bench.json fits, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, write)
+
+    monkeypatch.setattr(saecli.bench, "atomic_write", full)
+    out = tmp_path / "b"
+    result = runner.invoke(app, ["bench", "--out", str(out), "--json"])
+    _one_line_error(result, 1, "bench.csv: No space left on device", "results are printed above", "free some space")
+    doc = json.loads(result.stdout.strip().splitlines()[-1])
+    assert doc["recommended"] == 4 and [r["size"] for r in doc["results"]] == [SEQUENTIAL, 1, 4]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json"]  # whole, and no temporary left
+    result = runner.invoke(app, ["bench", "--out", str(out)], env={"COLUMNS": "160"})
+    _one_line_error(result, 1, "No space left on device")
+    assert "recommended: --batch-size 4" in result.stdout and "saved:" not in result.stdout
+
+
+def test_default_bench_folders_never_collide(tmp_path, monkeypatch):
+    import saecli.cli.bench
+    import saecli.rundir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(saecli.cli.bench, "sweep", _fake_sweep)
+    monkeypatch.setattr(saecli.rundir, "run_stamp", lambda: "20250101T000000Z")  # three benches in one second
+    for _ in range(3):
+        result = runner.invoke(app, ["bench", "--json"])
+        assert result.exit_code == 0, result.output
+    folders = sorted(p.name for p in (tmp_path / "bench").iterdir())
+    assert folders == ["20250101T000000Z-tiny", "20250101T000000Z-tiny-2", "20250101T000000Z-tiny-3"]
+    assert all((tmp_path / "bench" / f / "bench.json").is_file() for f in folders)
+
+
+def test_interrupted_bench_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import saecli.cli.bench
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(saecli.cli.bench, "sweep", interrupted)
+    result = runner.invoke(app, ["bench"])
+    assert result.exit_code == 130 and list(tmp_path.iterdir()) == []
+
+
+def test_sweep_checks_its_options(no_sweep):
+    from saecli.bench import sweep
+
+    with pytest.raises(SaecliError, match="--repeats"):
+        sweep(preset="tiny", sizes=[1], data=None, limit=4, repeats=10**6, device="cpu", dtype=None)

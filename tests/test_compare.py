@@ -136,3 +136,34 @@ def test_near_threshold_counts(loaded64, samples):
     d_sae = loaded64.saes[loaded64.layers[0]].cfg.d_sae
     assert everything == {s.id: 3 * len(loaded64.layers) * d_sae for s in samples[:2]}
     assert set(count_near_threshold(loaded64, samples[:2], margin=0.0).values()) == {0}
+
+
+def _tiny_run(folder):
+    """A run folder holding ``_frame()``, without running anything."""
+    folder.mkdir()
+    with open(folder / "metrics.parquet", "wb") as handle:
+        _frame().write_parquet(handle)
+    manifest = {"schema_version": 1, "preset": {"name": "tiny"}, "layers": [0], "seed": 0, "noise_std": 0.1, "status": "complete"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--atol", "nan"), ("--atol", "inf"), ("--atol", "-1e-6"), ("--rtol", "nan"), ("--rtol", "inf"), ("--noise-std", "inf"),
+     ("--batch-size", "0")],
+)  # fmt: skip
+def test_compare_refuses_non_finite_or_negative_numbers(tmp_path, monkeypatch, option, value):
+    import saecli.cli.compare
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("compared anyway")
+
+    monkeypatch.setattr(saecli.cli.compare, "compare_frames", refuse)
+    monkeypatch.setattr(saecli.cli.compare, "compare_live", refuse)
+    a, b = _tiny_run(tmp_path / "a"), _tiny_run(tmp_path / "b")
+    for args in ([str(a), str(b)], []):  # two run folders, and a live comparison
+        result = runner.invoke(app, ["compare", *args, option, value])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {option} must be"), result.stderr

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from saecli.data import DOMAINS, load_samples
+from saecli.data import DOMAINS, Sample, load_samples
 from saecli.errors import SaecliError
 
 
@@ -75,3 +76,118 @@ def test_missing_path_and_unknown_domain(tmp_path):
         load_samples(tmp_path / "nope.json")
     with pytest.raises(SaecliError, match="'physics' is not in the data"):
         load_samples(domains=["physics"])
+
+
+GOOD = {"id": "a", "domain": "entity", "prompt": "P", "fact": "f", "hallucination": "h"}
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("id", "", "field 'id' is empty"),
+        ("id", 3, "field 'id' must be a string, got int"),
+        ("domain", " ", "field 'domain' is empty"),
+        ("prompt", None, "field 'prompt' is missing"),
+        ("fact", b"f", "field 'fact' must be a string, got bytes"),
+        ("hallucination", "h\ud800", "field 'hallucination' is not valid Unicode text: it holds the lone surrogate \\\\ud800"),
+        ("topic", 5, "field 'topic' must be a string"),
+        ("topic", "\udfff", "field 'topic' is not valid Unicode text"),
+        ("complexity", True, "field 'complexity' must be an integer, got bool"),
+        ("complexity", 1.0, "field 'complexity' must be an integer, got float"),
+        ("complexity", 2**63, "field 'complexity' must be an integer from -9223372036854775808 to 9223372036854775807"),
+        ("complexity", -(2**63) - 1, "field 'complexity' must be an integer from"),
+    ],
+)
+def test_sample_checks_every_field(field, value, message):
+    # The Python API builds Samples itself: the checks live in Sample, not only in the loader.
+    with pytest.raises(SaecliError, match=message):
+        Sample(**{**GOOD, field: value})
+
+
+def test_sample_accepts_the_int64_range():
+    assert Sample(**GOOD, complexity=2**63 - 1).complexity == 2**63 - 1
+    assert Sample(**GOOD, complexity=-(2**63)).complexity == -(2**63)
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({**GOOD, "complexity": 2**70}, "bad.json record 0 (id 'a'): field 'complexity' must be an integer from"),
+        ({**GOOD, "prompt": "P\ud800"}, "bad.json record 0 (id 'a'): field 'prompt' is not valid Unicode text"),
+        ({**GOOD, "id": "\ud800"}, "bad.json record 0 (id '\\ud800'): field 'id' is not valid Unicode text"),
+        ({**GOOD, "id": True}, "bad.json record 0 (id True): field 'id' must be a string, got bool"),
+        ({**GOOD, "domain": ""}, "bad.json record 0 (id 'a'): field 'domain' is empty"),
+        ({**GOOD, "id": "x" * 500, "topic": 1}, "bad.json record 0 (id '" + "x" * 56 + "...): field 'topic'"),
+    ],
+)
+def test_bad_fields_name_file_record_and_field(tmp_path, record, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([record]))
+    with pytest.raises(SaecliError) as info:
+        load_samples(path)
+    assert message in info.value.message
+
+
+def test_hb_suite_names_the_records_own_domain_field(tmp_path):
+    # In an HB-1000 suite file the record's "domain" becomes the topic: an error names "domain".
+    path = tmp_path / "bench_entity_swaps.json"
+    path.write_text(json.dumps([{**GOOD, "domain": 7}]))
+    with pytest.raises(SaecliError, match="field 'domain' must be a string, got int"):
+        load_samples(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (json.dumps([GOOD]).encode("utf-16"), "bad.json is not UTF-8 text \\(it looks like UTF-16\\)"),
+        (json.dumps([{**GOOD, "fact": "Málaga"}], ensure_ascii=False).encode("latin-1"), "bad.json is not UTF-8 text: byte 58 \\(0xe1\\)"),
+        (b"[" * 100_000, "bad.json: invalid JSON: arrays or objects nested too deeply"),
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    ],
+)
+def test_unreadable_data_files(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(SaecliError, match=message):
+        load_samples(path)
+
+
+def test_utf8_bom_and_line_separators(tmp_path):
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD]).encode())
+    assert load_samples(tmp_path / "bom.json")[0].id == "a"
+    # U+2028 may stand unescaped inside a JSON string: JSONL splits at "\n" only.
+    (tmp_path / "x.jsonl").write_text(json.dumps({**GOOD, "prompt": "a\u2028b"}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert load_samples(tmp_path / "x.jsonl")[0].prompt == "a\u2028b"
+    (tmp_path / "deep.jsonl").write_text(json.dumps(GOOD) + "\n" + "[" * 100_000 + "\n")
+    with pytest.raises(SaecliError, match="deep.jsonl: invalid JSON at line 2: arrays or objects nested too deeply"):
+        load_samples(tmp_path / "deep.jsonl")
+
+
+def test_read_failure_is_one_error(tmp_path, monkeypatch):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([GOOD]))
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(SaecliError, match="cannot read .*d.json: Permission denied"):
+        load_samples(path)
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(SaecliError, match="cannot read .*: Permission denied"):
+        load_samples(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"limit": 0}, "limit must be a whole number >= 1, got 0"),
+        ({"limit": True}, "limit must be a whole number"),
+        ({"domains": []}, "domains must name at least one domain"),
+        ({"domains": "entity"}, "domains must be a tuple of domain names"),
+        ({"domains": [""]}, "domains must name at least one domain"),
+    ],
+)
+def test_load_samples_checks_its_options(kwargs, message):
+    with pytest.raises(SaecliError, match=message):
+        load_samples(**kwargs)

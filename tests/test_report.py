@@ -141,7 +141,7 @@ def _synthetic_run(path, *, layers=LAYERS):
     rows[0]["stability_hall"] = math.nan  # a missing value leaves that sample out of that metric only
     write_metrics(rows_to_frame(rows, layers), path)
     write_manifest({"schema_version": 1, "preset": {"name": "synthetic"}, "layers": layers, "samples": len(rows),
-                    "data_source": "test"}, path)  # fmt: skip
+                    "data_source": "test", "status": "complete"}, path)  # fmt: skip
     return path
 
 
@@ -214,7 +214,7 @@ def test_incomplete_run_is_refused(tmp_path):
     with pytest.raises(SaecliError, match="lacks the columns entropy_hall"):
         make_report(run_dir)
     (run_dir / "manifest.json").write_text("{not json")
-    with pytest.raises(SaecliError, match="cannot read the run"):
+    with pytest.raises(SaecliError, match="cannot read the run|not valid JSON"):
         make_report(run_dir)
 
 
@@ -228,3 +228,143 @@ def test_report_of_a_real_run(tmp_path):
     frame = pl.read_csv(out / "detection.csv")
     assert frame.height == len(numeric_metrics(layers)) * (frame["domain"].n_unique())
     assert set(frame["domain"]) == {*report.domains, "all"} and report.samples == 12
+
+
+# -- limits: nothing lost, nothing exhausted -------------------------------------------------------
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def no_detect(monkeypatch):
+    """Fail the test if the statistics are computed (they must not be, for refused options)."""
+    import saecli.report
+
+    def detect(*args, **kwargs):
+        raise AssertionError("detect was called")
+
+    monkeypatch.setattr(saecli.report, "detect", detect)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("--bootstrap", "100001", "--bootstrap must be a whole number from 0"), ("--bootstrap", "-1", "--bootstrap"),
+     ("--seed", "-1", "--seed must be a whole number >= 0"), ("--top", "0", "--top must be")],
+)  # fmt: skip
+def test_report_options_out_of_range_are_one_line_before_any_work(tmp_path, no_detect, option, value, message):
+    run_dir = _synthetic_run(tmp_path / "run")
+    before = _snapshot(run_dir)
+    result = runner.invoke(app, ["report", str(run_dir), option, value])
+    _one_line_error(result, 2, message)
+    assert _snapshot(run_dir) == before  # nothing written
+
+
+def test_make_report_enforces_the_bootstrap_maximum(tmp_path, no_detect):
+    from saecli.report import MAX_BOOTSTRAP
+
+    run_dir = _synthetic_run(tmp_path / "run")
+    with pytest.raises(SaecliError, match=f"to {MAX_BOOTSTRAP} resamples"):
+        make_report(run_dir, bootstrap=MAX_BOOTSTRAP + 1)
+    with pytest.raises(SaecliError, match="--bootstrap"):
+        detect(pl.DataFrame(), LAYERS, bootstrap=10**8)
+
+
+def test_bootstrap_chunks_are_the_single_draw():
+    from saecli.report import bootstrap_chunks
+
+    for n, resamples, block in [(15, 200, 16), (15, 200, 45), (7, 5, 1), (40, 33, 10**6), (1, 3, 1)]:
+        whole = bootstrap_weights(n, resamples, np.random.default_rng([3, n]))
+        chunks = list(bootstrap_chunks(n, resamples, np.random.default_rng([3, n]), block))
+        assert all(c.shape[0] * n <= max(block, n) for c in chunks)
+        assert np.array_equal(np.concatenate(chunks), whole)
+
+
+def test_detect_in_chunks_gives_the_intervals_of_one_draw(synthetic_report, monkeypatch):
+    """Same seed, same intervals as the single (bootstrap × n) draw the report made before chunking,
+    with at most ``BOOTSTRAP_BLOCK`` weights drawn at a time."""
+    import saecli.report
+    from saecli.report import ALL, _group_rng
+
+    frame = pl.read_parquet(synthetic_report.run_dir / "metrics.parquet")
+    expected = {}
+    for domain in [*DOMAINS, ALL]:
+        part = frame if domain == ALL else frame.filter(pl.col("domain") == domain)
+        weights = bootstrap_weights(part.height, 200, _group_rng(0, domain))  # the whole draw at once
+        for m in numeric_metrics(LAYERS):
+            fact, hall = (part[c].cast(pl.Float64).fill_null(math.nan).to_numpy() for c in (m.fact, m.hall))
+            ok = np.isfinite(fact) & np.isfinite(hall)
+            expected[m.name, domain] = percentile_interval(weighted_auroc(hall[ok], fact[ok], weights[:, ok]))
+
+    drawn = []
+    original = saecli.report.bootstrap_weights
+
+    def recording(n, resamples, rng):
+        drawn.append((resamples, n))
+        return original(n, resamples, rng)
+
+    monkeypatch.setattr(saecli.report, "bootstrap_weights", recording)
+    monkeypatch.setattr(saecli.report, "BOOTSTRAP_BLOCK", 64)  # 4 resamples of 15 samples, 12 of 5
+    rows = detect(frame, LAYERS, bootstrap=200, seed=0)
+    assert len(drawn) > len(DOMAINS) + 1 and all(rows * n <= 64 for rows, n in drawn)
+    assert {(r.metric, r.domain): (r.ci_low, r.ci_high) for r in rows} == expected
+    assert [(r.ci_low, r.ci_high) for r in rows] == [(r.ci_low, r.ci_high) for r in synthetic_report.rows]
+
+
+def test_report_into_a_folder_that_cannot_be_written(tmp_path, no_detect):
+    run_dir = _synthetic_run(tmp_path / "run")
+    before = _snapshot(run_dir)
+    result = runner.invoke(app, ["report", str(run_dir), "--out", "/proc/saecli-report"])
+    _one_line_error(result, 2, "cannot write the report into /proc/saecli-report", "--out DIR")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = runner.invoke(app, ["report", str(run_dir), "--out", str(afile / "sub")])
+    _one_line_error(result, 2, f"{afile} is a file")
+    assert _snapshot(run_dir) == before and afile.read_text() == "x"
+
+
+def test_disk_full_while_writing_keeps_the_files_written(tmp_path, monkeypatch):
+    import errno
+
+    import saecli.report
+
+    run_dir = _synthetic_run(tmp_path / "run")
+    make_report(run_dir, bootstrap=0)
+    before = _snapshot(run_dir)
+
+    def full(frame, report, path):
+        path.write_bytes(b"\x89PNG half")  # a partial file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(saecli.report, "draw_dashboard", full)
+    result = runner.invoke(app, ["report", str(run_dir), "--bootstrap", "20"])
+    _one_line_error(result, 1, "dashboard.png: No space left on device", "detection.csv written and kept", "free some space")
+    after = _snapshot(run_dir)
+    assert sorted(after) == sorted(before)  # no temporary left behind
+    assert after["dashboard.png"] == before["dashboard.png"] and after["summary.md"] == before["summary.md"]
+    assert after["metrics.parquet"] == before["metrics.parquet"] and after["manifest.json"] == before["manifest.json"]
+    with open(run_dir / "detection.csv", newline="") as fh:  # the new table, whole
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(numeric_metrics(LAYERS)) * (len(DOMAINS) + 1) and rows[0]["ci_low"] != ""
+
+
+def test_load_run_keeps_the_hint_of_read_run(tmp_path, monkeypatch):
+    import saecli.report
+
+    def refuse(run_dir):
+        raise SaecliError(f"the run in {run_dir} is not complete", hint=f"saecli run --resume {run_dir}")
+
+    monkeypatch.setattr(saecli.report, "read_run", refuse)
+    with pytest.raises(SaecliError) as info:
+        make_report(tmp_path)
+    assert info.value.hint == f"saecli run --resume {tmp_path}"

@@ -21,20 +21,46 @@ stderr = Console(stderr=True)
 stdout = Console()
 
 
+# Usage errors of click and of typer (which ships its own copy of click), and their exits.
+_USAGE_ERRORS = (click.exceptions.ClickException, typer.exceptions.TyperException)
+_EXITS = (click.exceptions.Exit, click.exceptions.Abort, typer.Exit, typer.Abort)
+
+
+def error_line(message: str, hint: str | None = None) -> None:
+    """An error the user can act on, as one line on stderr (their own text may hold newlines)."""
+    line = " ".join(message.split())
+    extra = f" [dim](hint: {escape(' '.join(hint.split()))})[/]" if hint else ""
+    stderr.print(f"[bold red]error:[/] {escape(line)}{extra}", highlight=False, soft_wrap=True)
+
+
 class _Group(typer.core.TyperGroup):
-    """Turns a SaecliError raised anywhere below a command into one line on stderr."""
+    """The one boundary where errors become messages: a SaecliError or a usage error is one line on
+    stderr and its exit code; anything else is a bug, shown in full with a request to report it."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SaecliError as exc:
-            stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
-            if exc.hint:
-                stderr.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False, soft_wrap=True)
+            error_line(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except _EXITS:
+            raise
+        except _USAGE_ERRORS as exc:
+            where = getattr(getattr(exc, "ctx", None), "command_path", None) or ctx.command_path
+            error_line(exc.format_message(), f"see `{where} --help`")
+            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+        except Exception:
+            stderr.print_exception(show_locals=False)
+            stderr.print(
+                "[bold red]internal error:[/] this is a bug in saecli, not in what you typed. Please report it with "
+                "the command, `saecli doctor --json` and the traceback above.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(
@@ -98,13 +124,13 @@ DataOpt = Annotated[
     Path | None,
     typer.Option("--data", "-d", help="JSON list, JSONL file, or a folder of them (HB-1000 layout supported). Default: the built-in benchmark.", show_default=False),
 ]
-LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Analyse only the first N samples.", show_default=False)]
+LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", help="Analyse only the first N samples (N >= 1).", show_default=False)]
 DomainsOpt = Annotated[
     str | None, typer.Option("--domains", help="Comma-separated domains to keep, e.g. entity,logical.", show_default=False)
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the stability noise [default: 0].", show_default=False)]
 NoiseOpt = Annotated[
-    float | None, typer.Option("--noise-std", min=0.0, help="σ of the stability noise [default: 0.1].", show_default=False)
+    float | None, typer.Option("--noise-std", help="σ of the stability noise, finite and >= 0 [default: 0.1].", show_default=False)
 ]
 DeviceOpt = Annotated[
     Device | None, typer.Option("--device", help="auto prefers cuda, then mps, then cpu [default: auto].", show_default=False)

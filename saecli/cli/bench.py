@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from saecli.bench import SEQUENTIAL, SizeResult, save, sweep
+from saecli.bench import (
+    CSV_FILE,
+    JSON_FILE,
+    MAX_REPEATS,
+    SEQUENTIAL,
+    SizeResult,
+    Sweep,
+    check_options,
+    prepare_out_dir,
+    save,
+    sweep,
+)
 from saecli.cli.app import (
     ConfigOpt,
     DataOpt,
@@ -26,6 +36,7 @@ from saecli.cli.app import (
     stdout,
 )
 from saecli.config import DEFAULT_PRESET, find_preset
+from saecli.errors import SaecliError
 
 
 def _gib(value: int | float | None) -> str:
@@ -42,11 +53,12 @@ def bench(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     data: DataOpt = None,
+    # --limit and --repeats are checked by saecli.bench.check_options (one line), not by typer (a usage box).
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", min=1, help="Samples per pass [default: 4 × the largest size, at most the data].", show_default=False)
+        int | None, typer.Option("--limit", "-n", help="Samples per pass [default: 4 × the largest size, at most the data].", show_default=False)
     ] = None,
     domains: DomainsOpt = None,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed passes per size; the median is reported.")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", help=f"Timed passes per size (1 to {MAX_REPEATS}); the median is reported.")] = 3,
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
     sequential: Annotated[bool, typer.Option("--sequential/--no-sequential", help="Also measure the sequential reference.")] = True,
@@ -61,21 +73,36 @@ def bench(
     Example: `saecli bench --sizes 1,4,8,16,32`, `saecli bench --preset gpt2-small-shape --limit 64`.
     """
     size_list = parse_sizes(sizes)
+    check_options(sizes=size_list, repeats=repeats, limit=limit)
     name = preset_arg(preset, config) or DEFAULT_PRESET
     chosen = find_preset(name)
     n = limit or 4 * max(size_list)
+    target = prepare_out_dir(out, chosen.name)  # before measuring: a folder that refuses files loses nothing
     if chosen.synthetic:
         stderr.print(f"[yellow]note:[/] {chosen.name} has random weights: it measures cost; its metrics mean nothing.")
-    with stderr.status("") as status:
-        result = sweep(
-            preset=name, sizes=size_list, data=str(data) if data else None, limit=n, repeats=repeats,
-            device=device.value if device else "auto", dtype=dtype.value if dtype else None,
-            domains=[d for d in domains.split(",") if d] if domains else None, include_sequential=sequential,
-            on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
-            on_done=lambda r: stderr.print(_line(r)),
-        )
-    out_dir = out or Path("bench") / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{result.preset}"
-    save(result, out_dir)
+    try:
+        with stderr.status("") as status:
+            result = sweep(
+                preset=name, sizes=size_list, data=str(data) if data else None, limit=n, repeats=repeats,
+                device=device.value if device else "auto", dtype=dtype.value if dtype else None,
+                domains=[d for d in domains.split(",") if d] if domains else None, include_sequential=sequential,
+                on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
+                on_done=lambda r: stderr.print(_line(r)),
+            )  # fmt: skip
+    except BaseException:
+        target.discard()
+        raise
+    try:
+        save(result, target.path)
+    except SaecliError as exc:
+        # The measurements go to stdout first: a full disk must not cost the sweep.
+        _print(result, json_, saved=None)
+        raise SaecliError(f"{exc.message} (the results are printed above)", hint=exc.hint, exit_code=exc.exit_code) from None
+    _print(result, json_, saved=target.path)
+
+
+def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
+    """The sweep as JSON (one line) or as a table with the recommendation, then where it was saved."""
     if json_:
         stdout.print(json.dumps(result.to_dict()), soft_wrap=True, highlight=False)
         return
@@ -99,7 +126,8 @@ def bench(
         stdout.print(f"recommended: [bold]--batch-size {result.recommended}[/] ({result.reason})")
     else:
         stdout.print(f"[red]no recommendation:[/] {result.reason}")
-    stdout.print(f"saved: {out_dir / 'bench.json'}, {out_dir / 'bench.csv'}")
+    if saved is not None:
+        stdout.print(f"saved: {saved / JSON_FILE}, {saved / CSV_FILE}", highlight=False, soft_wrap=True)
 
 
 def _stages(r: SizeResult, top: int) -> str:

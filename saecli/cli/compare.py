@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -65,6 +66,17 @@ def _render(result: Comparison) -> None:
     stdout.print(f"{verdict} {result.label_b} vs {result.label_a}: max |Δ| {_fmt(result.max_abs)} over {len(result.columns)} columns")
 
 
+def _check_options(*, atol: float, rtol: float, noise_std: float | None, batch_size: int) -> None:
+    """Refuse, before anything is read or run, tolerances that make every check pass or fail whatever
+    the data (nan compares false, inf accepts anything), a noise σ that is not a number, and a batch
+    size below 1. A batch size above the number of samples is one batch of all of them."""
+    for name, value in (("--atol", atol), ("--rtol", rtol), ("--noise-std", noise_std)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise SaecliError(f"{name} must be a finite number >= 0 (got {value})")
+    if batch_size < 1:
+        raise SaecliError(f"--batch-size must be a whole number >= 1 (got {batch_size})")
+
+
 @app.command()
 def compare(
     runs: Annotated[
@@ -75,7 +87,7 @@ def compare(
     data: DataOpt = None,
     limit: LimitOpt = None,
     domains: DomainsOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size to check.")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size to check (>= 1).")] = 16,
     sizes: Annotated[
         str | None, typer.Option("--sizes", help="Several batch sizes to check, e.g. 1,8,32 (overrides --batch-size).", show_default=False)
     ] = None,
@@ -83,8 +95,9 @@ def compare(
     noise_std: NoiseOpt = None,
     device: DeviceOpt = None,
     dtype: Annotated[DType, typer.Option("--dtype", help="float64 checks the algorithm; float32 shows the rounding drift.")] = DType.float64,
-    atol: Annotated[float, typer.Option("--atol", min=0.0, help="Absolute tolerance for numeric columns.")] = 1e-6,
-    rtol: Annotated[float, typer.Option("--rtol", min=0.0, help="Relative tolerance for numeric columns.")] = 0.0,
+    # Bounds are checked by _check_options (one line), not by typer (a usage box; its range lets inf through).
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for numeric columns (finite, >= 0).")] = 1e-6,
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for numeric columns (finite, >= 0).")] = 0.0,
     json_: JsonOpt = False,
 ) -> None:
     """Check that batched and sequential results agree (exit 0) or show where they do not (exit 1).
@@ -92,6 +105,7 @@ def compare(
     Numeric columns pass when |a − b| ≤ atol + rtol·|a|; integer and categorical columns must be equal.
     Example: `saecli compare --sizes 1,8,32`, `saecli compare runs/A runs/B`.
     """
+    _check_options(atol=atol, rtol=rtol, noise_std=noise_std, batch_size=batch_size)
     if runs:
         if len(runs) != 2:
             raise SaecliError("compare takes exactly two run folders (or none to run both modes now)")

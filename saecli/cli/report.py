@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from saecli.cli.app import app, stdout
-from saecli.report import TOP_DEFAULT, Report, make_report, report_json
+from saecli.report import MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report, report_json
 
 
 def _ci(low: float, high: float) -> str:
@@ -47,9 +47,12 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `saecli run` (holds metrics.parquet and manifest.json).", show_default=False)],
-    bootstrap: Annotated[int, typer.Option("--bootstrap", "-B", min=0, help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resamples.")] = 0,
-    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Metrics in the table and in summary.md.")] = TOP_DEFAULT,
+    # Bounds are checked by make_report (one line, also for the Python API), not by typer (a usage box).
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", "-B", help=f"Bootstrap resamples for the 95% intervals (0: none; at most {MAX_BOOTSTRAP}).")
+    ] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resamples (>= 0).")] = 0,
+    top: Annotated[int, typer.Option("--top", "-k", help="Metrics in the table and in summary.md (>= 1).")] = TOP_DEFAULT,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the report files here instead of into RUN_DIR.", show_default=False)
     ] = None,

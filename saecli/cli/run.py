@@ -30,8 +30,7 @@ from saecli.cli.app import (
     stdout,
 )
 from saecli.config import DEFAULT_PRESET, find_preset, resolve_run_config
-from saecli.errors import SaecliError
-from saecli.io import default_run_dir
+from saecli.errors import RunInterrupted, SaecliError
 from saecli.runner import RunResult, domain_summary, execute, resume_config
 
 
@@ -92,15 +91,13 @@ def _run(
     if resume is not None:
         if out is not None:
             raise SaecliError("--resume continues the given folder; do not also pass --out")
-        if isinstance(flags["domains"], str):
-            flags["domains"] = tuple(d for d in flags["domains"].split(",") if d)
+        if force:
+            raise SaecliError("--resume continues the given folder; --force would replace it: give only one of them")
         run_config = resume_config(resume, **flags)
         chosen = find_preset(run_config.preset)
-        run_dir = resume
     else:
         chosen = find_preset(preset_name or DEFAULT_PRESET)
         run_config = resolve_run_config(chosen, **{**flags, "preset": preset_name or DEFAULT_PRESET})
-        run_dir = out or default_run_dir(chosen.name)
     with _progress() as progress:
         task = progress.add_task(f"loading {chosen.name}", total=None, rate="–")
 
@@ -116,15 +113,19 @@ def _run(
             progress.update(task, completed=done, total=total, rate=rate)
 
         try:
-            result = execute(run_config, out=run_dir, force=force, progress=update, resume=resume, truncate=truncate)
+            result = execute(run_config, out=out, force=force, progress=update, resume=resume, truncate=truncate)
+        except RunInterrupted as stop:
+            progress.stop()
+            stderr.print("[yellow]interrupted.[/] Finished samples are kept; continue with:")
+            stderr.print(f"  {stop.resume_command}", highlight=False, soft_wrap=True, markup=False)
+            raise typer.Exit(130) from None
         except KeyboardInterrupt:
             progress.stop()
-            again = f"saecli {'run' if mode == 'batched' else 'sequential'} --resume {run_dir}"
-            finished = (run_dir / "manifest.json").is_file()
-            stderr.print(f"[yellow]interrupted.[/] {'Finished samples are kept; continue with:' if finished else 'Nothing was written.'}")
-            if finished:
-                stderr.print(f"  {again}", highlight=False, soft_wrap=True)
+            stderr.print("[yellow]interrupted.[/] Nothing was written.")
             raise typer.Exit(130) from None
+        except SaecliError:
+            progress.live.transient = True  # the error is the one line left on stderr
+            raise
     _render(result, as_json)
     if report:
         from saecli.cli.report import render_report
