@@ -25,8 +25,12 @@ test: install           ## the whole test suite (offline, a few minutes on 2 cor
 test-fast: install      ## tests without the `slow` marker
 	$(PY) -m pytest -q -m "not slow"
 
-lint: install
+lint: install            ## ruff, and the import contracts of pyproject.toml (layers, no cycles)
 	$(VENV)/bin/ruff check saecli tests scripts
+	$(VENV)/bin/lint-imports
+
+bench-baseline: install  ## saecli against the research algorithm and plain forward passes (README figures)
+	$(PY) scripts/baselines.py --preset gpt2-small-shape --limit 64 --research-limit 16 --batch-size 16 $(ARGS)
 
 format: install
 	$(VENV)/bin/ruff format saecli tests scripts

@@ -13,17 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from saecli.bench import MEMORY_MARGIN, available_memory, is_oom, peak_rss, reset_peak_rss
 from saecli.data import Sample
 from saecli.engine import Engine
 from saecli.errors import SaecliError
+from saecli.memory import MEMORY_MARGIN, available_memory, batch_cap, device_peak, is_out_of_memory, reset_device_peak
 from saecli.models import LoadedPreset
 
 log = logging.getLogger(__name__)
-
-CAP_CPU = 64
-"""Probing stops here on a CPU: memory is rarely the limit there and larger batches gain little."""
-CAP_ACCELERATOR = 512
 
 
 @dataclass
@@ -33,30 +29,6 @@ class AutoBatch:
     size: int
     reason: str
     probes: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _peak(device: str) -> int:
-    import torch
-
-    if device == "cuda":
-        return int(torch.cuda.max_memory_allocated())
-    if device == "mps":
-        return int(torch.mps.driver_allocated_memory())
-    return peak_rss()
-
-
-def _reset(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    elif device == "mps":
-        torch.mps.empty_cache()
-    else:
-        # Where the high-water mark cannot be reset it only grows, which still works here:
-        # probes grow, so the latest probe is the largest.
-        reset_peak_rss()
 
 
 def find_batch_size(
@@ -74,11 +46,11 @@ def find_batch_size(
     toks = engine.tokenize(samples)
     longest = sorted(range(len(samples)), key=lambda i: (-toks[i].length, i))
     device = loaded.device
-    cap = cap or min(len(samples), CAP_CPU if device == "cpu" else CAP_ACCELERATOR)
+    cap = cap or min(len(samples), batch_cap(device))
     available = available if available is not None else available_memory(device)
     budget = available * margin if available else None
-    _reset(device)
-    base = _peak(device)
+    reset_device_peak(device)
+    base = device_peak(device)
     probes: list[dict[str, Any]] = []
     best, why, size = None, "", 1
     while size <= cap:
@@ -86,13 +58,13 @@ def find_batch_size(
         try:
             engine.analyze_batch([samples[i] for i in batch], [toks[i] for i in batch])
         except Exception as exc:  # noqa: BLE001 - only an OOM is an answer; anything else is re-raised
-            if not is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             probes.append({"size": size, "outcome": "out of memory"})
-            _reset(device)
+            reset_device_peak(device)
             why = f"batch {size} ran out of memory"
             break
-        peak = _peak(device)
+        peak = device_peak(device)
         probes.append({"size": size, "peak_bytes": peak, "outcome": "ok"})
         if budget is not None and peak > budget:
             why = f"batch {size} peaked at {peak / 2**30:.2f} GiB, over {margin:.0%} of {available / 2**30:.1f} GiB"
@@ -103,7 +75,7 @@ def find_batch_size(
             why = f"batch {size * 2} would need about {predicted / 2**30:.2f} GiB, over {margin:.0%} of {available / 2**30:.1f} GiB"
             break
         size *= 2
-        _reset(device)
+        reset_device_peak(device)
     else:
         why = f"reached the probing cap of {cap} ({'CPU' if device == 'cpu' else 'the data'} limit)"
     if best is None:

@@ -27,15 +27,23 @@ from pathlib import Path
 from typing import Any
 
 from saecli import rundir
+from saecli.device import live_facts, resolve_device
 from saecli.errors import SaecliError
-from saecli.errors import is_out_of_memory as is_oom
+from saecli.hub import package_versions
 from saecli.io import atomic_write, probe_write
+from saecli.memory import (
+    MEMORY_MARGIN,
+    available_memory,
+    current_rss,
+    is_out_of_memory,
+    peak_memory,
+    peak_rss,
+    reset_peak_rss,
+)
 
 log = logging.getLogger(__name__)
 
 SEQUENTIAL = "sequential"
-MEMORY_MARGIN = 0.8
-"""A size is recommended only if its peak memory stays under this fraction of what is available."""
 MAX_REPEATS = 100
 """Timed passes per size at most: the median is stable long before, and each pass costs a full analysis."""
 MAX_SIZES = 32
@@ -71,68 +79,6 @@ class SizeResult:
     memory_detail: dict[str, Any] = field(default_factory=dict)
 
 
-def available_memory(device: str) -> int | None:
-    """Bytes available to a run on this device (CUDA: free on the card; CPU/MPS: MemAvailable)."""
-    if device == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info()
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        try:
-            out = subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True, check=True)
-            return int(out.stdout.strip())
-        except (OSError, ValueError, subprocess.CalledProcessError):
-            return None
-    return None
-
-
-def _proc_status(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _lifetime_peak_rss() -> int:
-    """``ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS): the fallback off Linux."""
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
-
-
-def current_rss() -> int:
-    """Resident memory of this process now."""
-    now = _proc_status("VmRSS")
-    return now if now is not None else _lifetime_peak_rss()
-
-
-def reset_peak_rss() -> bool:
-    """Start a new resident-memory high-water mark (Linux), so that the peak of an analysis is not
-    the peak of loading the model. False where the platform cannot do it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss() -> int:
-    """The resident-memory high-water mark (since :func:`reset_peak_rss` on Linux)."""
-    peak = _proc_status("VmHWM")
-    return peak if peak is not None else _lifetime_peak_rss()
-
-
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """The worker: load, warm up, time ``repeats`` passes at one size. Runs in a fresh process."""
     import torch
@@ -140,7 +86,6 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from saecli.data import load_samples
     from saecli.engine import Engine, StageTimer
     from saecli.models import load_preset
-    from saecli.runner import peak_memory
 
     size = job["size"]
     sequential = size == SEQUENTIAL
@@ -169,7 +114,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - started)
             stage_runs.append(dict(engine.timer.seconds))
     except Exception as exc:  # noqa: BLE001 - an OOM is a result of the sweep, not a crash
-        if not is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
         result.oom, result.error = True, str(exc).splitlines()[0][:200]
         result.memory_detail = peak_memory(loaded.device)
@@ -203,6 +148,8 @@ class Sweep:
     recommended: int | None
     reason: str
     synthetic: bool = False
+    versions: dict[str, str | None] = field(default_factory=dict)
+    """Python and the packages a run depends on (``saecli.hub.package_versions``), as a run manifest records them."""
     out_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -328,10 +275,8 @@ def sweep(
 
     check_options(sizes=sizes, repeats=repeats, limit=limit)
     load_samples(data, domains=domains, limit=limit)  # bad data is one error here, not a failure in every worker
-    from saecli.models import resolve_device
-
     chosen = find_preset(preset)
-    device, _ = resolve_device(device)
+    device, _ = resolve_device(device, live_facts())
     dtype = dtype or chosen.model.dtype
     job = {"preset": preset, "data": data, "domains": domains, "limit": limit, "repeats": repeats,
            "device": device, "dtype": dtype, "seed": seed, "noise_std": noise_std}
@@ -356,7 +301,8 @@ def sweep(
     best, why = recommend(results, available)
     n_samples = next((r.samples for r in results if r.samples), limit)
     return Sweep(preset=chosen.name, device=device, dtype=dtype, samples=n_samples, repeats=repeats,
-                 available_memory=available, results=results, recommended=best, reason=why, synthetic=chosen.synthetic)
+                 available_memory=available, results=results, recommended=best, reason=why, synthetic=chosen.synthetic,
+                 versions=package_versions())
 
 
 CSV_FIELDS = ["size", "ok", "oom", "samples", "seconds_median", "seconds_min", "seconds_max", "samples_per_second",

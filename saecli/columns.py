@@ -6,13 +6,27 @@ from collections.abc import Sequence
 
 KINDS = ("fact", "hall")
 LAYER_METRICS = ("l0_norm", "reconstruction_error", "gini", "sphericity", "shape_class", "dimensionality")
+LAYER_NUMERIC = tuple(name for name in LAYER_METRICS if name != "shape_class")
+"""The per-layer metrics with numeric values (all but the categorical ``shape_class``)."""
+SHAPE_CLASSES = ("Spherical", "Oblate", "Prolate", "Triaxial")
+"""The values of an ``l<L>_<kind>_shape_class`` column (null when nothing is active)."""
 ID_COLUMNS = ("sample_id", "domain", "topic", "complexity")
 PAIRED_METRICS = ("centroid_drift", "axis_twist", "stability", "entropy", "cross_layer_consistency")
 
 
+def layer_column(layer: int, kind: str, name: str) -> str:
+    """``l{layer}_{kind}_{name}``, e.g. ``l2_hall_gini``."""
+    return f"l{layer}_{kind}_{name}"
+
+
+def paired_column(base: str, kind: str) -> str:
+    """``{base}_{kind}``, e.g. ``entropy_fact`` or ``entropy_diff``."""
+    return f"{base}_{kind}"
+
+
 def metric_columns(layers: Sequence[int]) -> list[str]:
     """The metric columns of a results table, in order."""
-    cols = [f"l{layer}_{kind}_{name}" for layer in layers for kind in KINDS for name in LAYER_METRICS]
+    cols = [layer_column(layer, kind, name) for layer in layers for kind in KINDS for name in LAYER_METRICS]
     for base in PAIRED_METRICS:
-        cols += [f"{base}_fact", f"{base}_hall", f"{base}_diff"]
+        cols += [paired_column(base, kind) for kind in (*KINDS, "diff")]
     return cols

@@ -16,10 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from saecli.device import DEVICES, DTYPES
 from saecli.errors import SaecliError
 
-DTYPES = ("float32", "float64", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 MODES = ("batched", "sequential")
 BUILTIN_PREFIX = "builtin:"
 DEFAULT_PRESET = "tiny"
@@ -160,6 +159,12 @@ def check_domains(value: Any, name: str = "domains") -> tuple[str, ...] | None:
     return value
 
 
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise SaecliError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_optional_str(value: Any, name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise SaecliError(f"{name} must be a string, got {type(value).__name__} {value!r}")
@@ -192,6 +197,7 @@ _OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "device": _check_choice(DEVICES),
     "dtype": _check_choice(DTYPES, optional=True),
     "mode": _check_choice(MODES),
+    "truncate": check_bool,
 }
 
 
@@ -455,6 +461,9 @@ class RunConfig:
     """Model dtype; None takes the preset's."""
     mode: str = "batched"
     """batched (``run``) or sequential (the one-text-at-a-time reference)."""
+    truncate: bool = False
+    """Cut texts longer than the model's context from the left (keeping BOS) instead of refusing
+    them. It changes those samples' results, so it is part of the run's identity."""
 
     def __post_init__(self) -> None:
         # --domains arrives as "a,b" (the CLI), a list (a manifest's JSON) or a tuple (Python).

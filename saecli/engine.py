@@ -34,7 +34,9 @@ from saecli import geometry, metrics
 from saecli.columns import KINDS, LAYER_METRICS, metric_columns
 from saecli.config import check_batch_size, check_noise_std, check_seed
 from saecli.data import Sample
-from saecli.errors import SaecliError, is_out_of_memory
+from saecli.device import torch_dtype
+from saecli.errors import SaecliError
+from saecli.memory import is_out_of_memory
 from saecli.models import LoadedPreset
 
 log = logging.getLogger(__name__)
@@ -180,7 +182,7 @@ class Engine:
         self.capture = {hook: _earliest_equivalent(hook) for hook in self.hooks}
         self.stop_at = max(_block_of(hook) for hook in self.capture.values()) + 1
         self.device = torch.device(loaded.device)
-        self.sae_dtype = next(iter(loaded.saes.values())).W_dec.dtype
+        self.sae_dtype = torch_dtype(loaded.sae_dtype)
         tokenizer = self.model.tokenizer
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
@@ -328,7 +330,7 @@ class Engine:
                 place(others, kind, {h: v[kind * m : (kind + 1) * m] for h, v in values.items()})
         return out
 
-    def _residuals_sequential(self, t: SampleTokens) -> dict[str, torch.Tensor]:
+    def residuals_sequential(self, t: SampleTokens) -> dict[str, torch.Tensor]:
         parts = [self._forward([seq], [(0, len(seq) - 1)]) for seq in (t.prompt, t.fact, t.hall)]
         return {hook: torch.cat([p[hook] for p in parts]) for hook in parts[0]}
 
@@ -433,7 +435,7 @@ class Engine:
     def analyze_one(self, sample: Sample, toks: SampleTokens) -> dict[str, Any]:
         """The reference: each text in its own pass, each activation processed alone."""
         with torch.inference_mode():
-            acts = self._residuals_sequential(toks)
+            acts = self.residuals_sequential(toks)
             noise = self._noise([sample])
             outs = {}
             for i, layer in enumerate(self.layers):

@@ -1,4 +1,4 @@
-"""The one domain exception. The CLI catches it at a single boundary and prints one line."""
+"""The domain exceptions. The CLI catches them at a single boundary and prints one line."""
 
 from __future__ import annotations
 
@@ -28,17 +28,3 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(str(run_dir))
         self.run_dir = run_dir
         self.resume_command = resume_command
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """An out-of-memory error of CUDA, MPS or a CPU allocation."""
-    if isinstance(exc, MemoryError):
-        return True
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        marker in text for marker in ("out of memory", "can't allocate memory", "failed to allocate")
-    )

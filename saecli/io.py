@@ -1,4 +1,5 @@
-"""Run folders: ``metrics.parquet`` and ``manifest.json``, written atomically."""
+"""Run-folder files: `metrics.parquet`, `manifest.json` and the part files of an unfinished run, each
+written atomically and read literally (a path is never a pattern); the merge of the parts."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-SHAPE_CLASSES = ("Spherical", "Oblate", "Prolate", "Triaxial")
+from saecli.columns import SHAPE_CLASSES
+
 TOP_STABILITY = 10
 TOP_ENTROPY = 50
 
@@ -60,6 +61,7 @@ def sphericity(eigenvalues: torch.Tensor, n_active: torch.Tensor) -> torch.Tenso
 def shape_class(eigenvalues: torch.Tensor, n_active: torch.Tensor) -> list[str | None]:
     """``Spherical`` if b/a > 0.9 and c/a > 0.9; else ``Oblate`` if b/a > 0.8 and c/a < 0.6; else
     ``Prolate`` if b/a < 0.6 and c/a < 0.6; else ``Triaxial``; None when nothing is active."""
+    spherical, oblate, prolate, triaxial = SHAPE_CLASSES
     a, b, c = ellipsoid_axes(eigenvalues)
     ba, ca = (b / a).tolist(), (c / a).tolist()
     out: list[str | None] = []
@@ -67,13 +69,13 @@ def shape_class(eigenvalues: torch.Tensor, n_active: torch.Tensor) -> list[str |
         if active == 0:
             out.append(None)
         elif r_b > 0.9 and r_c > 0.9:
-            out.append("Spherical")
+            out.append(spherical)
         elif r_b > 0.8 and r_c < 0.6:
-            out.append("Oblate")
+            out.append(oblate)
         elif r_b < 0.6 and r_c < 0.6:
-            out.append("Prolate")
+            out.append(prolate)
         else:
-            out.append("Triaxial")
+            out.append(triaxial)
     return out
 
 

@@ -4,6 +4,10 @@ The embedded preset and the real ones take the same path: a local folder is load
 ``HookedTransformer(cfg)`` + its safetensors weights and ``SAE.load_from_disk``; a hub preset with
 ``HookedTransformer.from_pretrained_no_processing`` and ``SAE.from_pretrained``, from the local
 Hugging Face cache, with a one-line error naming what is missing when it is not there offline.
+
+The device rule and dtypes come from :mod:`saecli.device`, the cache and hub lookups from
+:mod:`saecli.hub`; a ``random_init`` preset is built with :mod:`saecli.synthetic`'s builders
+(imported only for such presets: that module needs torch at import time).
 """
 
 from __future__ import annotations
@@ -12,55 +16,24 @@ import contextlib
 import json
 import logging
 import math
-import os
-import socket
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from saecli.config import Preset, SAESpec, check_option, find_preset, resolve_location
-from saecli.errors import SaecliError, is_out_of_memory
+from saecli.device import dtype_problem, live_facts, resolve_device, sae_dtype_for, torch_dtype
+from saecli.errors import SaecliError
+from saecli.hub import cached_snapshot, fetch_commands, is_offline, model_repo, sae_location
+from saecli.memory import is_out_of_memory
 
 if TYPE_CHECKING:
-    import torch
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
 log = logging.getLogger(__name__)
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def sae_dtype_for(model_dtype: str) -> str:
-    """SAEs run in the model's dtype, or float32 when the model runs in 16 bits."""
-    return model_dtype if model_dtype in ("float32", "float64") else "float32"
-
-
-def resolve_device(requested: str = "auto") -> tuple[str, str]:
-    """The device to use and why. ``auto`` prefers cuda, then mps, then cpu."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if requested == "auto":
-        if cuda:
-            return "cuda", f"auto: CUDA is available ({torch.cuda.get_device_name(0)})"
-        if mps:
-            return "mps", "auto: no CUDA; Apple MPS is available"
-        return "cpu", "auto: neither CUDA nor MPS is available"
-    if requested == "cuda" and not cuda:
-        raise SaecliError("--device cuda was asked for but CUDA is not available", hint="run `saecli doctor`, or use --device cpu")
-    if requested == "mps" and not mps:
-        raise SaecliError("--device mps was asked for but MPS is not available", hint="use --device cpu")
-    return requested, f"{requested}: asked for"
 
 
 @dataclass
@@ -84,53 +57,19 @@ class LoadedPreset:
         return self.preset.layers
 
 
-def _hub_is_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        parsed = urlparse(constants.ENDPOINT)
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=3):
-            return False
-    except OSError:
-        return True
-
-
-def _cached_snapshot(repo_id: str, subpath: str | None = None) -> Path | None:
-    """The local snapshot folder of ``repo_id`` if it (and ``subpath`` in it) is in the cache."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(
-            snapshot_download(
-                repo_id, local_files_only=True, allow_patterns=[f"{subpath}/*"] if subpath else ["config.json"]
-            )
-        )
-    except Exception:  # noqa: BLE001 - any hub-client failure here means "not cached"
-        return None
-    target = folder / subpath if subpath else folder / "config.json"
-    return folder if target.exists() else None
-
-
 def missing_from_cache(preset: Preset) -> list[tuple[str, str]]:
     """What of a hub preset is not in the local Hugging Face cache: (what, command to fetch it)."""
     missing = []
     if preset.model.path is None and not preset.model.random_init:
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-
-        try:
-            repo_id = get_official_model_name(preset.model.name)
-        except ValueError as exc:
-            raise SaecliError(f"unknown TransformerLens model {preset.model.name!r}: {exc}") from None
-        if _cached_snapshot(repo_id) is None:
-            missing.append((f"model {preset.model.name}", f"hf download {repo_id}"))
+        repo_id, _ = model_repo(preset.model.name)
+        if cached_snapshot(repo_id) is None:
+            missing.append((f"model {preset.model.name}", fetch_commands([(repo_id, None)])[0]))
     for spec in preset.saes:
         if spec.path is not None or spec.random is not None:
             continue
-        repo_id, folder = _sae_location(spec)
-        if _cached_snapshot(repo_id, folder) is None:
-            missing.append((f"SAE {spec.release}/{spec.id}", f"hf download {repo_id} --include '{folder}/*'"))
+        repo_id, folder = sae_location(spec.release, spec.id)
+        if cached_snapshot(repo_id, folder) is None:
+            missing.append((f"SAE {spec.release}/{spec.id}", fetch_commands([(repo_id, folder)])[0]))
     return missing
 
 
@@ -138,24 +77,13 @@ def _require_cached(preset: Preset) -> None:
     missing = missing_from_cache(preset)
     if not missing:
         return
-    if _hub_is_offline():
+    if is_offline():
         what = ", ".join(m for m, _ in missing)
         raise SaecliError(
             f"not in the Hugging Face cache and the hub cannot be reached (offline): {what}",
             hint="fetch on a connected machine: " + "; ".join(cmd for _, cmd in missing),
         )
     log.info("downloading from the hub: %s", ", ".join(m for m, _ in missing))
-
-
-def _sae_location(spec: SAESpec) -> tuple[str, str]:
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    release = get_pretrained_saes_directory().get(spec.release)
-    if release is None:
-        raise SaecliError(f"unknown SAELens release {spec.release!r}")
-    if spec.id not in release.saes_map:
-        raise SaecliError(f"SAE id {spec.id!r} is not in release {spec.release}")
-    return release.repo_id, release.saes_map[spec.id]
 
 
 # -- local files, checked before anything is loaded ----------------------------------------------
@@ -423,9 +351,10 @@ def load_preset(
     check_option("dtype", dtype)
     check_preset_files(preset)
     dtype = dtype or preset.model.dtype
-    device, reason = resolve_device(device)
-    if device == "mps" and dtype == "float64":
-        raise SaecliError("MPS does not support float64", hint="use --dtype float32 or --device cpu")
+    device, reason = resolve_device(device, live_facts())
+    problem = dtype_problem(device, dtype)
+    if problem is not None:
+        raise SaecliError(problem[0], hint=problem[1])
     sae_dtype = sae_dtype_for(dtype)
     started = time.perf_counter()
     _require_cached(preset)

@@ -7,15 +7,11 @@ import errno
 import hashlib
 import json
 import logging
-import platform
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +22,10 @@ from saecli import io
 from saecli.config import RunConfig, find_preset, split_domains
 from saecli.data import builtin_benchmark_path, load_samples
 from saecli.errors import RunInterrupted, SaecliError
-from saecli.errors import is_out_of_memory as is_oom
 from saecli.faults import crash_point
+from saecli.hub import package_versions
+from saecli.memory import is_out_of_memory as is_oom
+from saecli.memory import oom_message, peak_memory
 from saecli.models import LoadedPreset, check_preset_files, load_preset
 from saecli.rundir import claim_run_dir, clear_outputs
 
@@ -46,41 +44,21 @@ class RunResult:
     frame: pl.DataFrame
 
 
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "saecli": saecli.__version__}
-    for name in ("torch", "transformer_lens", "sae_lens", "numpy", "polars"):
-        try:
-            out[name] = version(name.replace("_", "-"))
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def peak_memory(device: str) -> dict[str, int | None]:
-    """Peak resident memory of this process, and the accelerator's peak where there is one."""
-    import torch
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
-    out: dict[str, int | None] = {"rss_bytes": rss_bytes}
-    if device == "cuda":
-        out["cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
-        out["cuda_reserved_bytes"] = torch.cuda.max_memory_reserved()
-    elif device == "mps":
-        out["mps_driver_allocated_bytes"] = torch.mps.driver_allocated_memory()
-    return out
-
-
-def build_manifest(
-    config: RunConfig, loaded: LoadedPreset, engine: Any, *, n_samples: int, n_tokens: int, data_source: str,
-    analysis_seconds: float, batch_size: int,
+def start_manifest(
+    config: RunConfig, loaded: LoadedPreset, ident: dict[str, Any], *, n_samples: int, data_source: str, batch_size: int,
+    backoffs: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    """The manifest of a run as it starts (status ``running``; ``finished_ids`` grows with each part
+    file). :func:`finish_manifest` turns it into the final one: the one place a manifest is built."""
     preset = loaded.preset
     return {
         "schema_version": saecli.SCHEMA_VERSION,
+        "status": "running",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": config.mode,
         "config": dataclasses.asdict(config),
+        "identity": ident,
+        "config_hash": config_hash(ident),
         "preset": {
             "name": preset.name,
             "source": preset.source,
@@ -105,19 +83,35 @@ def build_manifest(
         "samples": n_samples,
         "data_source": data_source,
         "versions": package_versions(),
-        "timings": {
+        "finished_ids": [],
+        "backoffs": backoffs,
+    }
+
+
+def finish_manifest(
+    manifest: dict[str, Any], loaded: LoadedPreset, engine: Any, *, n_tokens: int, analysis_seconds: float, resumed: bool,
+) -> dict[str, Any]:
+    """The final manifest: status ``complete``, timings and peak memory; the finished ids are the
+    rows of metrics.parquet and are not repeated."""
+    n_samples = manifest["samples"]
+    final = {k: v for k, v in manifest.items() if k != "finished_ids"}
+    final.update(
+        status="complete",
+        timings={
             "load_seconds": round(loaded.load_seconds, 4),
             "analysis_seconds": round(analysis_seconds, 4),
             "samples_per_second": round(n_samples / analysis_seconds, 4) if analysis_seconds > 0 else None,
             "tokens_per_second": round(n_tokens / analysis_seconds, 2) if analysis_seconds > 0 else None,
             "stages_seconds": {k: round(v, 4) for k, v in engine.timer.seconds.items()},
         },
-        "tokens": n_tokens,
-        "peak_memory": peak_memory(loaded.device),
-    }
+        tokens=n_tokens,
+        peak_memory=peak_memory(loaded.device),
+        resumed=resumed,
+    )
+    return final
 
 
-IDENTITY_FIELDS = ("preset", "data", "data_fingerprint", "domains", "limit", "layers", "seed", "noise_std", "dtype", "mode")
+IDENTITY_FIELDS = ("preset", "data", "data_fingerprint", "domains", "limit", "layers", "seed", "noise_std", "dtype", "mode", "truncate")
 """What must not change between a run and its resumption."""
 
 
@@ -137,6 +131,7 @@ def identity(config: RunConfig, loaded_layers: list[int], dtype: str, samples: l
         "noise_std": config.noise_std,
         "dtype": dtype,
         "mode": config.mode,
+        "truncate": config.truncate,
     }
 
 
@@ -161,7 +156,7 @@ def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
 
 
 def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: Path) -> None:
-    stored = manifest.get("identity") or {}
+    stored = {"truncate": False, **(manifest.get("identity") or {})}  # runs from before truncate was recorded
     for key in IDENTITY_FIELDS:
         if stored.get(key) != ident.get(key):
             raise SaecliError(
@@ -194,7 +189,6 @@ def execute(
     progress: Progress | None = None,
     loaded: LoadedPreset | None = None,
     resume: Path | None = None,
-    truncate: bool = False,
 ) -> RunResult:
     """Run the analysis described by ``config`` and write its run folder.
 
@@ -214,7 +208,7 @@ def execute(
     with claim_run_dir(target, preset_name=preset.name, force=force, resume=resume is not None) as claim:
         try:
             return _execute_claimed(config, claim.path, preset, samples, loaded=loaded, progress=progress,
-                                    resuming=resume is not None, truncate=truncate)
+                                    resuming=resume is not None)
         except KeyboardInterrupt:
             if (claim.path / io.MANIFEST_FILE).is_file():
                 raise RunInterrupted(claim.path, io.resume_command(claim.path, {"mode": config.mode})) from None
@@ -223,7 +217,7 @@ def execute(
 
 def _execute_claimed(
     config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], *, loaded: LoadedPreset | None,
-    progress: Progress | None, resuming: bool, truncate: bool,
+    progress: Progress | None, resuming: bool,
 ) -> RunResult:
     previous = io.read_manifest(run_dir) if resuming else None
     if previous is not None and previous.get("status") == "complete" and not (run_dir / io.PARTS_DIR).exists():
@@ -240,7 +234,7 @@ def _execute_claimed(
     if previous is not None:
         _check_resumable(previous, ident, run_dir)
     engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std)
-    toks = engine.tokenize(samples, truncate=truncate)
+    toks = engine.tokenize(samples, truncate=config.truncate)
     batch_size, auto = config.batch_size, None
     if config.mode == "batched" and batch_size == "auto":
         from saecli.autobatch import find_batch_size
@@ -249,22 +243,12 @@ def _execute_claimed(
         batch_size = auto.size
     batch_size = batch_size if config.mode == "batched" else 1
 
-    state = {
-        "schema_version": saecli.SCHEMA_VERSION,
-        "status": "running",
-        "mode": config.mode,
-        "config": dataclasses.asdict(config),
-        "identity": ident,
-        "config_hash": config_hash(ident),
-        "preset": {"name": preset.name, "source": preset.source, "description": preset.description, "synthetic": preset.synthetic},
-        "layers": loaded.layers,
-        "seed": config.seed,
-        "noise_std": config.noise_std,
-        "samples": len(samples),
-        "finished_ids": [],
-        "backoffs": [],
-    }
     earlier_backoffs = list(previous.get("backoffs", [])) if previous else []
+    data_source = str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})"
+    state = start_manifest(config, loaded, ident, n_samples=len(samples), data_source=data_source, batch_size=batch_size,
+                           backoffs=earlier_backoffs)
+    if auto is not None:
+        state["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
     # From here on the folder is written: what was there before is either this run's own (resume)
     # or an earlier run's that --force replaces (its table goes first, so that an interruption
     # never leaves an old metrics.parquet under the new run's manifest).
@@ -312,8 +296,6 @@ def _execute_claimed(
                 progress(done, len(samples))
     except Exception as exc:
         if is_oom(exc):
-            from saecli.doctor import oom_message
-
             raise oom_message(1, preset.name, loaded.device) from None
         raise
     analysis_seconds = time.perf_counter() - started
@@ -323,20 +305,8 @@ def _execute_claimed(
         frame = io.merge_parts(run_dir, loaded.layers, [s.id for s in samples])
         io.write_metrics(frame, run_dir)
     crash_point("after_merge")
-    manifest = build_manifest(
-        config,
-        loaded,
-        engine,
-        n_samples=len(samples),
-        n_tokens=n_tokens,
-        data_source=str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})",
-        analysis_seconds=analysis_seconds,
-        batch_size=batch_size,
-    )
-    manifest.update(status="complete", identity=ident, config_hash=config_hash(ident), backoffs=earlier_backoffs + engine.backoffs,
-                    resumed=previous is not None)
-    if auto is not None:
-        manifest["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
+    state["backoffs"] = earlier_backoffs + engine.backoffs
+    manifest = finish_manifest(state, loaded, engine, n_tokens=n_tokens, analysis_seconds=analysis_seconds, resumed=previous is not None)
     with _writing(run_dir, done, state):
         io.write_manifest(manifest, run_dir)
     crash_point("after_final_manifest")

@@ -1,5 +1,10 @@
-"""Seeded random models and SAEs built from a config in milliseconds: for tests, and for
-benchmarking the engine's cost without weights. Their metrics mean nothing."""
+"""Seeded random models and SAEs built from a config in milliseconds: the builders behind the
+``random_init`` presets (benchmarking the engine's cost without weights) and the tests' models.
+Their metrics mean nothing.
+
+Data flows one way: ``saecli.models`` builds random presets with these functions; this module needs
+nothing of ``saecli.models`` (the test helper that wraps them into a ``LoadedPreset`` lives in
+``tests/helpers.py``)."""
 
 from __future__ import annotations
 
@@ -7,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from saecli.config import ModelSpec, Preset, SAESpec
-from saecli.models import LoadedPreset, sae_dtype_for, torch_dtype
+from saecli.device import torch_dtype
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -87,55 +91,3 @@ def calibrate_thresholds(sae: SAE, acts: torch.Tensor, target_l0: float) -> None
     keep = max(1, min(pre.numel() - 1, round(target_l0 * acts.shape[0])))
     threshold = torch.kthvalue(pre, pre.numel() - keep).values
     sae.threshold.data.fill_(float(threshold))
-
-
-def random_loaded(
-    *,
-    n_layers: int = 3,
-    d_model: int = 32,
-    d_sae: int = 128,
-    layers: tuple[int, int, int] = (0, 1, 2),
-    dtype: str = "float64",
-    seed: int = 0,
-    target_l0: float = 8.0,
-    n_ctx: int = 128,
-    model_overrides: dict[str, Any] | None = None,
-) -> LoadedPreset:
-    """A complete :class:`LoadedPreset` with random weights (tests: milliseconds on a CPU)."""
-    model = random_model(
-        {"n_layers": n_layers, "d_model": d_model, "n_heads": 4, "d_head": d_model // 4, "d_mlp": 4 * d_model, "n_ctx": n_ctx,
-         **(model_overrides or {})},
-        seed=seed,
-        dtype=dtype,
-    )
-    sae_dtype = sae_dtype_for(dtype)
-    # The residual stream of a random model grows through the layers; scale each SAE's threshold
-    # to the spread of its layer so every layer stays sparse.
-    probe = model.to_tokens(["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France."])
-    _, cache = model.run_with_cache(probe, names_filter=lambda n: n.endswith("hook_resid_post"))
-    saes, hooks = {}, {}
-    for i, layer in enumerate(layers):
-        hook = f"blocks.{layer}.hook_resid_post"
-        sae = random_sae(d_model, d_sae, hook, seed=seed + 1 + i, dtype=sae_dtype, target_l0=target_l0)
-        spread = cache[hook].to(torch.float64).std().item()
-        sae.threshold.data *= spread
-        saes[layer], hooks[layer] = sae, hook
-    preset = Preset(
-        name="random",
-        description="seeded random weights (tests only)",
-        model=ModelSpec(name="random", dtype=dtype),
-        saes=tuple(SAESpec(layer=layer, path=f"memory:{layer}") for layer in layers),
-        synthetic=True,
-    )
-    return LoadedPreset(
-        preset=preset,
-        model=model,
-        saes=saes,
-        hooks=hooks,
-        device="cpu",
-        device_reason="tests",
-        dtype=dtype,
-        sae_dtype=sae_dtype,
-        load_seconds=0.0,
-        identities={"model": "random", "saes": {}},
-    )

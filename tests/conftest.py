@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_loaded
 
 from saecli.data import load_samples
-from saecli.synthetic import random_loaded
 
 HB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hb"
 

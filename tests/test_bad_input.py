@@ -34,23 +34,7 @@ def _sae_folder(root: Path, name: str, d_in: int, hook: str) -> Path:
 
 
 def _preset(root: Path, sae_path: str) -> Path:
-    return _write(
-        root / "p.toml",
-        f"""
-[model]
-name = "saecli-tiny"
-path = "builtin:tiny/model"
-[[sae]]
-layer = 0
-path = "builtin:tiny/saes/layer_0"
-[[sae]]
-layer = 2
-path = "builtin:tiny/saes/layer_2"
-[[sae]]
-layer = 3
-path = "{sae_path}"
-""",
-    )
+    return _write(root / "p.toml", TINY_PRESET.format(model="", sae3=f'path = "{sae_path}"', rest=""))
 
 
 TINY_PRESET = """

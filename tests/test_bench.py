@@ -31,7 +31,7 @@ def test_recommend_fastest_under_margin():
 
 
 
-def test_auto_halves_on_oom(loaded64, samples, monkeypatch, oom_above):
+def test_auto_halves_on_oom(loaded64, samples, oom_above):
     oom_above(4)
     auto = find_batch_size(loaded64, samples, cap=32)
     assert auto.size == 4
@@ -39,7 +39,7 @@ def test_auto_halves_on_oom(loaded64, samples, monkeypatch, oom_above):
     assert "batch 8 ran out of memory" in auto.reason
 
 
-def test_auto_single_sample_that_does_not_fit(loaded64, samples, monkeypatch, oom_above):
+def test_auto_single_sample_that_does_not_fit(loaded64, samples, oom_above):
     oom_above(0)
     with pytest.raises(SaecliError, match="not even one sample fits") as info:
         find_batch_size(loaded64, samples)
@@ -54,7 +54,7 @@ def test_auto_respects_memory_margin(loaded64, samples):
 
 
 @pytest.mark.slow
-def test_measure_records_oom(monkeypatch, oom_above):
+def test_measure_records_oom(oom_above):
     oom_above(2)
     job = {"preset": "tiny", "data": None, "limit": 8, "repeats": 1, "device": "cpu", "dtype": "float32",
            "seed": 0, "noise_std": 0.1, "size": 4}
@@ -69,12 +69,13 @@ def test_bench_cli_writes_json_and_csv(tmp_path):
     out = tmp_path / "b"
     result = runner.invoke(app, ["bench", "--sizes", "1,2", "--limit", "4", "--repeats", "1", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout.strip().splitlines()[-1])
+    doc = json.loads(result.stdout)
     assert doc == json.loads((out / "bench.json").read_text()) | {"out_dir": doc["out_dir"]}
     sizes = [r["size"] for r in doc["results"]]
     assert sizes == [SEQUENTIAL, 1, 2] and all(r["ok"] for r in doc["results"])
     assert doc["recommended"] in (1, 2)
     assert doc["results"][1]["speedup_vs_batch1"] == 1.0
+    assert doc["versions"]["python"] and doc["versions"]["torch"]  # the list a run manifest records
     rows = list(csv.DictReader((out / "bench.csv").open()))
     assert [r["size"] for r in rows] == [SEQUENTIAL, "1", "2"] and "stage_forward_seconds" in rows[0]
 
@@ -147,7 +148,7 @@ def test_bench_results_survive_a_full_disk(tmp_path, monkeypatch):
     out = tmp_path / "b"
     result = runner.invoke(app, ["bench", "--out", str(out), "--json"])
     _one_line_error(result, 1, "bench.csv: No space left on device", "results are printed above", "free some space")
-    doc = json.loads(result.stdout.strip().splitlines()[-1])
+    doc = json.loads(result.stdout)
     assert doc["recommended"] == 4 and [r["size"] for r in doc["results"]] == [SEQUENTIAL, 1, 4]
     assert sorted(p.name for p in out.iterdir()) == ["bench.json"]  # whole, and no temporary left
     result = runner.invoke(app, ["bench", "--out", str(out)], env={"COLUMNS": "160"})

@@ -1,5 +1,6 @@
 """``saecli doctor``: every check's logic on a faked machine (no GPU here), the fetch commands from
-an empty Hugging Face cache, the JSON output, the OOM message, and ``--probe`` on the embedded preset."""
+an empty Hugging Face cache, the JSON output, and ``--probe`` on the embedded preset. (The OOM
+message is tested with the rest of :mod:`saecli.memory`, the device rule in ``test_device.py``.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from saecli import doctor
+from saecli import doctor, hub
 from saecli.cli import app
 from saecli.config import find_preset
 from saecli.doctor import (
@@ -20,7 +21,6 @@ from saecli.doctor import (
     KNOWN_SHAPES,
     Artifact,
     Environment,
-    HubStatus,
     ModelShape,
     PresetFacts,
     SAEShape,
@@ -31,12 +31,13 @@ from saecli.doctor import (
     check_preset,
     check_torch,
     check_versions,
+    device_choice,
     diagnose,
     gather_environment,
     gather_preset,
-    oom_message,
-    pick_device,
 )
+from saecli.doctor import facts as doctor_facts
+from saecli.hub import HubStatus
 
 runner = CliRunner()
 GiB = 2**30
@@ -104,7 +105,7 @@ def test_broken_torch_is_a_failed_check_not_a_traceback(monkeypatch):
     def broken():
         raise ImportError("libcudart.so.12: cannot open shared object file")
 
-    monkeypatch.setattr(doctor, "_import_torch", broken)
+    monkeypatch.setattr(doctor_facts, "import_torch", broken)
     env = gather_environment()
     assert env.torch_error == "ImportError: libcudart.so.12: cannot open shared object file"
     report = diagnose("tiny", env=env)
@@ -120,22 +121,13 @@ def test_broken_torch_is_a_failed_check_not_a_traceback(monkeypatch):
 # -- devices --------------------------------------------------------------------------------------
 
 
-def test_this_machine_picks_what_resolve_device_picks():
-    from saecli.models import resolve_device
-
-    env = gather_environment()
-    assert env.torch_error is None
-    for requested in ("auto", "cpu"):
-        assert pick_device(env, requested) == resolve_device(requested)
-
-
 def test_cuda_device_is_described():
     env = fake_cuda(free=15 * GiB)
     check = check_cuda(env)
     assert check.status == "ok"
     assert "GPU 0: Fake GPU, compute 8.0, 16.0 GiB total, 15.0 GiB free, bf16 yes" in check.detail
     assert "driver 550.54 (supports CUDA 12.4)" in check.detail
-    assert pick_device(env) == ("cuda", "auto: CUDA is available (Fake GPU)")
+    assert device_choice(env) == ("cuda", "auto: CUDA is available (Fake GPU)")
 
 
 def test_gpu_mostly_held_by_another_process_warns():
@@ -173,7 +165,7 @@ def test_mps_opt_in_and_float64():
     check = check_mps(env)
     assert check.status == "warn" and "TRANSFORMERLENS_ALLOW_MPS=unset" in check.detail
     assert check_mps(dataclasses.replace(env, env={"TRANSFORMERLENS_ALLOW_MPS": "1"})).status == "ok"
-    assert pick_device(env)[0] == "mps"
+    assert device_choice(env)[0] == "mps"
     assert check_device(env, "auto", "float64").status == "fail"
     no_build = dataclasses.replace(env, mps_built=False, mps_available=False)
     assert check_mps(no_build).status == "warn" and "built without MPS" in check_mps(no_build).detail
@@ -268,12 +260,6 @@ def test_shape_presets_carry_the_known_shapes():
         assert ModelShape.from_tl_config(preset.model.config) == KNOWN_SHAPES[name]
 
 
-def test_caps_are_autobatch_s():
-    from saecli import autobatch
-
-    assert (doctor.CAP_CPU, doctor.CAP_ACCELERATOR) == (autobatch.CAP_CPU, autobatch.CAP_ACCELERATOR)
-
-
 def test_little_free_gpu_memory_predicts_a_small_batch_and_says_what_to_type():
     """gpt2-small in float32 on a GPU with 2 GiB free: weights 622 MiB + SAEs 433 MiB + 512 MiB
     runtime leave ~72 MiB of the 80% budget, ~31 MiB per sample at 32 tokens: batch 2."""
@@ -318,19 +304,6 @@ def test_unknown_shape_points_to_the_probe():
     assert est is None and check.status == "warn" and "doctor --probe --preset gpt2-small" in check.hint
 
 
-# -- OOM message ----------------------------------------------------------------------------------
-
-
-def test_oom_message_names_the_batch_and_the_next_command():
-    err = oom_message(32, "gemma-2-2b", "cuda")
-    assert err.message == "out of memory on cuda at batch size 32" and err.exit_code == 1
-    assert "--batch-size 16" in err.hint and "--dtype bfloat16" in err.hint and "expandable_segments:True" in err.hint
-    assert "saecli doctor --probe --preset gemma-2-2b --device cuda" in err.hint
-    one = oom_message(1, "my/preset.toml", "cpu")
-    assert "--batch-size 0" not in one.hint and "--batch-size auto" in one.hint and "--dtype" not in one.hint
-    assert "saecli doctor --probe --config my/preset.toml --device cpu" in one.hint
-
-
 # -- the command ----------------------------------------------------------------------------------
 
 CHECKS = {"platform", "versions", "torch", "cuda", "mps", "cpu", "device", "preset", "memory"}
@@ -351,7 +324,7 @@ def test_table_and_exit_code_1_on_a_failed_check(monkeypatch):
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0 and "saecli doctor: tiny" in result.stdout and "If a run runs out of memory" in result.stdout
 
-    monkeypatch.setattr(doctor, "package_versions", lambda: {**GOOD_VERSIONS, "transformer_lens": "4.0.0"})
+    monkeypatch.setattr(doctor_facts, "package_versions", lambda: {**GOOD_VERSIONS, "transformer_lens": "4.0.0"})
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 1 and "removed HookedTransformer" in result.stdout and "FAIL" in result.stdout
 
@@ -382,14 +355,14 @@ def test_probe_on_the_embedded_preset():
 
 @pytest.mark.slow
 def test_tables_agree_with_transformer_lens_and_sae_lens():
-    """HUB_MODELS and the YAML-read SAE locations are what the loaders themselves use."""
+    """HUB_MODELS and the YAML-read SAE locations are what TransformerLens and SAELens themselves use."""
+    from sae_lens.loading.pretrained_saes_directory import get_repo_id_and_folder_name
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
-    from saecli.models import _sae_location
-
-    for name, repo in doctor.HUB_MODELS.items():
+    for name, repo in hub.HUB_MODELS.items():
         assert get_official_model_name(name) == repo
     for preset in ("gpt2-small", "gemma-2-2b"):
         facts = gather_preset(find_preset(preset), check_hub=False)
-        expected = [_sae_location(s) for s in find_preset(preset).saes]
+        expected = [get_repo_id_and_folder_name(s.release, s.id) for s in find_preset(preset).saes]
+        assert [hub.sae_location(s.release, s.id) for s in find_preset(preset).saes] == expected
         assert [(a.repo, a.include) for a in facts.artifacts if a.include] == expected

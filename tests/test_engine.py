@@ -136,7 +136,7 @@ def test_mixed_shared_and_unshared_prompts(loaded64, samples, monkeypatch):
 
 @pytest.mark.parametrize("window", [8, 4096])
 def test_rotary_gqa_model_batched_equals_sequential(samples, window):
-    from saecli.synthetic import random_loaded
+    from helpers import random_loaded
 
     # window 8 is shorter than the texts: the shared-prompt path must step aside (see
     # Engine._cache_is_exact); 4096 (Gemma-2's) takes it.

@@ -25,7 +25,7 @@ import torch
 
 import saecli
 from saecli.config import find_preset
-from saecli.models import _sae_location
+from saecli.hub import sae_location
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ def _point_hub_at(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     huggingface_hub reads ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` into ``huggingface_hub.constants``
     at import time (already done by now), and looks them up there at call time; transformers asks
     ``huggingface_hub.constants`` too (``is_offline_mode``). So both the module attributes and the
-    environment (read by saecli's ``_hub_is_offline`` and by any subprocess) are patched; monkeypatch
+    environment (read by saecli's ``hub.is_offline`` and by any subprocess) are patched; monkeypatch
     restores all of it afterwards.
     """
     from huggingface_hub import constants
@@ -209,7 +209,7 @@ def fake_hub(tmp_path, monkeypatch) -> dict[str, Path]:
     sae_folders = {}
     sae_repo = None
     for spec in preset.saes:
-        sae_repo, folder = _sae_location(spec)
+        sae_repo, folder = sae_location(spec.release, spec.id)
         _write_sae(staging / "saes" / folder, hook_name=spec.id, seed=spec.layer)
         sae_folders[spec.id] = folder
     snapshot = _add_to_cache(cache, sae_repo, staging / "saes")

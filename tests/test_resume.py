@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -101,7 +100,7 @@ def test_corrupted_part_is_redone(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_oom_backoff_gives_identical_results(tmp_path, reference, monkeypatch, oom_above):
+def test_oom_backoff_gives_identical_results(tmp_path, reference, oom_above):
     oom_above(1)
     config = RunConfig(limit=LIMIT, batch_size=16, dtype="float64")
     result = execute(config, out=tmp_path / "run")
@@ -115,7 +114,7 @@ def test_oom_backoff_gives_identical_results(tmp_path, reference, monkeypatch, o
 
 
 @pytest.mark.slow
-def test_single_sample_oom_is_one_line_error(tmp_path, monkeypatch, oom_above):
+def test_single_sample_oom_is_one_line_error(tmp_path, oom_above):
     oom_above(0)
     result = runner.invoke(app, ["run", "--limit", "4", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1, result.output
@@ -123,4 +122,36 @@ def test_single_sample_oom_is_one_line_error(tmp_path, monkeypatch, oom_above):
 
 
 def test_main_module_runs():
-    assert Path(saecli.__file__).with_name("__main__.py").is_file()
+    result = _saecli(["--version"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"saecli {saecli.__version__}"
+
+
+@pytest.mark.slow
+def test_truncate_is_part_of_the_run_identity(tmp_path, monkeypatch):
+    from saecli import runner as run_module
+
+    records = [{"id": f"s{i}", "domain": "entity", "prompt": "The capital of France is", "fact": "Paris", "hallucination": "Lyon"}
+               for i in range(6)]  # fmt: skip
+    records[0]["prompt"] = "word " * 300  # longer than the model's context: needs --truncate
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records))
+    out = tmp_path / "run"
+    seen = []
+
+    def stop_after_first_part(name):
+        if name == "after_part":
+            seen.append(name)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "crash_point", stop_after_first_part)
+    args = ["run", "--data", str(data), "--batch-size", "2", "--out", str(out)]
+    assert runner.invoke(app, [*args, "--truncate"]).exit_code == 130
+    monkeypatch.undo()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["truncate"] is True and manifest["identity"]["truncate"] is True
+    with pytest.raises(saecli.SaecliError, match="truncate was True and is now False"):
+        execute(run_module.resume_config(out, truncate=False), resume=out)
+    result = runner.invoke(app, ["run", "--resume", str(out)])  # the run's own --truncate is kept
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out / "metrics.parquet").height == 6

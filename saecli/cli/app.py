@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +17,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 import saecli
+from saecli.device import DEVICES, DTYPES
 from saecli.errors import SaecliError
 
 stderr = Console(stderr=True)
@@ -24,6 +27,24 @@ stdout = Console()
 # Usage errors of click and of typer (which ships its own copy of click), and their exits.
 _USAGE_ERRORS = (click.exceptions.ClickException, typer.exceptions.TyperException)
 _EXITS = (click.exceptions.Exit, click.exceptions.Abort, typer.Exit, typer.Abort)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinity become null: JSON has no such numbers, and a reader would choke on them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def emit_json(document: Any) -> None:
+    """The one printer of every ``--json``: one valid JSON document (indented, UTF-8) on stdout, and
+    nothing else there."""
+    text = json.dumps(_finite(document), indent=2, ensure_ascii=False, default=str)
+    stdout.out(text, highlight=False)
 
 
 def error_line(message: str, hint: str | None = None) -> None:
@@ -98,18 +119,9 @@ def _root(
     )
 
 
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class DType(StrEnum):
-    float32 = "float32"
-    float64 = "float64"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
+# The choices of --device and --dtype: saecli.device's vocabulary, the one the presets and the API accept.
+Device = StrEnum("Device", {name: name for name in DEVICES})
+DType = StrEnum("DType", {name: name for name in DTYPES})
 
 
 # Options shared by several commands, declared once.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +29,7 @@ from saecli.cli.app import (
     JsonOpt,
     PresetOpt,
     app,
+    emit_json,
     parse_sizes,
     preset_arg,
     stderr,
@@ -102,9 +102,9 @@ def bench(
 
 
 def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
-    """The sweep as JSON (one line) or as a table with the recommendation, then where it was saved."""
+    """The sweep as JSON or as a table with the recommendation, then where it was saved."""
     if json_:
-        stdout.print(json.dumps(result.to_dict()), soft_wrap=True, highlight=False)
+        emit_json(result.to_dict())
         return
     table = Table(title=f"saecli bench: {result.preset}, {result.samples} samples, {result.device} {result.dtype}, median of {result.repeats}")
     for column in ("size", "s", "samples/s", "tok/s", "×b1", "×seq", "peak GiB", "+GiB"):

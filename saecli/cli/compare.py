@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +22,7 @@ from saecli.cli.app import (
     PresetOpt,
     SeedOpt,
     app,
+    emit_json,
     parse_sizes,
     preset_arg,
     stderr,
@@ -133,7 +133,7 @@ def compare(
         results = live.results
         document = live.to_dict()
     if json_:
-        stdout.print_json(json.dumps(document, default=str))
+        emit_json(document)
     else:
         for result in results.values():
             _render(result)

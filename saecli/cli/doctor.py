@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saecli.cli.app import ConfigOpt, DataOpt, DeviceOpt, DTypeOpt, JsonOpt, PresetOpt, app, preset_arg, stderr, stdout
-from saecli.doctor import GiB, Report, diagnose
+from saecli.cli.app import ConfigOpt, DataOpt, DeviceOpt, DTypeOpt, JsonOpt, PresetOpt, app, emit_json, preset_arg, stderr, stdout
+from saecli.doctor import Report, diagnose
+from saecli.memory import GiB
 
 _STATUS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
 
@@ -39,7 +39,7 @@ def doctor(
     else:
         report = diagnose(preset_arg(preset, config), probe=probe, **args)
     if json_:
-        stdout.print(json.dumps(report.to_dict(), default=str), soft_wrap=True, highlight=False)
+        emit_json(report.to_dict())
     else:
         _render(report)
     if not report.ok:

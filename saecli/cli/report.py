@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from saecli.cli.app import app, stdout
-from saecli.report import MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report, report_json
+from saecli.cli.app import app, emit_json, stdout
+from saecli.report import MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
 
 
 def _ci(low: float, high: float) -> str:
@@ -65,6 +65,6 @@ def report(
     """
     result = make_report(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top)
     if json_:
-        stdout.print_json(report_json(result))
+        emit_json(result.to_dict())
     else:
         render_report(result, top=top)

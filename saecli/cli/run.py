@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,8 +12,10 @@ from rich.table import Table
 from saecli.cli.app import (
     ConfigOpt,
     DataOpt,
+    Device,
     DeviceOpt,
     DomainsOpt,
+    DType,
     DTypeOpt,
     ForceOpt,
     JsonOpt,
@@ -24,6 +25,7 @@ from saecli.cli.app import (
     PresetOpt,
     SeedOpt,
     app,
+    emit_json,
     parse_batch_size,
     preset_arg,
     stderr,
@@ -50,7 +52,7 @@ def _progress() -> Progress:
 
 def _render(result: RunResult, as_json: bool) -> None:
     if as_json:
-        stdout.print_json(json.dumps(result.manifest, default=str))
+        emit_json(result.manifest)
         return
     m = result.manifest
     if m["preset"]["synthetic"]:
@@ -73,20 +75,40 @@ def _render(result: RunResult, as_json: bool) -> None:
 
 
 def _run(
-    mode: str, *, resume: Path | None, truncate: bool, report: bool, out: Path | None, force: bool, as_json: bool, **options: Any
+    mode: str,
+    *,
+    preset: str | None,
+    config: Path | None,
+    data: Path | None,
+    limit: int | None,
+    domains: str | None,
+    batch_size: str | None,
+    seed: int | None,
+    noise_std: float | None,
+    device: Device | None,
+    dtype: DType | None,
+    out: Path | None,
+    force: bool,
+    resume: Path | None,
+    truncate: bool,
+    report: bool,
+    as_json: bool,
 ) -> None:
-    preset_name = preset_arg(options.pop("preset"), options.pop("config"))
-    flags = {
+    """What ``run`` and ``sequential`` share: flags → RunConfig, one call to the runner, render."""
+    preset_name = preset_arg(preset, config)
+    # None means "not given": the preset's defaults (or, on --resume, the run's own settings) stand.
+    flags: dict[str, Any] = {
         "preset": preset_name,
-        "data": str(options["data"]) if options["data"] is not None else None,
-        "limit": options["limit"],
-        "domains": options["domains"],
-        "batch_size": parse_batch_size(options["batch_size"]),
-        "seed": options["seed"],
-        "noise_std": options["noise_std"],
-        "device": options["device"].value if options["device"] is not None else None,
-        "dtype": options["dtype"].value if options["dtype"] is not None else None,
+        "data": str(data) if data is not None else None,
+        "limit": limit,
+        "domains": domains,
+        "batch_size": parse_batch_size(batch_size),
+        "seed": seed,
+        "noise_std": noise_std,
+        "device": device.value if device is not None else None,
+        "dtype": dtype.value if dtype is not None else None,
         "mode": mode,
+        "truncate": True if truncate else None,
     }
     if resume is not None:
         if out is not None:
@@ -113,7 +135,7 @@ def _run(
             progress.update(task, completed=done, total=total, rate=rate)
 
         try:
-            result = execute(run_config, out=out, force=force, progress=update, resume=resume, truncate=truncate)
+            result = execute(run_config, out=out, force=force, progress=update, resume=resume)
         except RunInterrupted as stop:
             progress.stop()
             stderr.print("[yellow]interrupted.[/] Finished samples are kept; continue with:")

@@ -1,0 +1,90 @@
+"""The one device and dtype vocabulary: which devices and dtypes exist, how a dtype name becomes a
+torch dtype and how many bytes it takes, which dtype the SAEs run in, and which device a run uses.
+
+Belongs here: the names (``DEVICES``, ``DTYPES``) that the CLI, the preset files, the loader and
+``doctor`` all accept; the rules that follow from them (:func:`sae_dtype_for`); and the single
+device-resolution rule, :func:`resolve_device`, a pure function of :class:`DeviceFacts` (is CUDA
+available? MPS?). The loader passes the live facts (:func:`live_facts`), ``doctor`` the facts it
+gathered, so both always pick the same device for the same machine.
+
+Does not belong here: memory (``saecli.memory``), reading the rest of the machine (``doctor``),
+loading anything (``saecli.models``). Imports only ``saecli.errors``; torch only inside functions,
+so the vocabulary costs nothing to import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from saecli.errors import SaecliError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""What ``--device`` and a preset's ``device`` accept; ``auto`` prefers cuda, then mps, then cpu."""
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+"""What ``--dtype`` and a preset's ``model.dtype`` accept."""
+DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+"""Bytes per element of each dtype in ``DTYPES``."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a name in ``DTYPES``."""
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def sae_dtype_for(model_dtype: str) -> str:
+    """SAEs run in the model's dtype, or float32 when the model runs in 16 bits."""
+    return model_dtype if model_dtype in ("float32", "float64") else "float32"
+
+
+def dtype_problem(device: str, dtype: str) -> tuple[str, str] | None:
+    """Why ``dtype`` cannot run on ``device`` and what to pass instead, or None when it can."""
+    if device == "mps" and dtype == "float64":
+        return "MPS does not support float64", "use --dtype float32 or --device cpu"
+    return None
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What decides the device: whether CUDA and MPS are usable, and the first GPU's name (for the
+    reason that a run records)."""
+
+    cuda: bool
+    mps: bool
+    gpu_name: str = "?"
+
+
+def live_facts() -> DeviceFacts:
+    """The facts of this process, from torch (imported here)."""
+    import torch
+
+    cuda = bool(torch.cuda.is_available())
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    name = "?"
+    if cuda:
+        try:
+            name = torch.cuda.get_device_name(0)
+        except Exception:  # noqa: BLE001 - the name is only a detail of the reason
+            pass
+    return DeviceFacts(cuda=cuda, mps=mps, gpu_name=name)
+
+
+def resolve_device(requested: str, facts: DeviceFacts) -> tuple[str, str]:
+    """The device to use and why. ``auto`` prefers cuda, then mps, then cpu; a device asked for
+    that is not there is a SaecliError."""
+    if requested == "auto":
+        if facts.cuda:
+            return "cuda", f"auto: CUDA is available ({facts.gpu_name})"
+        if facts.mps:
+            return "mps", "auto: no CUDA; Apple MPS is available"
+        return "cpu", "auto: neither CUDA nor MPS is available"
+    if requested == "cuda" and not facts.cuda:
+        raise SaecliError("--device cuda was asked for but CUDA is not available", hint="run `saecli doctor`, or use --device cpu")
+    if requested == "mps" and not facts.mps:
+        raise SaecliError("--device mps was asked for but MPS is not available", hint="use --device cpu")
+    return requested, f"{requested}: asked for"

@@ -1,0 +1,183 @@
+"""The report of a finished run: which metric tells a hallucination from a fact, and how well.
+
+``make_report(run_dir)`` reads ``metrics.parquet`` + ``manifest.json`` and writes, next to them:
+
+* ``detection.csv``: for every numeric metric (each one with a ``_fact`` and a ``_hall`` column) and
+  every domain (and ``all``), the AUROC of telling the hallucinated text from the factual one with a
+  bootstrap 95% interval over samples, the paired effect (mean and SD of hall − fact) and the
+  Wilcoxon signed-rank p-value;
+* ``dashboard.png``: the five tests at a glance plus the detection ranking;
+* ``summary.md``: the top metrics, the per-domain table, and the figure.
+
+Boundary: this module is the orchestration (read and check the run, try the output folder, compute,
+write each file atomically) and the public face of the package; the work lives in
+
+* :mod:`.stats`: the statistics, pure functions on numpy arrays;
+* :mod:`.detection`: the detection table of a run's frame, :class:`Report` and its option checks;
+* :mod:`.summary`: summary.md as text;
+* :mod:`.dashboard`: dashboard.png (matplotlib, imported only there and only when drawing).
+
+The bootstrap's mechanics (``BOOTSTRAP_BLOCK``, ``bootstrap_weights``, …) are not re-exported here:
+import or patch them in :mod:`.stats`, where they are used. Nothing here prints: it logs and returns a
+:class:`Report`. scipy and matplotlib are imported inside the functions that need them, so importing
+saecli (and ``saecli --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from saecli.errors import SaecliError
+from saecli.io import METRICS_FILE, atomic_write, probe_write, read_run
+from saecli.report.dashboard import FACT_COLOR, HALL_COLOR, draw_dashboard
+from saecli.report.detection import (
+    ALL,
+    MAX_BOOTSTRAP,
+    TOP_DEFAULT,
+    Detection,
+    Metric,
+    Report,
+    check_options,
+    detect,
+    numeric_metrics,
+)
+from saecli.report.stats import auroc, direction, paired_effect, percentile_interval, weighted_auroc, wilcoxon_p
+from saecli.report.summary import DASHBOARD_FILE, DETECTION_FILE, SUMMARY_FILE, summary_markdown
+
+__all__ = [
+    "ALL", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "HALL_COLOR", "MAX_BOOTSTRAP", "SUMMARY_FILE", "TOP_DEFAULT",
+    "Detection", "Metric", "Report", "auroc", "check_options", "check_writable", "detect", "direction", "draw_dashboard",
+    "load_run", "make_report", "numeric_metrics", "paired_effect", "percentile_interval", "summary_markdown",
+    "weighted_auroc", "wilcoxon_p", "write_files",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+
+def _layers_of(frame: pl.DataFrame, manifest: dict[str, Any]) -> list[int]:
+    layers = manifest.get("layers")
+    if not layers:  # an older or hand-written manifest: the columns say which layers there are
+        layers = sorted({int(m.group(1)) for c in frame.columns if (m := re.fullmatch(r"l(\d+)_fact_l0_norm", c))})
+    return [int(layer) for layer in layers]
+
+
+def load_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any], list[int]]:
+    """A run's table, manifest and layers, checked for the columns the report needs."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SaecliError(f"{run_dir} is not a folder", hint="give the folder a `saecli run` wrote (it holds metrics.parquet)")
+    try:
+        frame, manifest = read_run(run_dir)
+    except SaecliError as exc:  # keep a hint that says more (e.g. the command that finishes the run)
+        hint = exc.hint or "give the folder a `saecli run` wrote, e.g. runs/<time>-tiny"
+        raise SaecliError(exc.message, hint=hint, exit_code=exc.exit_code) from None
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:  # a truncated file, broken JSON
+        raise SaecliError(f"cannot read the run in {run_dir}: {exc}", hint="rerun `saecli run` into a fresh --out") from None
+    if not isinstance(manifest, dict):
+        raise SaecliError(f"{run_dir / 'manifest.json'} is not a saecli manifest (not a JSON object)")
+    layers = _layers_of(frame, manifest)
+    if not layers:
+        raise SaecliError(f"{run_dir / METRICS_FILE} has no per-layer metric columns (l<L>_fact_l0_norm, …)")
+    needed = ["domain"] + [c for m in numeric_metrics(layers) for c in (m.fact, m.hall)]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise SaecliError(f"{run_dir / METRICS_FILE} lacks the columns {shown}", hint="was it written by another saecli version? rerun `saecli run`")
+    if frame.height == 0:
+        raise SaecliError(f"{run_dir / METRICS_FILE} has no samples")
+    return frame.with_columns(pl.col("domain").fill_null("(none)")), manifest, layers
+
+
+def make_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, out_dir: Path | None = None, top: int = TOP_DEFAULT) -> Report:
+    """Compute the detection table of a finished run and write detection.csv, dashboard.png and
+    summary.md into the run folder (or ``out_dir``).
+
+    The options are checked, the run read and the output folder tried with a real write before
+    anything is computed; each file is written atomically (whole or absent).
+    """
+    check_options(bootstrap=bootstrap, seed=seed, top=top)
+    run_dir = Path(run_dir)
+    frame, manifest, layers = load_run(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
+    check_writable(out_dir, run_dir)
+    preset = manifest.get("preset")
+    counts = frame.group_by("domain", maintain_order=True).len()
+    report = Report(
+        run_dir=run_dir,
+        out_dir=out_dir,
+        preset=str(preset.get("name", "?") if isinstance(preset, dict) else preset or "?"),
+        samples=frame.height,
+        layers=layers,
+        domains=dict(zip(counts["domain"].to_list(), counts["len"].to_list(), strict=True)),
+        data_source=str(manifest.get("data_source") or (manifest.get("config") or {}).get("data") or "?"),
+        bootstrap=bootstrap,
+        seed=seed,
+        rows=[],
+    )
+    log.info("report of %s: %d samples, %d metrics, %d bootstrap resamples", run_dir, frame.height, len(numeric_metrics(layers)), bootstrap)
+    report.rows = detect(frame, layers, bootstrap=bootstrap, seed=seed)
+    write_files(report, frame, top=top)
+    log.info("wrote %s", ", ".join(str(p) for p in report.files.values()))
+    return report
+
+
+def _reason(exc: OSError) -> str:
+    """``No space left on device``, also for an OSError made from an errno alone."""
+    return exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+
+
+def _elsewhere(run_dir: Path, exc: OSError | None = None) -> str:
+    """The fix for a folder that refuses the report."""
+    fix = f"write it elsewhere: saecli report {run_dir} --out DIR"
+    return f"free some space, or {fix}" if exc is not None and exc.errno == errno.ENOSPC else fix
+
+
+def check_writable(out_dir: Path, run_dir: Path) -> None:
+    """Refuse an output folder that cannot take the report, before anything is computed.
+
+    A real write (a temporary file created and removed), not ``os.access``: permissions are not the
+    only reason a folder refuses files (read-only mounts, pseudo file systems, a full disk), and root
+    passes every access check. A folder that does not exist yet is tried in its nearest existing parent.
+    """
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise SaecliError(f"cannot write the report into {out_dir}: it is a broken symbolic link", hint=_elsewhere(run_dir))
+    absolute = out_dir.absolute()
+    existing = next(p for p in (absolute, *absolute.parents) if p.exists())
+    if not existing.is_dir():
+        raise SaecliError(f"cannot write the report into {out_dir}: {existing} is a file", hint=_elsewhere(run_dir))
+    try:
+        probe_write(existing)
+    except OSError as exc:
+        raise SaecliError(
+            f"cannot write the report into {out_dir} ({existing}: {_reason(exc)})", hint=_elsewhere(run_dir, exc)
+        ) from None
+
+
+def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT) -> None:
+    """detection.csv, dashboard.png and summary.md into ``report.out_dir``, each atomically.
+
+    A folder that fails on the way (a full disk, a mount gone read-only) is one error naming the file,
+    the files already written (kept, whole) and the fix; no file is ever left half-written.
+    """
+    writers = {
+        "detection": (DETECTION_FILE, lambda p: report.frame().write_csv(p, float_precision=6)),
+        "dashboard": (DASHBOARD_FILE, lambda p: draw_dashboard(frame, report, p)),
+        "summary": (SUMMARY_FILE, lambda p: p.write_text(summary_markdown(report, top=top), encoding="utf-8")),
+    }
+    for key, (name, write) in writers.items():
+        path = report.out_dir / name
+        try:
+            atomic_write(path, write)
+        except OSError as exc:
+            kept = f"; {', '.join(p.name for p in report.files.values())} written and kept" if report.files else ""
+            raise SaecliError(
+                f"cannot write {path}: {_reason(exc)}{kept}", hint=_elsewhere(report.run_dir, exc), exit_code=1
+            ) from None
+        report.files[key] = path

@@ -1,0 +1,269 @@
+"""dashboard.png: the five tests and the detection ranking of a report in one figure.
+
+Boundary: the only module of saecli that imports matplotlib, and only inside the functions that draw
+(so importing saecli stays fast). The figure is drawn on an Agg canvas without pyplot, which keeps
+the process's own matplotlib backend untouched. Reads the run's frame and a computed
+:class:`~saecli.report.detection.Report`; computes no detection statistic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from saecli.columns import KINDS, SHAPE_CLASSES
+from saecli.report.detection import ALL, Report
+
+FACT_COLOR, HALL_COLOR = "#2b6cb0", "#c53030"
+
+
+def _values(frame: pl.DataFrame, column: str) -> np.ndarray:
+    v = frame[column].cast(pl.Float64).fill_null(math.nan).to_numpy()
+    return v[np.isfinite(v)]
+
+
+def _legend_kinds(ax: Any, **kwargs: Any) -> None:
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=FACT_COLOR, label="fact"), Patch(color=HALL_COLOR, label="hallucination")], **kwargs)
+
+
+def _delta_heatmap(ax: Any, fig: Any, frame: pl.DataFrame, report: Report, base: str, label: str) -> None:
+    """Mean hall − fact of ``l{L}_{base}``, rows domains (+ all), columns layers; * marks p < 0.05."""
+    groups = [*report.domains, ALL]
+    grid = np.full((len(groups), len(report.layers)), math.nan)
+    for i, d in enumerate(groups):
+        for j, layer in enumerate(report.layers):
+            grid[i, j] = report.get(f"l{layer}_{base}", d).mean_diff
+    bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    bound = bound or 1.0
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    cbar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
+    cbar.set_label("mean Δ (hall − fact)")
+    cbar.formatter.set_useOffset(False)
+    cbar.formatter.set_scientific(False)
+    decimals = max(0, 2 - math.floor(math.log10(bound)))
+    ax.set_xticks(range(len(report.layers)), [f"layer {layer}" for layer in report.layers])
+    ax.set_yticks(range(len(groups)), [f"{d} ({report.domains.get(d, report.samples)})" for d in groups])
+    ax.axhline(len(groups) - 1.5, color="black", linewidth=1)
+    for i, d in enumerate(groups):
+        for j, layer in enumerate(report.layers):
+            v = grid[i, j]
+            if not math.isfinite(v):
+                continue
+            star = "*" if report.get(f"l{layer}_{base}", d).wilcoxon_p < 0.05 else ""
+            ax.text(j, i, f"{v:+.{decimals}f}{star}", ha="center", va="center", fontsize=10, color="white" if abs(v) > 0.6 * bound else "black")
+    ax.set_title(f"{label}: mean Δ hall − fact\n(domain (n) × layer; * Wilcoxon p < 0.05)")
+
+
+def _paired_boxes(ax: Any, groups: list[tuple[str, np.ndarray, np.ndarray]], ylabel: str) -> None:
+    """Side-by-side fact / hall boxplots per group, means marked with a white diamond."""
+    positions = np.arange(len(groups)) * 3.0
+    for offset, idx, color in ((-0.55, 1, FACT_COLOR), (0.55, 2, HALL_COLOR)):
+        data = [g[idx] for g in groups]
+        box = ax.boxplot(
+            data, positions=positions + offset, widths=0.9, patch_artist=True, showfliers=False, showmeans=True,
+            meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black", "markersize": 5},
+            medianprops={"color": "black"},
+        )  # fmt: skip
+        for patch in box["boxes"]:
+            patch.set_facecolor(color)
+            patch.set_alpha(0.75)
+    ax.set_xticks(positions, [g[0] for g in groups])
+    ax.set_xlim(positions[0] - 1.5, positions[-1] + 1.5)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.12 * (high - low))  # room for the legend above the whiskers
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    _legend_kinds(ax, loc="upper center", ncol=2, fontsize=9)
+
+
+def _overlaid_hist(ax: Any, fact: np.ndarray, hall: np.ndarray, xlabel: str, bins: Any = 30) -> None:
+    both = np.concatenate([fact, hall])
+    edges = np.histogram_bin_edges(both, bins=bins) if both.size else bins
+    for values, color, name in ((fact, FACT_COLOR, "fact"), (hall, HALL_COLOR, "hallucination")):
+        mean = f"mean {values.mean():.3g}" if values.size else "none"
+        ax.hist(values, bins=edges, color=color, alpha=0.45, label=f"{name} ({mean})")
+        ax.hist(values, bins=edges, color=color, histtype="step", linewidth=1.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("samples")
+    ax.legend(loc="upper right", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def draw_dashboard(frame: pl.DataFrame, report: Report, path: Path) -> None:
+    """The five tests and the detection ranking in one figure (PNG at ``path``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rc = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10}
+    import matplotlib
+
+    with matplotlib.rc_context(rc):
+        fig = Figure(figsize=(26, 17), dpi=100, layout="constrained")
+        FigureCanvasAgg(fig)
+        _draw(fig, frame, report)
+        fig.savefig(path, format="png", dpi=100, facecolor="white")
+
+
+def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
+    grid = fig.add_gridspec(3, 4)
+    layers, first = report.layers, report.layers[0]
+    domains = list(report.domains)
+    per_domain = ", ".join(f"{d} {n}" for d, n in report.domains.items())
+    fig.suptitle(
+        f"saecli report: preset {report.preset}, {report.samples} samples ({per_domain}); layers {', '.join(map(str, layers))}; "
+        f"data {report.data_source}",
+        fontsize=15, fontweight="bold",
+    )  # fmt: skip
+    by_domain = [(d, frame.filter(pl.col("domain") == d)) for d in domains] + [(ALL, frame)]
+
+    # Test 1: reconstruction error and sphericity Δ, L0 by layer.
+    _delta_heatmap(fig.add_subplot(grid[0, 0]), fig, frame, report, "reconstruction_error", "Reconstruction error ‖x − x̂‖")
+    _delta_heatmap(fig.add_subplot(grid[0, 1]), fig, frame, report, "sphericity", "Sphericity c/a")
+    ax = fig.add_subplot(grid[0, 2])
+    _paired_boxes(
+        ax, [(f"layer {layer}", _values(frame, f"l{layer}_fact_l0_norm"), _values(frame, f"l{layer}_hall_l0_norm")) for layer in layers],
+        "active SAE features (L0)",
+    )  # fmt: skip
+    ax.set_title(f"L0 by layer, fact vs hall (all {report.samples} samples)")
+
+    # Test 2: centroid drift, axis twist.
+    ax = fig.add_subplot(grid[1, 0])
+    fact, hall = (frame[f"centroid_drift_{k}"].cast(pl.Float64).to_numpy() for k in KINDS)
+    palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+    for i, d in enumerate(domains):
+        mask = (frame["domain"] == d).to_numpy()
+        ax.scatter(fact[mask], hall[mask], s=12, alpha=0.6, color=palette[i % len(palette)], label=d, edgecolors="none")
+    finite = np.isfinite(fact) & np.isfinite(hall)
+    both = np.concatenate([fact[finite], hall[finite]])
+    low, high = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+    pad = 0.05 * (high - low) or 1.0
+    low, high = max(0.0, low - pad), high + pad
+    ax.plot([low, high], [low, high], "k--", linewidth=1, label="hall = fact")
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_aspect("equal", adjustable="box")
+    above = float(np.mean(hall[finite] > fact[finite])) if finite.any() else math.nan
+    ax.set_xlabel("fact: angle(c_P, c_F) [degrees]")
+    ax.set_ylabel("hallucination: angle(c_P, c_H) [degrees]")
+    ax.set_title(f"Centroid drift, layer {first} ({above:.0%} of samples above the diagonal)")
+    ax.legend(loc="lower right", fontsize=9, markerscale=1.5)
+
+    ax = fig.add_subplot(grid[1, 1])
+    _overlaid_hist(ax, _values(frame, "axis_twist_fact"), _values(frame, "axis_twist_hall"), "line angle(u_P, u_text) [degrees]", bins=np.linspace(0, 90, 31))
+    ax.set_title(f"Axis twist, layer {first}: distribution over {report.samples} samples")
+
+    # Test 4: entropy.
+    ax = fig.add_subplot(grid[1, 2])
+    _overlaid_hist(ax, _values(frame, "entropy_fact"), _values(frame, "entropy_hall"), "entropy −Σ p ln p of the top-50 active values [nats]")
+    ax.set_title(f"Entropy, layer {first}: distribution over {report.samples} samples")
+
+    # Test 3: stability, mean ± 95% CI per domain.
+    ax = fig.add_subplot(grid[2, 0])
+    x = np.arange(len(by_domain))
+    for offset, kind, color in ((-0.2, "fact", FACT_COLOR), (0.2, "hall", HALL_COLOR)):
+        values = [_values(part, f"stability_{kind}") for _, part in by_domain]
+        means = [v.mean() if v.size else math.nan for v in values]
+        errs = [1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0 for v in values]
+        ax.errorbar(x + offset, means, yerr=errs, fmt="o", color=color, markersize=8, capsize=4, linewidth=2)
+    ax.set_xticks(x, [f"{d}\n(n={part.height})" for d, part in by_domain])
+    ax.set_xlim(-0.6, len(by_domain) - 0.4)
+    ax.axvline(len(by_domain) - 1.5, color="black", linewidth=1)
+    ax.set_ylabel("Jaccard of top-10 features, clean vs noisy (mean)")
+    ax.set_title(f"Stability under noise, layer {first}: mean ± 95% CI")
+    ax.grid(axis="y", alpha=0.3)
+    _legend_kinds(ax, loc="best", fontsize=9)
+
+    # Test 5: cross-layer consistency per domain.
+    ax = fig.add_subplot(grid[2, 1])
+    _paired_boxes(
+        ax, [(d, _values(part, "cross_layer_consistency_fact"), _values(part, "cross_layer_consistency_hall")) for d, part in by_domain],
+        f"cosine(x̂ layer {layers[1]}, x̂ layer {layers[2]})" if len(layers) > 2 else "cosine of reconstructions",
+    )  # fmt: skip
+    ax.set_title("Cross-layer consistency by domain")
+
+    # Test 1: shape classes.
+    ax = fig.add_subplot(grid[2, 2])
+    _shape_counts(ax, frame, layers)
+
+    # Detection: the ranking and the per-domain AUROC of the top metrics.
+    _forest(fig.add_subplot(grid[0:2, 3]), report)
+    _auroc_by_domain(fig, fig.add_subplot(grid[2, 3]), report)
+
+
+def _shape_counts(ax: Any, frame: pl.DataFrame, layers: Sequence[int]) -> None:
+    """Stacked counts of the shape classes per layer and text; classes no sample has are named in the title."""
+    classes: list[str | None] = [*SHAPE_CLASSES, None]
+    colors = ["#1b9e77", "#e6ab02", "#d95f02", "#7570b3", "#bbbbbb"]
+    counts = np.zeros((len(classes), 2 * len(layers)))
+    labels = []
+    for j, (layer, kind) in enumerate((layer, kind) for layer in layers for kind in KINDS):
+        column = frame[f"l{layer}_{kind}_shape_class"].to_list()
+        for i, cls in enumerate(classes):
+            counts[i, j] = sum(1 for v in column if v == cls)
+        labels.append(f"layer {layer}\n{kind}")
+    x = np.arange(counts.shape[1]) + np.repeat(np.arange(len(layers)) * 0.5, 2)
+    bottoms = np.zeros(counts.shape[1])
+    total = float(frame.height) or 1.0
+    for i, cls in enumerate(classes):
+        if not counts[i].any():
+            continue
+        ax.bar(x, counts[i], bottom=bottoms, color=colors[i], width=0.8, label=cls or "nothing active")
+        for xj, c, b in zip(x, counts[i], bottoms, strict=True):
+            if c >= 0.06 * total:
+                ax.text(xj, b + c / 2, f"{int(c)}", ha="center", va="center", fontsize=9, color="white")
+        bottoms += counts[i]
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("samples")
+    ax.set_ylim(0, bottoms.max() * 1.15 if bottoms.max() else 1)
+    ax.legend(loc="upper center", ncol=5, fontsize=9, frameon=False)
+    absent = [cls for i, cls in enumerate(SHAPE_CLASSES) if not counts[i].any()]
+    note = f" (no sample is {' or '.join(absent)})" if absent else ""
+    ax.set_title(f"Shape class of the inertia ellipsoid, counts\n{note.strip(' ()')}".rstrip())
+
+
+def _forest(ax: Any, report: Report, k: int = 20) -> None:
+    rows = [r for r in report.top(k) if math.isfinite(r.auroc)]
+    y = np.arange(len(rows))[::-1]
+    for yi, r in zip(y, rows, strict=True):
+        color = HALL_COLOR if r.auroc > 0.5 else FACT_COLOR
+        if math.isfinite(r.ci_low):
+            ax.plot([r.ci_low, r.ci_high], [yi, yi], color=color, linewidth=2)
+        ax.plot(r.auroc, yi, "o", color=color, markersize=7)
+        ax.text(1.02, yi, f"{r.auroc:.2f}", va="center", fontsize=9, transform=ax.get_yaxis_transform())
+    ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(y, [r.metric for r in rows])
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("AUROC, hall vs fact (> 0.5: higher for hallucinations)")
+    ci = f"bootstrap 95% CI, {report.bootstrap} resamples" if report.bootstrap else "no bootstrap"
+    ax.set_title(f"Detection: top {len(rows)} metrics by |AUROC − 0.5|\n(all {report.samples} samples; {ci})")
+    ax.grid(axis="x", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    ax.legend(
+        handles=[Line2D([], [], color=HALL_COLOR, marker="o", label="higher in hall"), Line2D([], [], color=FACT_COLOR, marker="o", label="lower in hall")],
+        loc="lower left", fontsize=9,
+    )  # fmt: skip
+
+
+def _auroc_by_domain(fig: Any, ax: Any, report: Report, k: int = 8) -> None:
+    rows = report.top(k)
+    groups = [*report.domains, ALL]
+    grid = np.array([[report.get(r.metric, d).auroc for d in groups] for r in rows]).reshape(len(rows), len(groups))
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02).set_label("AUROC")
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+    ax.set_yticks(range(len(rows)), [r.metric for r in rows])
+    for i in range(len(rows)):
+        for j in range(len(groups)):
+            v = grid[i, j]
+            if math.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9, color="white" if abs(v - 0.5) > 0.3 else "black")
+    ax.set_title(f"AUROC by domain, top {len(rows)} metrics")

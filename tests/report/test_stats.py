@@ -1,0 +1,101 @@
+"""saecli.report.stats: the statistics against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from saecli.report.stats import (
+    auroc,
+    bootstrap_chunks,
+    bootstrap_weights,
+    direction,
+    paired_effect,
+    percentile_interval,
+    weighted_auroc,
+    wilcoxon_p,
+)
+
+
+def _pairs_auroc(hall, fact):
+    """The definition, pair by pair."""
+    return sum(1.0 if h > f else 0.5 if h == f else 0.0 for h in hall for f in fact) / (len(hall) * len(fact))
+
+
+# -- AUROC -----------------------------------------------------------------------------------------
+
+
+def test_auroc_hand_computed():
+    # h=3 beats 2 and 0 (2), h=1 beats 0 (1), h=4 beats 2 and 0 (2): 5 of 9 pairs.
+    assert auroc(np.array([3.0, 1.0, 4.0]), np.array([2.0, 0.0, 5.0])) == pytest.approx(5 / 9)
+
+
+def test_auroc_ties():
+    # h=1: ½ (tie with f=1) twice; h=2: 1 + ½ + ½ = 2 → 3 of 9.
+    assert auroc(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 2.0])) == pytest.approx(1 / 3)
+    assert auroc(np.full(5, 7.0), np.full(5, 7.0)) == 0.5
+    rng = np.random.default_rng(3)
+    hall, fact = rng.integers(0, 4, 40).astype(float), rng.integers(0, 4, 40).astype(float)  # many ties
+    assert auroc(hall, fact) == pytest.approx(_pairs_auroc(hall, fact), abs=1e-12)
+
+
+def test_auroc_perfect_separation_and_direction():
+    low, high = np.array([0.1, 0.2, 0.3, 0.3]), np.array([0.5, 0.9, 0.6, 0.31])
+    assert auroc(high, low) == 1.0 and direction(1.0) == "hall higher"
+    assert auroc(low, high) == 0.0 and direction(0.0) == "hall lower"
+    assert direction(0.5) == "none" and math.isnan(auroc(np.array([]), low))
+
+
+def test_weighted_auroc_is_the_auroc_of_the_resampled_data():
+    rng = np.random.default_rng(1)
+    hall, fact = rng.integers(0, 6, 25).astype(float), rng.integers(0, 6, 25).astype(float)
+    assert weighted_auroc(hall, fact, np.ones(25)) == pytest.approx(auroc(hall, fact), abs=1e-12)
+    weights = bootstrap_weights(25, 7, np.random.default_rng(0))
+    assert weights.shape == (7, 25) and (weights.sum(axis=1) == 25).all()
+    fast = weighted_auroc(hall, fact, weights)
+    for b in range(7):
+        idx = np.repeat(np.arange(25), weights[b].astype(int))  # pairs stay together
+        assert fast[b] == pytest.approx(auroc(hall[idx], fact[idx]), abs=1e-12)
+
+
+# -- bootstrap, effect, test -----------------------------------------------------------------------
+
+
+def test_bootstrap_interval_contains_estimate_and_is_seeded():
+    rng = np.random.default_rng(5)
+    fact = rng.normal(size=60)
+    hall = fact + rng.normal(0.4, 1.0, size=60)
+    point = auroc(hall, fact)
+
+    def interval(seed):
+        return percentile_interval(weighted_auroc(hall, fact, bootstrap_weights(60, 500, np.random.default_rng(seed))))
+
+    lo, hi = interval(0)
+    assert lo < point < hi and 0.5 < point and hi - lo < 0.4
+    assert interval(0) == (lo, hi)
+    assert interval(1) != (lo, hi)
+
+
+def test_paired_effect_and_wilcoxon():
+    mean, sd = paired_effect(np.array([2.0, 4.0, 9.0]), np.array([1.0, 1.0, 3.0]))  # d = 1, 3, 6
+    assert mean == pytest.approx(10 / 3) and sd == pytest.approx(math.sqrt(((1 - 10 / 3) ** 2 + (3 - 10 / 3) ** 2 + (6 - 10 / 3) ** 2) / 2))
+    assert wilcoxon_p(np.ones(10), np.ones(10)) == 1.0
+    fact = np.linspace(0, 1, 30)
+    assert wilcoxon_p(fact + 0.5, fact) < 1e-4  # every difference positive
+    # Exact null distribution of W+ for n = 10 (every sign pattern equally likely), by counting subsets of
+    # the ranks 1..10: d has ranks 9 and 10 negative, so W− = 19 and p = 2·P(W ≤ 19).
+    counts = [1] + [0] * 55
+    for rank in range(1, 11):
+        counts = [c + (counts[s - rank] if s >= rank else 0) for s, c in enumerate(counts)]
+    d = np.array([1, 2, 3, 4, 5, 6, 7, 8, -9, -10], dtype=float)
+    assert wilcoxon_p(d, np.zeros(10)) == pytest.approx(2 * sum(counts[:20]) / 2**10)
+
+
+def test_bootstrap_chunks_are_the_single_draw():
+    for n, resamples, block in [(15, 200, 16), (15, 200, 45), (7, 5, 1), (40, 33, 10**6), (1, 3, 1)]:
+        whole = bootstrap_weights(n, resamples, np.random.default_rng([3, n]))
+        chunks = list(bootstrap_chunks(n, resamples, np.random.default_rng([3, n]), block))
+        assert all(c.shape[0] * n <= max(block, n) for c in chunks)
+        assert np.array_equal(np.concatenate(chunks), whole)

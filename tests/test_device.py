@@ -1,0 +1,75 @@
+"""``saecli.device``: the one device rule and dtype vocabulary that the loader, ``doctor``, the CLI
+and the preset files share."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saecli import config
+from saecli.cli.app import Device, DType
+from saecli.device import (
+    DEVICES,
+    DTYPE_BYTES,
+    DTYPES,
+    DeviceFacts,
+    dtype_problem,
+    live_facts,
+    resolve_device,
+    sae_dtype_for,
+    torch_dtype,
+)
+from saecli.errors import SaecliError
+
+
+@pytest.mark.parametrize(
+    "facts, picked, why",
+    [
+        (DeviceFacts(cuda=True, mps=True, gpu_name="Fake GPU"), "cuda", "auto: CUDA is available (Fake GPU)"),
+        (DeviceFacts(cuda=False, mps=True), "mps", "auto: no CUDA; Apple MPS is available"),
+        (DeviceFacts(cuda=False, mps=False), "cpu", "auto: neither CUDA nor MPS is available"),
+    ],
+)
+def test_auto_prefers_cuda_then_mps_then_cpu(facts, picked, why):
+    assert resolve_device("auto", facts) == (picked, why)
+
+
+def test_a_device_asked_for_is_used_when_there_and_refused_when_not():
+    none = DeviceFacts(cuda=False, mps=False)
+    assert resolve_device("cpu", none) == ("cpu", "cpu: asked for")
+    assert resolve_device("cuda", DeviceFacts(cuda=True, mps=False)) == ("cuda", "cuda: asked for")
+    with pytest.raises(SaecliError, match="--device cuda was asked for but CUDA is not available") as info:
+        resolve_device("cuda", none)
+    assert "saecli doctor" in info.value.hint
+    with pytest.raises(SaecliError, match="--device mps was asked for but MPS is not available"):
+        resolve_device("mps", none)
+
+
+def test_live_facts_are_torch_s():
+    facts = live_facts()
+    assert facts.cuda == torch.cuda.is_available()
+    assert resolve_device("cpu", facts)[0] == "cpu"
+
+
+def test_dtype_vocabulary():
+    assert [torch_dtype(name).itemsize for name in DTYPES] == [DTYPE_BYTES[name] for name in DTYPES]
+    assert {name: sae_dtype_for(name) for name in DTYPES} == {
+        "float32": "float32", "float64": "float64", "bfloat16": "float32", "float16": "float32",
+    }
+
+
+def test_one_vocabulary_for_cli_presets_and_api():
+    assert (config.DEVICES, config.DTYPES) == (DEVICES, DTYPES)
+    assert [d.value for d in Device] == list(DEVICES) and [d.value for d in DType] == list(DTYPES)
+
+
+def test_dtypes_a_device_cannot_run():
+    assert dtype_problem("mps", "float64") == ("MPS does not support float64", "use --dtype float32 or --device cpu")
+    assert all(dtype_problem(d, t) is None for d in ("cpu", "cuda") for t in DTYPES)
+
+
+def test_live_facts_name_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Fake H200")
+    facts = live_facts()
+    assert facts.cuda and resolve_device("auto", facts) == ("cuda", "auto: CUDA is available (Fake H200)")
