@@ -36,6 +36,7 @@ from saecli.config import check_batch_size, check_noise_std, check_seed
 from saecli.data import Sample
 from saecli.device import torch_dtype
 from saecli.errors import SaecliError
+from saecli.faults import oom_point
 from saecli.memory import is_out_of_memory
 from saecli.models import LoadedPreset
 
@@ -422,6 +423,7 @@ class Engine:
     # -- public -----------------------------------------------------------------------------------
     def analyze_batch(self, samples: Sequence[Sample], toks: Sequence[SampleTokens]) -> list[dict[str, Any]]:
         """Rows for a batch of samples, all texts of a layer processed together."""
+        oom_point(len(samples))
         with torch.inference_mode():
             acts = self._residuals_batched(list(toks))
             n = len(samples)

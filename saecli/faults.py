@@ -19,3 +19,12 @@ def crash_point(name: str) -> None:
     point, _, nth = wanted.partition("#")
     if point == name and _seen[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def oom_point(batch_size: int) -> None:
+    """``SAECLI_OOM_ABOVE=n``: a batch of more than n samples fails as an accelerator out of memory
+    would, so that backoff is tested on a CPU, in this process or in a Ray worker (which gets the
+    driver's ``SAECLI_*`` variables). Unset (always, outside tests), it does nothing."""
+    limit = os.environ.get("SAECLI_OOM_ABOVE")
+    if limit and batch_size > int(limit):
+        raise MemoryError(f"out of memory (SAECLI_OOM_ABOVE={limit}, batch of {batch_size})")

@@ -31,8 +31,9 @@ from saecli.rundir import claim_run_dir, clear_outputs
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
-"""Called with (samples done, samples total) after each batch."""
+Progress = Callable[..., None]
+"""Called with (samples done, samples total) after each batch; on Ray also with ``busy=(workers
+busy, workers)`` whenever work is handed out."""
 
 
 @dataclass
@@ -89,7 +90,8 @@ def start_manifest(
 
 
 def finish_manifest(
-    manifest: dict[str, Any], loaded: LoadedPreset, engine: Any, *, n_tokens: int, analysis_seconds: float, resumed: bool,
+    manifest: dict[str, Any], *, load_seconds: float, stages: dict[str, float], n_tokens: int, analysis_seconds: float,
+    resumed: bool, peak: dict[str, Any],
 ) -> dict[str, Any]:
     """The final manifest: status ``complete``, timings and peak memory; the finished ids are the
     rows of metrics.parquet and are not repeated."""
@@ -98,14 +100,14 @@ def finish_manifest(
     final.update(
         status="complete",
         timings={
-            "load_seconds": round(loaded.load_seconds, 4),
+            "load_seconds": round(load_seconds, 4),
             "analysis_seconds": round(analysis_seconds, 4),
             "samples_per_second": round(n_samples / analysis_seconds, 4) if analysis_seconds > 0 else None,
             "tokens_per_second": round(n_tokens / analysis_seconds, 2) if analysis_seconds > 0 else None,
-            "stages_seconds": {k: round(v, 4) for k, v in engine.timer.seconds.items()},
+            "stages_seconds": {k: round(v, 4) for k, v in stages.items()},
         },
         tokens=n_tokens,
-        peak_memory=peak_memory(loaded.device),
+        peak_memory=peak,
         resumed=resumed,
     )
     return final
@@ -189,8 +191,10 @@ def execute(
     progress: Progress | None = None,
     loaded: LoadedPreset | None = None,
     resume: Path | None = None,
+    ray: Any = None,
 ) -> RunResult:
-    """Run the analysis described by ``config`` and write its run folder.
+    """Run the analysis described by ``config`` and write its run folder; with ``ray`` (a
+    :class:`saecli.cluster.RayOptions`) on the workers of a Ray cluster, the driver alone writing.
 
     Everything that can be checked without the model (the samples, every option, the preset's
     files) is checked first; then the run folder is claimed (created and locked, see
@@ -204,48 +208,99 @@ def execute(
     samples = load_samples(config.data, domains=config.domains, limit=config.limit)
     if loaded is None:
         check_preset_files(preset)
+    if ray is not None and config.mode != "batched":
+        raise SaecliError("--ray runs the batched analysis; the sequential reference runs on one machine", hint="use `saecli run --ray`")
     target = resume if resume is not None else out
     with claim_run_dir(target, preset_name=preset.name, force=force, resume=resume is not None) as claim:
         try:
             return _execute_claimed(config, claim.path, preset, samples, loaded=loaded, progress=progress,
-                                    resuming=resume is not None)
+                                    resuming=resume is not None, ray=ray)
         except KeyboardInterrupt:
             if (claim.path / io.MANIFEST_FILE).is_file():
                 raise RunInterrupted(claim.path, io.resume_command(claim.path, {"mode": config.mode})) from None
             raise
 
 
+class LocalBackend:
+    """The analysis in this process: the preset loaded here, one engine."""
+
+    def __init__(self, loaded: LoadedPreset, config: RunConfig):
+        from saecli.engine import Engine  # torch is imported only when there is work to do
+
+        self.info = loaded
+        self.config = config
+        self.engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std)
+        self.timer = self.engine.timer
+
+    def tokenize(self, samples: list[Any]) -> list[Any]:
+        return self.engine.tokenize(samples, truncate=self.config.truncate)
+
+    def auto_batch_size(self, samples: list[Any]) -> Any:
+        from saecli.autobatch import find_batch_size
+
+        return find_batch_size(self.info, samples, seed=self.config.seed, noise_std=self.config.noise_std)
+
+    def batches(self, samples: list[Any], toks: list[Any], batch_size: int, progress: Progress | None) -> Iterator[Any]:
+        return self.engine.run(samples, batch_size=batch_size, sequential=self.config.mode == "sequential", toks=toks)
+
+    @property
+    def backoffs(self) -> list[dict[str, Any]]:
+        return self.engine.backoffs
+
+    def stages(self) -> dict[str, float]:
+        return dict(self.timer.seconds)
+
+    def peak(self) -> dict[str, Any]:
+        return peak_memory(self.info.device)
+
+    def record(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
 def _execute_claimed(
     config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], *, loaded: LoadedPreset | None,
-    progress: Progress | None, resuming: bool,
+    progress: Progress | None, resuming: bool, ray: Any,
 ) -> RunResult:
     previous = io.read_manifest(run_dir) if resuming else None
     if previous is not None and previous.get("status") == "complete" and not (run_dir / io.PARTS_DIR).exists():
         frame, manifest = io.read_run(run_dir)
         log.warning("%s is already complete; nothing to resume", run_dir)
         return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
-    if loaded is None:
-        loaded = load_preset(preset, device=config.device, dtype=config.dtype)
     if preset.synthetic:
         log.warning("preset %s has random weights: its metrics mean nothing (benchmarking only)", preset.name)
-    from saecli.engine import Engine  # torch is imported only when there is work to do
+    if ray is not None:
+        from saecli.cluster import RayBackend
 
-    ident = identity(config, loaded.layers, loaded.dtype, samples)
+        backend: Any = RayBackend(ray, preset, config)
+    else:
+        backend = LocalBackend(loaded or load_preset(preset, device=config.device, dtype=config.dtype), config)
+    try:
+        return _analyse(config, run_dir, preset, samples, backend, previous=previous, progress=progress)
+    finally:
+        backend.close()
+
+
+def _analyse(
+    config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], backend: Any, *, previous: dict[str, Any] | None,
+    progress: Progress | None,
+) -> RunResult:
+    info = backend.info
+    ident = identity(config, info.layers, info.dtype, samples)
     if previous is not None:
         _check_resumable(previous, ident, run_dir)
-    engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std)
-    toks = engine.tokenize(samples, truncate=config.truncate)
+    toks = backend.tokenize(samples)
     batch_size, auto = config.batch_size, None
     if config.mode == "batched" and batch_size == "auto":
-        from saecli.autobatch import find_batch_size
-
-        auto = find_batch_size(loaded, samples, seed=config.seed, noise_std=config.noise_std)
+        auto = backend.auto_batch_size(samples)
         batch_size = auto.size
     batch_size = batch_size if config.mode == "batched" else 1
 
     earlier_backoffs = list(previous.get("backoffs", [])) if previous else []
     data_source = str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})"
-    state = start_manifest(config, loaded, ident, n_samples=len(samples), data_source=data_source, batch_size=batch_size,
+    state = start_manifest(config, info, ident, n_samples=len(samples), data_source=data_source, batch_size=batch_size,
                            backoffs=earlier_backoffs)
     if auto is not None:
         state["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
@@ -264,7 +319,7 @@ def _execute_claimed(
     crash_point("after_manifest")
 
     position = {s.id: i for i, s in enumerate(samples)}
-    frames, corrupted = io.read_parts(run_dir, loaded.layers)
+    frames, corrupted = io.read_parts(run_dir, info.layers)
     for path in corrupted:
         log.warning("part file %s was unreadable; its samples are analysed again", path.name)
     finished = [sid for frame in frames for sid in frame["sample_id"].to_list() if sid in position]
@@ -278,17 +333,15 @@ def _execute_claimed(
         progress(done, len(samples))
     started = time.perf_counter()
     try:
-        batches = engine.run([samples[i] for i in todo], batch_size=batch_size, sequential=config.mode == "sequential",
-                             toks=[toks[i] for i in todo])
-        for batch in batches:
+        for batch in backend.batches([samples[i] for i in todo], [toks[i] for i in todo], batch_size, progress):
             crash_point("batch_done")
-            with engine.timer("write"), _writing(run_dir, done, state):
-                part = io.rows_to_frame(batch.rows, loaded.layers)
+            with backend.timer("write"), _writing(run_dir, done, state):
+                part = io.rows_to_frame(batch.rows, info.layers)
                 part_number += 1
                 io.write_part(part, run_dir, part_number)
                 crash_point("after_part")
                 state["finished_ids"] += part["sample_id"].to_list()
-                state["backoffs"] = earlier_backoffs + engine.backoffs
+                state["backoffs"] = earlier_backoffs + backend.backoffs
                 io.write_manifest(state, run_dir)
             done += len(batch.indices)
             n_tokens += batch.tokens
@@ -296,17 +349,19 @@ def _execute_claimed(
                 progress(done, len(samples))
     except Exception as exc:
         if is_oom(exc):
-            raise oom_message(1, preset.name, loaded.device) from None
+            raise oom_message(1, preset.name, info.device) from None
         raise
     analysis_seconds = time.perf_counter() - started
 
     crash_point("before_merge")
-    with engine.timer("write"), _writing(run_dir, done, state):
-        frame = io.merge_parts(run_dir, loaded.layers, [s.id for s in samples])
+    with backend.timer("write"), _writing(run_dir, done, state):
+        frame = io.merge_parts(run_dir, info.layers, [s.id for s in samples])
         io.write_metrics(frame, run_dir)
     crash_point("after_merge")
-    state["backoffs"] = earlier_backoffs + engine.backoffs
-    manifest = finish_manifest(state, loaded, engine, n_tokens=n_tokens, analysis_seconds=analysis_seconds, resumed=previous is not None)
+    state["backoffs"] = earlier_backoffs + backend.backoffs
+    state.update(backend.record())
+    manifest = finish_manifest(state, load_seconds=info.load_seconds, stages=backend.stages(), n_tokens=n_tokens,
+                               analysis_seconds=analysis_seconds, resumed=previous is not None, peak=backend.peak())
     with _writing(run_dir, done, state):
         io.write_manifest(manifest, run_dir)
     crash_point("after_final_manifest")

@@ -41,18 +41,25 @@ def hb_dir() -> Path:
 
 @pytest.fixture
 def oom_above(monkeypatch):
-    """Make the engine's batches larger than ``limit`` raise an out-of-memory error, as a GPU
-    would, so that backoff and OOM reporting can be tested on a CPU."""
-    from saecli.engine import Engine
-
-    original = Engine.analyze_batch
+    """Make the engine's batches larger than ``limit`` fail as out of memory, as a GPU would, so that
+    backoff and OOM reporting can be tested on a CPU (``saecli.faults.oom_point``; Ray workers see
+    it too)."""
 
     def install(limit: int) -> None:
-        def patched(self, samples, toks):
-            if len(samples) > limit:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-            return original(self, samples, toks)
-
-        monkeypatch.setattr(Engine, "analyze_batch", patched)
+        monkeypatch.setenv("SAECLI_OOM_ABOVE", str(limit))
 
     return install
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for the whole session: 2 CPUs, 2 logical GPUs (per-GPU placement on a
+    CPU machine: a worker's device still resolves to the CPU), a small object store, no dashboard."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, num_gpus=2, object_store_memory=80 * 2**20, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)  # fmt: skip
+    yield ray
+    if started:
+        ray.shutdown()

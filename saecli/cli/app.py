@@ -54,9 +54,27 @@ def error_line(message: str, hint: str | None = None) -> None:
     stderr.print(f"[bold red]error:[/] {escape(line)}{extra}", highlight=False, soft_wrap=True)
 
 
+OPTIONAL_VALUE = {"--ray": "local"}
+"""Options whose value may be left out (``--ray`` alone, or ``--ray ADDRESS``), and the value that
+stands for "left out". Click has no such options; the group fills the value in before parsing."""
+
+
+def _fill_optional_values(args: list[str]) -> list[str]:
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg in OPTIONAL_VALUE and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out[i] = f"{arg}={OPTIONAL_VALUE[arg]}"
+    return out
+
+
 class _Group(typer.core.TyperGroup):
     """The one boundary where errors become messages: a SaecliError or a usage error is one line on
     stderr and its exit code; anything else is a bug, shown in full with a request to report it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _fill_optional_values(args))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -155,6 +173,13 @@ OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<UTC time>-<preset>].", show_default=False)
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an existing, non-empty --out folder.")]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray", metavar="[ADDRESS]", show_default=False,
+        help="Run on Ray: alone, join RAY_ADDRESS or start a local instance; or join ADDRESS (auto, HOST:6379, ray://HOST:10001).",
+    ),
+]  # fmt: skip
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of the table (run: the manifest).")]
 
 

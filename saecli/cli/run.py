@@ -23,6 +23,7 @@ from saecli.cli.app import (
     NoiseOpt,
     OutOpt,
     PresetOpt,
+    RayOpt,
     SeedOpt,
     app,
     emit_json,
@@ -93,6 +94,9 @@ def _run(
     truncate: bool,
     report: bool,
     as_json: bool,
+    ray: str | None = None,
+    workers: int | None = None,
+    worker_cpus: int | None = None,
 ) -> None:
     """What ``run`` and ``sequential`` share: flags → RunConfig, one call to the runner, render."""
     preset_name = preset_arg(preset, config)
@@ -110,6 +114,15 @@ def _run(
         "mode": mode,
         "truncate": True if truncate else None,
     }
+    ray_options = None
+    if ray is not None:
+        from saecli.cluster import DEFAULT_WORKER_CPUS, RayOptions, import_ray
+
+        import_ray()  # a missing Ray is one line before anything else
+        ray_options = RayOptions(address=None if ray == "local" else ray, workers=workers,
+                                 worker_cpus=worker_cpus if worker_cpus is not None else DEFAULT_WORKER_CPUS)  # fmt: skip
+    elif workers is not None or worker_cpus is not None:
+        raise SaecliError("--workers and --worker-cpus need --ray", hint="e.g. saecli run --ray --workers 2")
     if resume is not None:
         if out is not None:
             raise SaecliError("--resume continues the given folder; do not also pass --out")
@@ -125,17 +138,23 @@ def _run(
 
         resumed_at: list[int] = []  # samples already done when the analysis started
 
-        def update(done: int, total: int) -> None:
+        busy_note: list[str] = [""]  # "2/2 workers busy" on Ray
+
+        def update(done: int | None = None, total: int | None = None, *, busy: tuple[int, int] | None = None) -> None:
+            if busy is not None:
+                busy_note[0] = f" ({busy[0]}/{busy[1]} workers busy)"
+                progress.update(task, description=f"{mode} {chosen.name}{busy_note[0]}")
+                return
             if not resumed_at:  # loading is over; the rate and ETA count from here
                 resumed_at.append(done)
-                progress.reset(task, total=total, completed=done, description=f"{mode} {chosen.name}", rate="–")
+                progress.reset(task, total=total, completed=done, description=f"{mode} {chosen.name}{busy_note[0]}", rate="–")
                 return
             elapsed = progress.tasks[task].elapsed or 0.0
             rate = f"{(done - resumed_at[0]) / elapsed:.1f}" if elapsed > 0 else "–"
             progress.update(task, completed=done, total=total, rate=rate)
 
         try:
-            result = execute(run_config, out=out, force=force, progress=update, resume=resume)
+            result = execute(run_config, out=out, force=force, progress=update, resume=resume, ray=ray_options)
         except RunInterrupted as stop:
             progress.stop()
             stderr.print("[yellow]interrupted.[/] Finished samples are kept; continue with:")
@@ -187,14 +206,22 @@ def run(
     truncate: TruncateOpt = False,
     report: ReportOpt = False,
     json_: JsonOpt = False,
+    ray: RayOpt = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Ray workers [default: one per GPU; without GPUs one per --worker-cpus CPUs].", show_default=False)
+    ] = None,
+    worker_cpus: Annotated[
+        int | None, typer.Option("--worker-cpus", help="CPUs (and torch threads) per Ray worker on a cluster without GPUs [default: 1].", show_default=False)
+    ] = None,
 ) -> None:
     """Analyse the benchmark in batches and write **metrics.parquet** and **manifest.json**.
 
-    Example: `saecli run --batch-size 16`, `saecli run --preset gemma-2-2b --data ../shared/data/hb`.
+    Example: `saecli run --batch-size 16`, `saecli run --preset gemma-2-2b --data ../shared/data/hb`,
+    `saecli run --ray auto` (every GPU of a Ray cluster).
     """
     _run("batched", preset=preset, config=config, data=data, limit=limit, domains=domains, batch_size=batch_size,
          seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
-         resume=resume, truncate=truncate, report=report)
+         resume=resume, truncate=truncate, report=report, ray=ray, workers=workers, worker_cpus=worker_cpus)
 
 
 @app.command()

@@ -1,0 +1,562 @@
+"""One analysis over many GPUs and machines, on Ray: plain actors, one per GPU (or per CPU share).
+
+What belongs here: connecting to (or starting) a Ray cluster, deciding how many workers fit and
+where, the worker actor (which loads the preset in its own constructor, never in the driver), and
+handing chunks of samples to idle workers, again to another (or a fresh) worker when one dies.
+What does not: writing results (the driver's runner writes every part file and the manifest through
+the same resume machinery as a plain run), the analysis itself (:mod:`saecli.engine`).
+
+Results per chunk are rows of numbers (kilobytes); activations never leave a worker. Chunks are
+cut from the same length order the plain run batches in, at multiples of the batch size, so each
+worker forms exactly the batches a plain run forms: results are identical row for row.
+
+Ray is optional (``pip install 'saecli[ray]'``) and imported only here, only when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from saecli.errors import SaecliError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKER_CPUS = 1
+"""CPUs (and torch threads) per worker on a cluster without GPUs: one thread per worker keeps
+workers on one machine from spinning against each other (two PyTorch processes that each use every
+core were measured 40x slower than one)."""
+CHUNK_BATCHES = 4
+"""Batches per chunk handed to a worker: large enough to keep a worker busy between hand-outs,
+small enough that a dead worker's chunk is cheap to redo and that work spreads evenly."""
+MAX_REPLACEMENTS = 8
+"""Dead workers replaced per run before giving up (a worker that dies on every chunk is a bug or a
+node that cannot run the preset, not bad luck)."""
+CONNECT_TIMEOUT = 5.0
+REPLACE_TIMEOUT = 300.0
+"""Seconds a replacement worker may take to load the preset (a 2B model from a cold disk)."""
+INSTALL_HINT = "pip install 'saecli[ray]'"
+
+
+def import_ray() -> Any:
+    """Ray, or the one-line error naming the command that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise SaecliError("--ray needs Ray, which is not installed", hint=f"{INSTALL_HINT} (or `make install`)") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to run on Ray. Not part of a run's identity: where the work runs never changes results."""
+
+    address: str | None = None
+    """``auto``, ``HOST:6379`` or ``ray://HOST:10001``; None joins ``RAY_ADDRESS`` or starts a local instance."""
+    workers: int | None = None
+    """Worker actors; None: one per GPU of the cluster, or one per ``worker_cpus`` CPUs without GPUs."""
+    worker_cpus: int = DEFAULT_WORKER_CPUS
+    """CPUs (and torch threads) each worker takes on a cluster without GPUs."""
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1):
+            raise SaecliError(f"--workers must be a whole number >= 1, got {self.workers!r}")
+        if isinstance(self.worker_cpus, bool) or not isinstance(self.worker_cpus, int) or self.worker_cpus < 1:
+            raise SaecliError(f"--worker-cpus must be a whole number >= 1, got {self.worker_cpus!r}")
+        if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
+            raise SaecliError(f"--ray ADDRESS must be auto, HOST:PORT or ray://HOST:PORT, got {self.address!r}")
+
+
+@dataclass
+class Node:
+    """One alive node of the cluster."""
+
+    node_id: str
+    address: str
+    cpus: float
+    gpus: float
+    memory_bytes: float
+
+
+@dataclass
+class Plan:
+    """How many workers, with what resources each."""
+
+    workers: int
+    gpus_per_worker: int
+    cpus_per_worker: int
+    reason: str
+
+
+@dataclass
+class ClusterInfo:
+    """The cluster as the driver found it."""
+
+    ray_version: str
+    address: str
+    started_here: bool
+    nodes: list[Node]
+
+    @property
+    def gpus(self) -> float:
+        return sum(n.gpus for n in self.nodes)
+
+    @property
+    def cpus(self) -> float:
+        return sum(n.cpus for n in self.nodes)
+
+
+def _reachable(address: str) -> None:
+    """A fast, one-line refusal for a HOST:PORT nothing listens on (Ray itself retries for a minute)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SaecliError(f"--ray {address!r} is not an address", hint="give auto, HOST:6379 or ray://HOST:10001")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise SaecliError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc})",
+            hint="is `ray start --head` running there, and is the port open? `saecli doctor --ray ADDRESS` checks",
+        ) from None
+
+
+def connect(options: RayOptions) -> ClusterInfo:
+    """Join the cluster ``options.address`` (or ``RAY_ADDRESS``), or start a local Ray instance; a
+    process that already called ``ray.init`` keeps its cluster."""
+    ray = import_ray()
+    started_here = False
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        if address and address != "auto":
+            _reachable(address)
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                # A local instance on loopback: nothing of it is reachable from outside this machine.
+                ray.init(_node_ip_address="127.0.0.1", **kwargs)
+                started_here = True
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SaecliError(
+                f"cannot connect to the Ray cluster {address or '(local)'}: {str(exc).splitlines()[0]}",
+                hint="start one with `ray start --head`, or check `saecli doctor --ray`",
+            ) from None
+    return ClusterInfo(ray_version=ray.__version__, address=address or "local", started_here=started_here, nodes=alive_nodes())
+
+
+def alive_nodes() -> list[Node]:
+    ray = import_ray()
+    nodes = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources", {})
+        nodes.append(Node(n["NodeID"], n.get("NodeManagerAddress", "?"), res.get("CPU", 0.0), res.get("GPU", 0.0), res.get("memory", 0.0)))
+    return nodes
+
+
+def plan(info: ClusterInfo, options: RayOptions) -> Plan:
+    """One worker per GPU (``num_gpus=1``), or per ``worker_cpus`` CPUs on a cluster without GPUs;
+    refuse a number of workers the cluster cannot place (Ray would wait for them forever)."""
+    if info.gpus >= 1:
+        capacity = sum(int(n.gpus) for n in info.nodes)
+        workers = options.workers or capacity
+        kind, gpus, cpus = "GPU", 1, 1
+    else:
+        capacity = sum(int(n.cpus // options.worker_cpus) for n in info.nodes)
+        workers = options.workers or capacity
+        kind, gpus, cpus = f"{options.worker_cpus}-CPU share", 0, options.worker_cpus
+    if capacity < 1 or workers > capacity:
+        have = f"{info.gpus:g} GPUs" if gpus else f"{info.cpus:g} CPUs in all, at most {max(n.cpus for n in info.nodes):g} on one node"
+        raise SaecliError(
+            f"the Ray cluster has room for {capacity} worker(s) of one {kind} each, not {workers} ({have})",
+            hint="fewer --workers, a smaller --worker-cpus, or more nodes",
+        )
+    why = f"one per {kind}" if options.workers is None else "--workers"
+    return Plan(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus, reason=f"{workers} worker(s), {why}")
+
+
+# -- the worker ----------------------------------------------------------------------------------
+
+
+class Worker:
+    """A Ray actor (made remote in :func:`_actor_class`): loads the preset once, then analyses chunks."""
+
+    def __init__(self, preset: Any, *, device: str, dtype: str | None, seed: int, noise_std: float, threads: int, truncate: bool):
+        import torch
+
+        from saecli.engine import Engine
+        from saecli.models import check_preset_files, load_preset
+
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.truncate = truncate
+        self.samples_done = 0
+        self.busy_seconds = 0.0
+        # A user's problem on this node (the preset's files missing, a bad SAE) is reported by
+        # describe(): an exception here would reach the driver only as "the actor died".
+        self.problem: tuple[str, str | None, int] | None = None
+        try:
+            check_preset_files(preset)
+            self.loaded = load_preset(preset, device=device, dtype=dtype)
+            self.engine = Engine(self.loaded, seed=seed, noise_std=noise_std)
+        except SaecliError as exc:
+            self.problem = (exc.message, exc.hint, exc.exit_code)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records of the loaded preset, and where this worker runs."""
+        import ray
+
+        if self.problem is not None:
+            message, hint, code = self.problem
+            return {"problem": message, "hint": hint, "exit_code": code, "host": socket.gethostname()}
+        loaded = self.loaded
+        return {
+            "layers": loaded.layers, "hooks": loaded.hooks, "identities": loaded.identities, "dtype": loaded.dtype,
+            "sae_dtype": loaded.sae_dtype, "device": loaded.device, "device_reason": loaded.device_reason,
+            "load_seconds": loaded.load_seconds, "node": ray.get_runtime_context().get_node_id(),
+            "host": socket.gethostname(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "threads": self.threads,
+        }  # fmt: skip
+
+    def tokenize(self, samples: Sequence[Any]) -> list[Any]:
+        return self.engine.tokenize(samples, truncate=self.truncate)
+
+    def auto_batch_size(self, samples: Sequence[Any]) -> Any:
+        from saecli.autobatch import find_batch_size
+
+        return find_batch_size(self.loaded, list(samples), seed=self.engine.seed, noise_std=self.engine.noise_std)
+
+    def analyze(self, samples: Sequence[Any], toks: Sequence[Any], batch_size: int) -> dict[str, Any]:
+        """Rows of a chunk (its own batches, out-of-memory backoff inside as in a plain run)."""
+        started = time.perf_counter()
+        before = len(self.engine.backoffs)
+        rows, tokens = [], 0
+        for batch in self.engine.run(samples, batch_size=batch_size, toks=toks):
+            rows += batch.rows
+            tokens += batch.tokens
+        seconds = time.perf_counter() - started
+        self.samples_done += len(samples)
+        self.busy_seconds += seconds
+        return {"rows": rows, "tokens": tokens, "seconds": seconds, "backoffs": self.engine.backoffs[before:]}
+
+    def totals(self) -> dict[str, Any]:
+        from saecli.memory import peak_memory
+
+        return {"samples": self.samples_done, "busy_seconds": self.busy_seconds, "stages": dict(self.engine.timer.seconds),
+                "peak_memory": peak_memory(self.loaded.device)}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+_REMOTE: Any = None
+
+
+def get(refs: Any, **kwargs: Any) -> Any:
+    """``ray.get``, with an error raised inside a worker re-raised as itself (a SaecliError stays
+    one line; an out-of-memory error stays recognisable), not wrapped in Ray's task error."""
+    ray = import_ray()
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs, **kwargs)
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+
+
+def _raise_problem(described: dict[str, Any]) -> None:
+    if "problem" in described:
+        raise SaecliError(f"on Ray worker host {described['host']}: {described['problem']}", hint=described["hint"],
+                          exit_code=described["exit_code"])
+
+
+def _actor_class() -> Any:
+    global _REMOTE
+    if _REMOTE is None:
+        _REMOTE = import_ray().remote(max_restarts=0, max_task_retries=0)(Worker)
+    return _REMOTE
+
+
+@dataclass
+class ChunkDone:
+    """A finished chunk: the input positions of its samples and their rows (what the runner writes)."""
+
+    indices: list[int]
+    rows: list[dict[str, Any]]
+    tokens: int
+    backoffs: list[dict[str, Any]]
+
+
+@dataclass
+class Pool:
+    """The workers of one run, and what they did (for the manifest)."""
+
+    plan: Plan
+    make_args: dict[str, Any]
+    actors: list[Any] = field(default_factory=list)
+    described: dict[int, dict[str, Any]] = field(default_factory=dict)
+    chunks_done: dict[int, int] = field(default_factory=dict)
+    samples_done: dict[int, int] = field(default_factory=dict)
+    busy_seconds: dict[int, float] = field(default_factory=dict)
+    replaced: int = 0
+    redone_chunks: int = 0
+    next_id: int = 0
+    ids: dict[Any, int] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, plan: Plan, *, preset: Any, device: str, dtype: str | None, seed: int, noise_std: float, truncate: bool) -> Pool:
+        """Start the workers and wait until each has loaded the preset (its errors are the run's)."""
+        threads = plan.cpus_per_worker
+        pool = cls(plan, {"preset": preset, "device": device, "dtype": dtype, "seed": seed, "noise_std": noise_std,
+                          "threads": threads, "truncate": truncate})  # fmt: skip
+        for _ in range(plan.workers):
+            pool._spawn()
+        pool._describe_all()
+        return pool
+
+    def _spawn(self) -> Any:
+        options: dict[str, Any] = {"num_gpus": self.plan.gpus_per_worker, "num_cpus": self.plan.cpus_per_worker}
+        env = {k: v for k, v in os.environ.items() if k.startswith("SAECLI_")}
+        if env:  # the driver's saecli settings (test fault points) hold on the workers too
+            options["runtime_env"] = {"env_vars": env}
+        actor = _actor_class().options(**options).remote(**self.make_args)
+        self.ids[actor] = self.next_id
+        self.next_id += 1
+        self.actors.append(actor)
+        return actor
+
+    def _describe_all(self) -> None:
+        for actor, info in zip(self.actors, get([a.describe.remote() for a in self.actors]), strict=True):
+            _raise_problem(info)
+            self.described[self.ids[actor]] = info
+
+    def first(self) -> Any:
+        return self.actors[0]
+
+    def run(self, samples: Sequence[Any], toks: Sequence[Any], chunks: list[list[int]], batch_size: int,
+            on_busy: Any = None) -> Iterator[ChunkDone]:  # fmt: skip
+        """Hand chunks (lists of positions in ``samples``) to idle workers; yield each as it finishes
+        (in finishing order). A chunk whose worker dies goes back in the queue for another worker,
+        and a fresh worker takes the dead one's place."""
+        ray = import_ray()
+        from ray.exceptions import RayActorError
+
+        queue = list(range(len(chunks)))[::-1]  # popped from the end: chunk 0 first
+        running: dict[Any, tuple[Any, int]] = {}  # object ref -> (actor, chunk number)
+        idle = list(self.actors)
+
+        def hand_out() -> None:
+            while idle and queue:
+                actor, number = idle.pop(0), queue.pop()
+                idx = chunks[number]
+                ref = actor.analyze.remote([samples[i] for i in idx], [toks[i] for i in idx], batch_size)
+                running[ref] = (actor, number)
+            if on_busy is not None:
+                on_busy(len(running), len(self.actors))
+
+        hand_out()
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            ref = ready[0]
+            actor, number = running.pop(ref)
+            try:
+                out = get(ref)
+            except RayActorError as exc:
+                self._replace(actor, exc)
+                queue.append(number)
+                self.redone_chunks += 1
+                idle.extend(a for a in self.actors if a not in idle and all(a is not r[0] for r in running.values()))
+                hand_out()
+                continue
+            wid = self.ids[actor]
+            self.chunks_done[wid] = self.chunks_done.get(wid, 0) + 1
+            self.samples_done[wid] = self.samples_done.get(wid, 0) + len(chunks[number])
+            self.busy_seconds[wid] = self.busy_seconds.get(wid, 0.0) + out["seconds"]
+            idle.append(actor)
+            hand_out()
+            yield ChunkDone(indices=list(chunks[number]), rows=out["rows"], tokens=out["tokens"], backoffs=out["backoffs"])
+
+    def _replace(self, actor: Any, exc: BaseException) -> None:
+        """Drop a dead worker; start a fresh one where the alive nodes still have room for it."""
+        ray = import_ray()
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        wid = self.ids[actor]
+        log.warning("worker %d died (%s); its chunk goes to another worker", wid, str(exc).splitlines()[0][:160])
+        self.actors.remove(actor)
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - it is gone already, which is what we want
+            pass
+        if self.replaced >= MAX_REPLACEMENTS:
+            raise SaecliError(f"{self.replaced + 1} Ray workers died in this run; giving up", hint="see the Ray logs (`ray logs`)",
+                              exit_code=1)
+        if self._room() > len(self.actors):
+            self.replaced += 1
+            fresh = self._spawn()
+            try:
+                described = get(fresh.describe.remote(), timeout=REPLACE_TIMEOUT)
+                _raise_problem(described)
+                self.described[self.ids[fresh]] = described
+            except (RayActorError, GetTimeoutError):
+                log.warning("the replacement worker could not start; going on with %d worker(s)", len(self.actors) - 1)
+                self.actors.remove(fresh)
+                ray.kill(fresh)
+        if not self.actors:
+            raise SaecliError("every Ray worker died and none could be started again", hint="see `ray status`", exit_code=1)
+
+    def _room(self) -> int:
+        """Workers of this plan's size the alive nodes can hold in all."""
+        nodes = alive_nodes()
+        if self.plan.gpus_per_worker:
+            return sum(int(n.gpus) for n in nodes)
+        return sum(int(n.cpus // self.plan.cpus_per_worker) for n in nodes)
+
+    def stages(self) -> dict[str, float]:
+        """Seconds per stage, summed over the workers still alive."""
+        total: dict[str, float] = {}
+        for t in get([a.totals.remote() for a in self.actors]):
+            for stage, seconds in t["stages"].items():
+                total[stage] = total.get(stage, 0.0) + seconds
+        return total
+
+    def peaks(self) -> list[dict[str, Any]]:
+        """Each live worker's peak memory (its own process and device)."""
+        return [t["peak_memory"] for t in get([a.totals.remote() for a in self.actors])]
+
+    def record(self, info: ClusterInfo) -> dict[str, Any]:
+        """The cluster part of the manifest."""
+        workers = []
+        for wid, described in sorted(self.described.items()):
+            samples, busy = self.samples_done.get(wid, 0), self.busy_seconds.get(wid, 0.0)
+            workers.append({
+                "worker": wid, "node": described["node"], "host": described["host"], "device": described["device"],
+                "gpu_ids": described["gpu_ids"], "threads": described["threads"], "samples": samples,
+                "chunks": self.chunks_done.get(wid, 0), "busy_seconds": round(busy, 4),
+                "samples_per_second": round(samples / busy, 4) if busy > 0 else None,
+            })  # fmt: skip
+        return {
+            "ray_version": info.ray_version,
+            "address": info.address,
+            "nodes": [{"node": n.node_id, "address": n.address, "cpus": n.cpus, "gpus": n.gpus} for n in info.nodes],
+            "workers": self.plan.workers,
+            "workers_reason": self.plan.reason,
+            "gpus_per_worker": self.plan.gpus_per_worker,
+            "cpus_per_worker": self.plan.cpus_per_worker,
+            "replaced_workers": self.replaced,
+            "redone_chunks": self.redone_chunks,
+            "per_worker": workers,
+        }
+
+    def stop(self) -> None:
+        ray = import_ray()
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - stopping what may already be gone
+                pass
+        self.actors.clear()
+
+
+def chunk_plan(order: list[int], batch_size: int, workers: int) -> list[list[int]]:
+    """Cut the length order into chunks of whole batches (so each worker forms a plain run's batches)."""
+    per_chunk = batch_size * CHUNK_BATCHES
+    # Few samples on many workers: smaller chunks (still whole batches) so that every worker gets some.
+    while per_chunk > batch_size and len(order) < per_chunk * workers:
+        per_chunk -= batch_size
+    return [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
+
+
+@dataclass
+class _Loaded:
+    """What the driver knows of the preset the workers loaded (the fields a manifest records)."""
+
+    preset: Any
+    layers: list[int]
+    hooks: dict[int, str]
+    identities: dict[str, Any]
+    dtype: str
+    sae_dtype: str
+    device: str
+    device_reason: str
+    load_seconds: float
+
+
+class RayBackend:
+    """The analysis on a Ray cluster (the runner's backend: the same calls as its local one)."""
+
+    def __init__(self, options: RayOptions, preset: Any, config: Any):
+        from saecli.engine import StageTimer
+
+        self.info_cluster = connect(options)
+        self.plan = plan(self.info_cluster, options)
+        log.info("Ray %s at %s: %s", self.info_cluster.ray_version, self.info_cluster.address, self.plan.reason)
+        self.pool: Pool | None = None
+        started = time.perf_counter()
+        try:
+            self.pool = Pool.start(self.plan, preset=preset, device=config.device, dtype=config.dtype, seed=config.seed,
+                                   noise_std=config.noise_std, truncate=config.truncate)  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+        first = self.pool.described[0]
+        self.info = _Loaded(
+            preset=preset, layers=first["layers"], hooks={int(k): v for k, v in first["hooks"].items()},
+            identities=first["identities"], dtype=first["dtype"], sae_dtype=first["sae_dtype"], device=first["device"],
+            device_reason=f"{first['device_reason']} (on each Ray worker)", load_seconds=time.perf_counter() - started,
+        )  # fmt: skip
+        self.timer = StageTimer()
+        self.backoffs: list[dict[str, Any]] = []
+
+    def tokenize(self, samples: list[Any]) -> list[Any]:
+        with self.timer("tokenize"):
+            return get(self.pool.first().tokenize.remote(samples))
+
+    def auto_batch_size(self, samples: list[Any]) -> Any:
+        return get(self.pool.first().auto_batch_size.remote(samples))
+
+    def batches(self, samples: list[Any], toks: list[Any], batch_size: int, progress: Any) -> Iterator[ChunkDone]:
+        from saecli.engine import Engine
+
+        order = [i for batch in Engine.plan(toks, batch_size) for i in batch]
+        chunks = chunk_plan(order, batch_size, len(self.pool.actors))
+
+        def busy(running: int, workers: int) -> None:
+            if progress is not None:
+                progress(busy=(running, workers))
+
+        for chunk in self.pool.run(samples, toks, chunks, batch_size, on_busy=busy):
+            self.backoffs += chunk.backoffs
+            yield chunk
+
+    def stages(self) -> dict[str, float]:
+        total = self.pool.stages() if self.pool else {}
+        for stage, seconds in self.timer.seconds.items():
+            total[stage] = total.get(stage, 0.0) + seconds
+        return total
+
+    def peak(self) -> dict[str, Any]:
+        from saecli.memory import peak_memory
+
+        return {"driver": peak_memory("cpu"), "workers": self.pool.peaks() if self.pool else []}
+
+    def record(self) -> dict[str, Any]:
+        return {"cluster": self.pool.record(self.info_cluster)} if self.pool else {}
+
+    def close(self) -> None:
+        ray = import_ray()
+        if self.pool is not None:
+            self.pool.stop()
+        if self.info_cluster.started_here and ray.is_initialized():
+            ray.shutdown()
