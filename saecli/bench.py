@@ -310,7 +310,7 @@ CSV_FIELDS = ["size", "ok", "oom", "samples", "seconds_median", "seconds_min", "
               "peak_increase", "error"]
 
 
-def save(result: Sweep, out_dir: Path) -> None:
+def save(result: Sweep | RaySweep, out_dir: Path) -> None:
     """``bench.json`` (everything) and ``bench.csv`` (one row per size, stages as columns), each
     written atomically (whole or absent). A folder that fails (a full disk, a mount gone read-only) is
     a one-line error (exit code 1) naming the file and the fix; the caller still holds ``result``."""
@@ -320,10 +320,11 @@ def save(result: Sweep, out_dir: Path) -> None:
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(CSV_FIELDS + [f"stage_{s}_seconds" for s in stages])
+            fields = RAY_CSV_FIELDS if isinstance(result, RaySweep) else CSV_FIELDS
+            writer.writerow(fields + [f"stage_{s}_seconds" for s in stages])
             for r in result.results:
                 row = asdict(r)
-                writer.writerow([row[f] for f in CSV_FIELDS] + [r.stages.get(s) for s in stages])
+                writer.writerow([_cell(row[f]) for f in fields] + [r.stages.get(s) for s in stages])
 
     for path, write in (
         (out_dir / JSON_FILE, lambda tmp: tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")),
@@ -334,6 +335,207 @@ def save(result: Sweep, out_dir: Path) -> None:
         except OSError as exc:
             hint = "free some space, or choose another --out" if exc.errno == errno.ENOSPC else "choose another --out"
             raise SaecliError(f"cannot save {path}: {exc.strerror or exc}", hint=hint, exit_code=1) from None
+
+
+def _cell(value: Any) -> Any:
+    return " ".join("" if v is None else str(v) for v in value) if isinstance(value, list) else value
+
+
+# -- the same analysis on 1, 2, ... Ray workers ----------------------------------------------------
+
+DEFAULT_RAY_BATCH = 16
+MAX_WORKER_COUNTS = 16
+
+
+@dataclass
+class WorkersResult:
+    """One worker count of a ``bench --ray`` sweep (times in seconds, memory in bytes); each pass is
+    a whole run (:func:`saecli.runner.execute`) on that many Ray workers, the preset loaded afresh."""
+
+    workers: int
+    ok: bool
+    error: str | None = None
+    device: str | None = None
+    samples: int = 0
+    tokens: int = 0
+    seconds_median: float | None = None
+    """The analysis (the manifest's ``analysis_seconds``), without starting workers and loading."""
+    seconds_min: float | None = None
+    seconds_max: float | None = None
+    samples_per_second: float | None = None
+    tokens_per_second: float | None = None
+    speedup_vs_1_worker: float | None = None
+    efficiency: float | None = None
+    """samples/s at this count / (count × samples/s on one worker): 1.0 is perfect scaling."""
+    per_worker_samples_per_second: list[float | None] = field(default_factory=list)
+    """Each worker's samples per busy second (median over the passes), from the manifest's ``cluster``."""
+    load_seconds: float | None = None
+    """Starting the workers and loading the preset on each (median), not part of ``seconds``."""
+    peak_memory_per_worker: int | None = None
+    """The largest worker's peak: resident memory on a CPU, allocated memory on a GPU."""
+    peak_memory_driver: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage, summed over the workers, per pass (median over repeats)."""
+
+
+@dataclass
+class RaySweep:
+    """A finished ``bench --ray`` sweep and where it was saved."""
+
+    preset: str
+    device: str
+    dtype: str
+    batch_size: int
+    samples: int
+    repeats: int
+    worker_cpus: int
+    address: str
+    ray_version: str
+    nodes: list[dict[str, Any]]
+    results: list[WorkersResult]
+    synthetic: bool = False
+    versions: dict[str, str | None] = field(default_factory=dict)
+    out_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "ray", **asdict(self)}
+
+
+RAY_CSV_FIELDS = ["workers", "ok", "device", "samples", "seconds_median", "seconds_min", "seconds_max", "samples_per_second",
+                  "tokens_per_second", "speedup_vs_1_worker", "efficiency", "per_worker_samples_per_second", "load_seconds",
+                  "peak_memory_per_worker", "peak_memory_driver", "error"]  # fmt: skip
+
+
+def check_ray_options(*, workers: Sequence[int], sizes: Sequence[int], repeats: int, limit: int | None = None) -> None:
+    """Refuse, before Ray starts or a folder is made, a ``bench --ray`` that cannot run."""
+    if not workers or not all(_whole(k) and k >= 1 for k in workers):
+        raise SaecliError(f"--workers must be positive whole numbers separated by commas, e.g. 1,2,4 (got {list(workers)!r})")
+    if len(workers) > MAX_WORKER_COUNTS:
+        raise SaecliError(f"--workers takes at most {MAX_WORKER_COUNTS} counts (got {len(workers)})")
+    if len(sizes) != 1:
+        raise SaecliError(f"with --ray, --sizes is one batch size (got {','.join(map(str, sizes))})",
+                          hint="e.g. --sizes 16; sweep batch sizes without --ray")  # fmt: skip
+    check_options(sizes=sizes, repeats=repeats, limit=limit)
+
+
+def _peak_bytes(peak: dict[str, Any] | None, device: str | None) -> int | None:
+    if not peak:
+        return None
+    return peak.get("cuda_allocated_bytes") if device == "cuda" else peak.get("rss_bytes")
+
+
+def ray_sweep(
+    *,
+    preset: str,
+    workers: list[int],
+    batch_size: int,
+    data: str | None,
+    limit: int,
+    repeats: int,
+    device: str,
+    dtype: str | None,
+    address: str | None = None,
+    worker_cpus: int | None = None,
+    seed: int = 0,
+    noise_std: float = 0.1,
+    domains: list[str] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_done: Callable[[WorkersResult], None] | None = None,
+    execute: Callable[..., Any],
+) -> RaySweep:
+    """Time the whole analysis on each number of Ray workers: one uncounted warm-up run, then
+    ``repeats`` runs per count (each a run folder in a temporary directory, deleted afterwards).
+    One Ray connection serves the sweep (started here, and then stopped at the end, or joined).
+
+    ``execute`` is :func:`saecli.runner.execute` (passed in: this module sits beside the runner in
+    the import layers, not above it); it returns a result with the run's ``manifest``."""
+    import shutil
+    import tempfile
+
+    from saecli.cluster import DEFAULT_WORKER_CPUS, RayOptions, connect, import_ray, plan
+    from saecli.config import RunConfig, find_preset
+    from saecli.data import load_samples
+
+    check_ray_options(workers=workers, sizes=[batch_size], repeats=repeats, limit=limit)
+    cpus = worker_cpus if worker_cpus is not None else DEFAULT_WORKER_CPUS
+    RayOptions(address=address, worker_cpus=cpus)  # its own checks, before Ray starts
+    ray = import_ray()
+    load_samples(data, domains=domains, limit=limit)  # bad data is one error here, not one per run
+    chosen = find_preset(preset)
+    config = RunConfig(preset=preset, data=data, limit=limit, domains=tuple(domains) if domains else None, batch_size=batch_size,
+                       seed=seed, noise_std=noise_std, device=device, dtype=dtype)  # fmt: skip
+    info = connect(RayOptions(address=address, worker_cpus=cpus))
+    try:
+        plan(info, RayOptions(address=address, workers=max(workers), worker_cpus=cpus))  # the largest count fits, or one line now
+        with tempfile.TemporaryDirectory(prefix="saecli-bench-ray-") as tmp:
+            runs = iter(range(1_000_000))
+
+            def one_run(k: int) -> dict[str, Any]:
+                folder = Path(tmp) / f"run-{next(runs)}-w{k}"
+                try:
+                    return execute(config, out=folder, ray=RayOptions(address=address, workers=k, worker_cpus=cpus)).manifest
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+            if on_start:
+                on_start(min(workers), 0)
+            one_run(min(workers))  # warm-up: imports, the OS's file cache, Ray's first worker processes
+            results = []
+            for k in workers:
+                if on_start:
+                    on_start(k, repeats)
+                try:
+                    manifests = [one_run(k) for _ in range(repeats)]
+                except SaecliError as exc:
+                    result = WorkersResult(workers=k, ok=False, error=exc.message[:300])
+                else:
+                    result = _workers_result(k, manifests)
+                results.append(result)
+                if on_done:
+                    on_done(result)
+    finally:
+        if info.started_here and ray.is_initialized():
+            ray.shutdown()
+    base = next((r for r in results if r.workers == 1 and r.ok), None)
+    for r in results:
+        if r.ok and r.samples_per_second and base is not None and base.samples_per_second:
+            r.speedup_vs_1_worker = round(r.samples_per_second / base.samples_per_second, 3)
+            r.efficiency = round(r.samples_per_second / (r.workers * base.samples_per_second), 3)
+    first = next((r for r in results if r.ok), None)
+    return RaySweep(
+        preset=chosen.name, device=(first.device if first else None) or device, dtype=dtype or chosen.model.dtype,
+        batch_size=batch_size, samples=first.samples if first else limit, repeats=repeats, worker_cpus=cpus, address=info.address,
+        ray_version=info.ray_version, nodes=[{"node": n.node_id, "address": n.address, "cpus": n.cpus, "gpus": n.gpus} for n in info.nodes],
+        results=results, synthetic=chosen.synthetic, versions=package_versions(),
+    )  # fmt: skip
+
+
+def _workers_result(k: int, manifests: list[dict[str, Any]]) -> WorkersResult:
+    """One worker count's row from its runs' manifests."""
+    times = [m["timings"]["analysis_seconds"] for m in manifests]
+    median = statistics.median(times)
+    last = manifests[-1]
+    device = last.get("device")
+    n, tokens = last["samples"], last.get("tokens", 0)
+    per_worker: list[float | None] = []
+    for wid in range(k):
+        rates = [w.get("samples_per_second") for m in manifests for w in m.get("cluster", {}).get("per_worker", []) if w.get("worker") == wid]
+        rates = [r for r in rates if r is not None]
+        per_worker.append(round(statistics.median(rates), 3) if rates else None)
+    worker_peaks = [_peak_bytes(p, device) for m in manifests for p in (m.get("peak_memory") or {}).get("workers", [])]
+    driver_peaks = [_peak_bytes((m.get("peak_memory") or {}).get("driver"), "cpu") for m in manifests]
+    stage_runs = [m["timings"].get("stages_seconds", {}) for m in manifests]
+    return WorkersResult(
+        workers=k, ok=True, device=device, samples=n, tokens=tokens,
+        seconds_median=round(median, 4), seconds_min=round(min(times), 4), seconds_max=round(max(times), 4),
+        samples_per_second=round(n / median, 3) if median > 0 else None,
+        tokens_per_second=round(tokens / median, 1) if median > 0 else None,
+        per_worker_samples_per_second=per_worker,
+        load_seconds=round(statistics.median(m["timings"]["load_seconds"] for m in manifests), 3),
+        peak_memory_per_worker=max((p for p in worker_peaks if p is not None), default=None),
+        peak_memory_driver=max((p for p in driver_peaks if p is not None), default=None),
+        stages={s: round(statistics.median(run.get(s, 0.0) for run in stage_runs), 4) for s in stage_runs[0]},
+    )  # fmt: skip
 
 
 def _worker_main() -> int:

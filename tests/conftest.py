@@ -63,3 +63,9 @@ def ray_cluster():
     yield ray
     if started:
         ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    # The session's Ray instance keeps a few processes busy while it lives: start it as late as
+    # possible, so the tests that do not need it do not share the two cores with it.
+    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))

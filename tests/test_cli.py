@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import polars as pl
 import pytest
@@ -83,3 +84,12 @@ def test_missing_hub_model_offline_names_fetch_command(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "not in the Hugging Face cache" in result.output and "hf download google/gemma-2-2b" in result.output
     assert "Traceback" not in result.output
+
+
+def test_ray_missing_is_one_line_naming_the_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    result = runner.invoke(app, ["run", "--ray", "--limit", "2", "--out", str(tmp_path / "never")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pip install 'saecli[ray]'" in lines[0]
+    assert not (tmp_path / "never").exists()

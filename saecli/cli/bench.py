@@ -10,13 +10,18 @@ from rich.table import Table
 
 from saecli.bench import (
     CSV_FILE,
+    DEFAULT_RAY_BATCH,
     JSON_FILE,
     MAX_REPEATS,
     SEQUENTIAL,
+    RaySweep,
     SizeResult,
     Sweep,
+    WorkersResult,
     check_options,
+    check_ray_options,
     prepare_out_dir,
+    ray_sweep,
     save,
     sweep,
 )
@@ -28,6 +33,7 @@ from saecli.cli.app import (
     DTypeOpt,
     JsonOpt,
     PresetOpt,
+    RayOpt,
     app,
     emit_json,
     parse_sizes,
@@ -49,7 +55,10 @@ def _x(value: float | None) -> str:
 
 @app.command()
 def bench(
-    sizes: Annotated[str, typer.Option("--sizes", help="Batch sizes to measure, comma-separated.")] = "1,4,8,16,32",
+    sizes: Annotated[
+        str | None, typer.Option("--sizes", help="Batch sizes to measure, comma-separated [default: 1,4,8,16,32; with --ray one size, 16].",
+                                 show_default=False)
+    ] = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     data: DataOpt = None,
@@ -66,13 +75,30 @@ def bench(
         Path | None, typer.Option("--out", "-o", help="Folder for bench.json and bench.csv [default: bench/<UTC time>-<preset>].", show_default=False)
     ] = None,
     json_: JsonOpt = False,
+    ray: RayOpt = None,
+    workers: Annotated[
+        str | None, typer.Option("--workers", help="With --ray: numbers of Ray workers to measure, comma-separated [default: 1,2].", show_default=False)
+    ] = None,
+    worker_cpus: Annotated[
+        int | None, typer.Option("--worker-cpus", help="With --ray: CPUs (and torch threads) per worker on a cluster without GPUs [default: 1].",
+                                 show_default=False)
+    ] = None,
 ) -> None:
     """Sweep batch sizes, each in a fresh process: time (median of --repeats after a warm-up),
     samples/s, tokens/s, speedups, peak memory and the time per stage; then recommend a size.
+    With --ray: the whole analysis on each number of --workers instead (one batch size), with
+    throughput, scaling efficiency and peak memory per worker.
 
-    Example: `saecli bench --sizes 1,4,8,16,32`, `saecli bench --preset gpt2-small-shape --limit 64`.
+    Example: `saecli bench --sizes 1,4,8,16,32`, `saecli bench --preset gpt2-small-shape --limit 64`,
+    `saecli bench --ray --workers 1,2,4`.
     """
-    size_list = parse_sizes(sizes)
+    if ray is not None:
+        _bench_ray(ray, workers=workers, worker_cpus=worker_cpus, sizes=sizes, preset=preset, config=config, data=data, limit=limit,
+                   domains=domains, repeats=repeats, device=device, dtype=dtype, out=out, json_=json_)  # fmt: skip
+        return
+    if workers is not None or worker_cpus is not None:
+        raise SaecliError("--workers and --worker-cpus need --ray", hint="e.g. saecli bench --ray --workers 1,2")
+    size_list = parse_sizes(sizes or "1,4,8,16,32")
     check_options(sizes=size_list, repeats=repeats, limit=limit)
     name = preset_arg(preset, config) or DEFAULT_PRESET
     chosen = find_preset(name)
@@ -126,6 +152,98 @@ def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
         stdout.print(f"recommended: [bold]--batch-size {result.recommended}[/] ({result.reason})")
     else:
         stdout.print(f"[red]no recommendation:[/] {result.reason}")
+    if saved is not None:
+        stdout.print(f"saved: {saved / JSON_FILE}, {saved / CSV_FILE}", highlight=False, soft_wrap=True)
+
+
+def _bench_ray(address: str, *, workers: str | None, worker_cpus: int | None, sizes: str | None, preset: str | None,
+               config: Path | None, data: Path | None, limit: int | None, domains: str | None, repeats: int, device: object,
+               dtype: object, out: Path | None, json_: bool) -> None:  # fmt: skip
+    """``bench --ray``: the same analysis on each number of Ray workers."""
+    from saecli.cluster import import_ray
+    from saecli.runner import execute
+
+    worker_list = _parse_workers(workers or "1,2")
+    size_list = parse_sizes(sizes) if sizes is not None else [DEFAULT_RAY_BATCH]
+    check_ray_options(workers=worker_list, sizes=size_list, repeats=repeats, limit=limit)
+    import_ray()  # a missing Ray is one line before anything else
+    name = preset_arg(preset, config) or DEFAULT_PRESET
+    chosen = find_preset(name)
+    n = limit or 4 * size_list[0] * max(worker_list)
+    target = prepare_out_dir(out, chosen.name)
+    if chosen.synthetic:
+        stderr.print(f"[yellow]note:[/] {chosen.name} has random weights: it measures cost; its metrics mean nothing.")
+
+    def started(k: int, runs: int) -> None:
+        what = "warm-up run (not counted)" if runs == 0 else f"{runs} run(s)"
+        status.update(f"{k} Ray worker(s): {what}")
+
+    try:
+        with stderr.status("starting Ray") as status:
+            result = ray_sweep(
+                preset=name, workers=worker_list, batch_size=size_list[0], data=str(data) if data else None, limit=n, repeats=repeats,
+                device=device.value if device else "auto", dtype=dtype.value if dtype else None,
+                address=None if address == "local" else address, worker_cpus=worker_cpus,
+                domains=[d for d in domains.split(",") if d] if domains else None, on_start=started,
+                on_done=lambda r: stderr.print(_ray_line(r)), execute=execute,
+            )  # fmt: skip
+    except BaseException:
+        target.discard()
+        raise
+    try:
+        save(result, target.path)
+    except SaecliError as exc:
+        _print_ray(result, json_, saved=None)
+        raise SaecliError(f"{exc.message} (the results are printed above)", hint=exc.hint, exit_code=exc.exit_code) from None
+    _print_ray(result, json_, saved=target.path)
+
+
+def _parse_workers(text: str) -> list[int]:
+    """``1,2,4`` → [1, 2, 4]; anything else is a one-line error."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(k < 1 for k in counts):
+        raise SaecliError(f"--workers must be positive whole numbers separated by commas, e.g. 1,2,4 (got {text!r})")
+    return counts
+
+
+def _ray_line(r: WorkersResult) -> str:
+    if not r.ok:
+        return f"  {r.workers} worker(s): failed ({r.error})"
+    rates = ", ".join("–" if v is None else f"{v:.1f}" for v in r.per_worker_samples_per_second)
+    return (f"  {r.workers} worker(s): {r.samples_per_second:.1f} samples/s (per worker, busy time: {rates}), "
+            f"peak {_gib(r.peak_memory_per_worker)} GiB per worker")  # fmt: skip
+
+
+def _print_ray(result: RaySweep, json_: bool, *, saved: Path | None) -> None:
+    if json_:
+        emit_json(result.to_dict())
+        return
+    nodes = len(result.nodes)
+    table = Table(title=f"saecli bench --ray: {result.preset}, {result.samples} samples, batch {result.batch_size}, "
+                        f"{result.device} {result.dtype}, median of {result.repeats}",
+                  caption=f"Ray {result.ray_version}, {nodes} node{'s' if nodes != 1 else ''}, {result.worker_cpus} CPU(s) per worker without GPUs")  # fmt: skip
+    for column in ("workers", "s", "samples/s", "×1 worker", "efficiency", "GiB/worker"):
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    for r in result.results:
+        if not r.ok:
+            table.add_row(str(r.workers), "[red]failed[/]", *[""] * 4)
+            continue
+        table.add_row(
+            str(r.workers), f"{r.seconds_median:.3f}", f"{r.samples_per_second:.1f}", _x(r.speedup_vs_1_worker),
+            "–" if r.efficiency is None else f"{r.efficiency:.0%}", _gib(r.peak_memory_per_worker),
+        )  # fmt: skip
+    stdout.print(table)
+    done = [r for r in result.results if r.ok]
+    stdout.print("s: the analysis alone (median), not starting the workers and loading the preset on each (" +
+                 ", ".join(f"{r.workers}: {r.load_seconds:.1f} s" for r in done) + "); efficiency: samples/s ÷ (workers × samples/s "
+                 "on 1 worker); GiB/worker: the largest worker's peak (driver: " + ", ".join(_gib(r.peak_memory_driver) for r in done) + ")",
+                 highlight=False)  # fmt: skip
+    for r in result.results:
+        if not r.ok:
+            stdout.print(f"[red]{r.workers} worker(s) failed:[/] {r.error}", highlight=False)
     if saved is not None:
         stdout.print(f"saved: {saved / JSON_FILE}, {saved / CSV_FILE}", highlight=False, soft_wrap=True)
 

@@ -8,7 +8,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saecli.cli.app import ConfigOpt, DataOpt, DeviceOpt, DTypeOpt, JsonOpt, PresetOpt, app, emit_json, preset_arg, stderr, stdout
+from saecli.cli.app import (
+    ConfigOpt,
+    DataOpt,
+    DeviceOpt,
+    DTypeOpt,
+    JsonOpt,
+    PresetOpt,
+    RayOpt,
+    app,
+    emit_json,
+    preset_arg,
+    stderr,
+    stdout,
+)
 from saecli.doctor import Report, diagnose
 from saecli.memory import GiB
 
@@ -25,17 +38,28 @@ def doctor(
     probe: Annotated[
         bool, typer.Option("--probe", help="Also load the preset and find the largest batch that fits by trying it (as `run --batch-size auto`).")
     ] = False,
+    ray: RayOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Check versions, devices, the preset's cache entries and its memory needs before a long run,
     or explain an out-of-memory error after one. Exit code 1 when a check fails.
 
-    Example: `saecli doctor`, `saecli doctor --preset gemma-2-2b --dtype bfloat16`, `saecli doctor --probe`.
+    With --ray [ADDRESS]: also whether the Ray cluster can be reached and, on each node, its CPUs,
+    GPUs and free memory, its saecli version and the preset's files.
+
+    Example: `saecli doctor`, `saecli doctor --preset gemma-2-2b --dtype bfloat16`, `saecli doctor --probe`,
+    `saecli doctor --ray auto`.
     """
     args = {"device": device.value if device else "auto", "dtype": dtype.value if dtype else None, "data": str(data) if data else None}
-    if probe and not json_:
-        with stderr.status("probing batch sizes (loads the preset)"):
-            report = diagnose(preset_arg(preset, config), probe=True, **args)
+    if ray is not None:
+        from saecli.cluster import import_ray
+
+        import_ray()  # a missing Ray is one line (exit code 2) before anything else
+        args["ray"] = ray
+    waiting = " and ".join(w for w, asked in (("probing batch sizes (loads the preset)", probe), ("checking the Ray cluster", ray is not None)) if asked)
+    if waiting and not json_:
+        with stderr.status(waiting):
+            report = diagnose(preset_arg(preset, config), probe=probe, **args)
     else:
         report = diagnose(preset_arg(preset, config), probe=probe, **args)
     if json_:

@@ -27,6 +27,7 @@ from saecli.doctor.checks import (
 )
 from saecli.doctor.estimate import MemoryEstimate, check_memory, oom_hints
 from saecli.doctor.facts import Environment, gather_environment
+from saecli.doctor.nodes import ClusterFacts, check_cluster, gather_cluster
 from saecli.doctor.preset import PresetFacts, gather_preset
 from saecli.doctor.probe import ProbeResult, check_probe, run_probe
 
@@ -44,6 +45,8 @@ class Report:
     probe: ProbeResult | None
     oom_hints: list[str]
     environment: Environment
+    cluster: ClusterFacts | None = None
+    """``doctor --ray``: the Ray cluster and what each node has."""
 
     @property
     def ok(self) -> bool:
@@ -66,9 +69,12 @@ def diagnose(
     probe: bool = False,
     env: Environment | None = None,
     facts: PresetFacts | None = None,
+    ray: str | None = None,
+    cluster: ClusterFacts | None = None,
 ) -> Report:
-    """Run every check (and the probe when asked). ``env`` and ``facts`` replace what would be
-    gathered from this machine, for tests."""
+    """Run every check (and the probe when asked, and the Ray cluster's with ``ray``: an address,
+    or ``local`` for RAY_ADDRESS or a local instance). ``env``, ``facts`` and ``cluster`` replace
+    what would be gathered, for tests."""
     name = preset or DEFAULT_PRESET
     chosen = find_preset(name)
     env = env or gather_environment()
@@ -89,5 +95,15 @@ def diagnose(
         else:
             probed = run_probe(name, device=device, dtype=dtype, data=data)
         checks.append(check_probe(probed, facts.default_batch))
+    if ray is not None or cluster is not None:
+        if cluster is None:
+            cluster = gather_cluster(None if ray == "local" else ray, chosen)
+        checks += check_cluster(cluster, _own_version())
     return Report(preset=chosen.name, device=picked, device_reason=reason, dtype=dtype, checks=checks, estimate=estimate,
-                  probe=probed, oom_hints=oom_hints(env, name, picked, dtype, estimate), environment=env)
+                  probe=probed, oom_hints=oom_hints(env, name, picked, dtype, estimate), environment=env, cluster=cluster)
+
+
+def _own_version() -> str:
+    import saecli
+
+    return saecli.__version__
