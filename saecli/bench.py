@@ -76,6 +76,22 @@ class SizeResult:
     peak_increase: float | None = None
     stages: dict[str, float] = field(default_factory=dict)
     """Seconds per stage, per pass (median over repeats)."""
+    forwarded_tokens: int = 0
+    """Positions forwarded per pass, padding included (``tokens`` counts each text's real tokens)."""
+    padding_fraction: float | None = None
+    """The share of the forwarded positions that were padding."""
+    forward_gflops: float | None = None
+    """Achieved GFLOP/s of the forward pass: :func:`saecli.flops.forward_flops` ÷ the ``forward`` stage's seconds."""
+    sae_gflops: float | None = None
+    """Achieved GFLOP/s of SAE encode/decode: :func:`saecli.flops.sae_flops` ÷ the ``sae`` stage's seconds."""
+    peak_gflops: float | None = None
+    """Best GFLOP/s of a square ``torch.mm`` on the same device in the model's dtype (:func:`saecli.flops.measure_peak`)."""
+    sae_peak_gflops: float | None = None
+    """The same in the SAEs' dtype (float32 when the model runs in 16 bits; else equal to ``peak_gflops``)."""
+    forward_utilization: float | None = None
+    """forward_gflops ÷ peak_gflops."""
+    sae_utilization: float | None = None
+    """sae_gflops ÷ sae_peak_gflops."""
     memory_detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,7 +99,9 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     """The worker: load, warm up, time ``repeats`` passes at one size. Runs in a fresh process."""
     import torch
 
+    from saecli import flops
     from saecli.data import load_samples
+    from saecli.device import torch_dtype
     from saecli.engine import Engine, StageTimer
     from saecli.models import load_preset
 
@@ -108,20 +126,40 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         for _ in range(job["repeats"]):
             engine = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], timer=StageTimer(sync=True), backoff=False)
             started = time.perf_counter()
-            tokens = sum(batch.tokens for batch in engine.run(samples, batch_size=batch_size, sequential=sequential))
+            batches = list(engine.run(samples, batch_size=batch_size, sequential=sequential))
             if loaded.device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - started)
             stage_runs.append(dict(engine.timer.seconds))
+        # Every repeat runs the same batches: the work is counted from the last one.
+        tokens = sum(batch.tokens for batch in batches)
+        forwarded = sum(batch.forwarded_tokens for batch in batches)
+        forwarded_real = sum(batch.forwarded_real_tokens for batch in batches)
+        shape = flops.ModelShape.of(loaded.model.cfg)
+        forward_flops = flops.forward_flops(shape, engine.stop_at, [p for batch in batches for p in batch.passes])
+        sae_rows: dict[int, tuple[int, int]] = {}
+        for batch in batches:
+            flops.add_rows(sae_rows, batch.sae_rows)
+        sae_flops = flops.sae_flops(loaded.saes, sae_rows)
+        # Peak memory before the matrix-product peak, whose operands are not the analysis's.
+        memory = peak_memory(loaded.device)
+        peak = memory.get("cuda_allocated_bytes") if loaded.device == "cuda" else peak_rss()
     except Exception as exc:  # noqa: BLE001 - an OOM is a result of the sweep, not a crash
         if not is_out_of_memory(exc):
             raise
         result.oom, result.error = True, str(exc).splitlines()[0][:200]
         result.memory_detail = peak_memory(loaded.device)
         return asdict(result)
+    # The matrix-product peak, measured in this process after the timed passes (same device, same
+    # dtypes). One that fails (out of memory beside a large batch) leaves the utilizations empty.
+    try:
+        mm_peak: float | None = flops.measure_peak(loaded.device, torch_dtype(loaded.dtype))
+        same = loaded.sae_dtype == loaded.dtype
+        sae_peak = mm_peak if same else flops.measure_peak(loaded.device, torch_dtype(loaded.sae_dtype))
+    except Exception as exc:  # noqa: BLE001 - the sweep's measurements stand without it
+        log.warning("matrix-product peak not measured: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        mm_peak = sae_peak = None
     median = statistics.median(times)
-    memory = peak_memory(loaded.device)
-    peak = memory.get("cuda_allocated_bytes") if loaded.device == "cuda" else peak_rss()
     result.ok = True
     result.tokens = tokens
     result.seconds_median, result.seconds_min, result.seconds_max = round(median, 4), round(min(times), 4), round(max(times), 4)
@@ -129,7 +167,18 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     result.tokens_per_second = round(tokens / median, 1)
     result.peak_memory = peak
     result.peak_increase = (peak - model_memory) if peak is not None else None
-    result.stages = {k: round(statistics.median(run.get(k, 0.0) for run in stage_runs), 4) for k in stage_runs[0]}
+    stages = {k: statistics.median(run.get(k, 0.0) for run in stage_runs) for k in stage_runs[0]}
+    result.stages = {k: round(v, 4) for k, v in stages.items()}
+    result.forwarded_tokens = forwarded
+    result.padding_fraction = round(1 - forwarded_real / forwarded, 4) if forwarded else None
+    result.peak_gflops = round(mm_peak, 2) if mm_peak else None
+    result.sae_peak_gflops = round(sae_peak, 2) if sae_peak else None
+    if stages.get("forward"):
+        result.forward_gflops = round(forward_flops / stages["forward"] / 1e9, 3)
+        result.forward_utilization = round(forward_flops / stages["forward"] / 1e9 / mm_peak, 4) if mm_peak else None
+    if stages.get("sae"):
+        result.sae_gflops = round(sae_flops / stages["sae"] / 1e9, 3)
+        result.sae_utilization = round(sae_flops / stages["sae"] / 1e9 / sae_peak, 4) if sae_peak else None
     result.memory_detail = memory
     return asdict(result)
 
@@ -307,7 +356,8 @@ def sweep(
 
 CSV_FIELDS = ["size", "ok", "oom", "samples", "seconds_median", "seconds_min", "seconds_max", "samples_per_second",
               "tokens_per_second", "speedup_vs_batch1", "speedup_vs_sequential", "model_memory", "peak_memory",
-              "peak_increase", "error"]
+              "peak_increase", "forwarded_tokens", "padding_fraction", "forward_gflops", "sae_gflops", "peak_gflops",
+              "sae_peak_gflops", "forward_utilization", "sae_utilization", "error"]
 
 
 def save(result: Sweep | RaySweep, out_dir: Path) -> None:

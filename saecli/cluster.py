@@ -238,14 +238,17 @@ class Worker:
         """Rows of a chunk (its own batches, out-of-memory backoff inside as in a plain run)."""
         started = time.perf_counter()
         before = len(self.engine.backoffs)
-        rows, tokens = [], 0
+        rows, tokens, forwarded, forwarded_real = [], 0, 0, 0
         for batch in self.engine.run(samples, batch_size=batch_size, toks=toks):
             rows += batch.rows
             tokens += batch.tokens
+            forwarded += batch.forwarded_tokens
+            forwarded_real += batch.forwarded_real_tokens
         seconds = time.perf_counter() - started
         self.samples_done += len(samples)
         self.busy_seconds += seconds
-        return {"rows": rows, "tokens": tokens, "seconds": seconds, "backoffs": self.engine.backoffs[before:]}
+        return {"rows": rows, "tokens": tokens, "forwarded_tokens": forwarded, "forwarded_real_tokens": forwarded_real, "seconds": seconds,
+                "backoffs": self.engine.backoffs[before:]}  # fmt: skip
 
     def totals(self) -> dict[str, Any]:
         from saecli.memory import peak_memory
@@ -296,6 +299,8 @@ class ChunkDone:
     rows: list[dict[str, Any]]
     tokens: int
     backoffs: list[dict[str, Any]]
+    forwarded_tokens: int = 0
+    forwarded_real_tokens: int = 0
 
 
 @dataclass
@@ -385,7 +390,8 @@ class Pool:
             self.busy_seconds[wid] = self.busy_seconds.get(wid, 0.0) + out["seconds"]
             idle.append(actor)
             hand_out()
-            yield ChunkDone(indices=list(chunks[number]), rows=out["rows"], tokens=out["tokens"], backoffs=out["backoffs"])
+            yield ChunkDone(indices=list(chunks[number]), rows=out["rows"], tokens=out["tokens"], backoffs=out["backoffs"],
+                            forwarded_tokens=out["forwarded_tokens"], forwarded_real_tokens=out["forwarded_real_tokens"])
 
     def _replace(self, actor: Any, exc: BaseException) -> None:
         """Drop a dead worker; start a fresh one where the alive nodes still have room for it."""

@@ -159,6 +159,13 @@ def check_domains(value: Any, name: str = "domains") -> tuple[str, ...] | None:
     return value
 
 
+def check_threads(value: Any, name: str = "threads") -> int | None:
+    """None (chosen at the start of a run) or a whole number from 1 to 1024."""
+    if value is not None and (not _is_int(value) or not 1 <= value <= 1024):
+        raise SaecliError(f"{name} must be a whole number from 1 to 1024, got {value!r}")
+    return value
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise SaecliError(f"{name} must be true or false, got {value!r}")
@@ -198,6 +205,7 @@ _OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "dtype": _check_choice(DTYPES, optional=True),
     "mode": _check_choice(MODES),
     "truncate": check_bool,
+    "threads": check_threads,
 }
 
 
@@ -464,6 +472,9 @@ class RunConfig:
     truncate: bool = False
     """Cut texts longer than the model's context from the left (keeping BOS) instead of refusing
     them. It changes those samples' results, so it is part of the run's identity."""
+    threads: int | None = None
+    """torch CPU threads; None: as many as there are idle cores at the start (see
+    :func:`saecli.device.choose_threads`)."""
 
     def __post_init__(self) -> None:
         # --domains arrives as "a,b" (the CLI), a list (a manifest's JSON) or a tuple (Python).

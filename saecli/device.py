@@ -7,6 +7,9 @@ device-resolution rule, :func:`resolve_device`, a pure function of :class:`Devic
 available? MPS?). The loader passes the live facts (:func:`live_facts`), ``doctor`` the facts it
 gathered, so both always pick the same device for the same machine.
 
+Also here: how many CPU threads a run takes (:func:`choose_threads`), the CPU's share of the
+device question.
+
 Does not belong here: memory (``saecli.memory``), reading the rest of the machine (``doctor``),
 loading anything (``saecli.models``). Imports only ``saecli.errors``; torch only inside functions,
 so the vocabulary costs nothing to import.
@@ -14,6 +17,8 @@ so the vocabulary costs nothing to import.
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -88,3 +93,67 @@ def resolve_device(requested: str, facts: DeviceFacts) -> tuple[str, str]:
     if requested == "mps" and not facts.mps:
         raise SaecliError("--device mps was asked for but MPS is not available", hint="use --device cpu")
     return requested, f"{requested}: asked for"
+
+
+# -- CPU threads ------------------------------------------------------------------------------------
+
+MAX_THREADS = 1024
+IDLE_SAMPLE_SECONDS = 0.25
+"""How long the start of a CPU run watches the cores to see how many are idle."""
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all cores, from /proc/stat; None where there is no /proc."""
+    try:
+        fields = [float(x) for x in open("/proc/stat").readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def idle_cores(seconds: float = IDLE_SAMPLE_SECONDS) -> float | None:
+    """How many cores' worth of CPU nobody used during ``seconds`` (None where it cannot be read)."""
+    first = _cpu_times()
+    if first is None:
+        try:
+            return max(0.0, (os.cpu_count() or 1) - os.getloadavg()[0])  # macOS: the 1-minute load
+        except OSError:
+            return None
+    time.sleep(seconds)
+    second = _cpu_times()
+    busy, total = second[0] - first[0], second[1] - first[1]
+    if total <= 0:
+        return None
+    return (os.cpu_count() or 1) * (1.0 - busy / total)
+
+
+def choose_threads(requested: int | None = None) -> tuple[int, str]:
+    """The torch threads of a CPU run, and why.
+
+    PyTorch's threads wait for each other at every operation; when another process holds one of
+    the cores a thread needs, every operation waits for the scheduler (measured here: a second
+    PyTorch process on one core made a 2-thread run 40x slower; one thread kept 85-95% of its idle speed).
+    So a run takes as many threads as there are cores idle when it starts, at least one:
+    ``--threads N`` (or ``OMP_NUM_THREADS``) decides instead.
+    """
+    if requested is not None:
+        return requested, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env), f"OMP_NUM_THREADS={env}"
+    cores = usable_cores()
+    idle = idle_cores()
+    if idle is None:
+        return cores, f"{cores} usable cores (their load could not be read)"
+    threads = max(1, min(cores, int(idle + 0.5)))
+    return threads, f"{idle:.1f} of {cores} usable cores idle at the start"

@@ -96,14 +96,49 @@ class SampleTokens:
         return max(len(self.fact), len(self.hall))
 
 
+@dataclass(frozen=True)
+class ForwardPass:
+    """The shape of one forward pass: ``rows`` sequences right-padded to ``width`` positions, each
+    attending also to ``past`` cached positions (the prompts' padded width, in the shared-prompt
+    continuation pass; 0 otherwise); ``real`` of the ``rows × width`` positions are real tokens."""
+
+    rows: int
+    width: int
+    real: int
+    past: int = 0
+
+    @property
+    def forwarded(self) -> int:
+        return self.rows * self.width
+
+
 @dataclass
 class BatchResult:
-    """Rows of one batch, with the input positions of its samples."""
+    """Rows of one batch, with the input positions of its samples and the work it took."""
 
     indices: list[int]
     rows: list[dict[str, Any]]
     tokens: int
-    """Real (unpadded) tokens of the texts analysed."""
+    """Real (unpadded) tokens of the texts analysed: len(P) + len(F) + len(H) per sample, whether or
+    not the prompt had a pass of its own."""
+    forwarded_tokens: int = 0
+    """Positions forwarded, padding included: Σ rows × padded width over the batch's passes (the
+    prompt pass and the continuation pass each count, on the shared-prompt path)."""
+    forwarded_real_tokens: int = 0
+    """The real tokens among ``forwarded_tokens``. Fewer than ``tokens`` where a prompt is read
+    from its fact text's pass (it is not forwarded on its own) or is forwarded once for both of its
+    continuations, so the padding fraction is ``1 − forwarded_real_tokens / forwarded_tokens``
+    (``1 − tokens / forwarded_tokens`` can be negative)."""
+    passes: list[ForwardPass] = field(default_factory=list)
+    """Every forward pass the batch ran, for FLOP counts (:mod:`saecli.flops`)."""
+    sae_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Per SAE layer, the rows it encoded and decoded (the first layer's noisy reads add encodes)."""
+
+    @property
+    def padding_fraction(self) -> float:
+        """The fraction of forwarded positions that were padding (0.0 for a batch with no pass)."""
+        forwarded = self.forwarded_tokens
+        return 1.0 - self.forwarded_real_tokens / forwarded if forwarded else 0.0
 
 
 @dataclass
@@ -186,6 +221,9 @@ class Engine:
         self.sae_dtype = torch_dtype(loaded.sae_dtype)
         tokenizer = self.model.tokenizer
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        # The work of the batch being analysed (reset by ``run`` before each try of a batch).
+        self._passes: list[ForwardPass] = []
+        self._sae_rows: dict[int, tuple[int, int]] = {}
 
     # -- tokens -----------------------------------------------------------------------------------
     def _tokens(self, text: str) -> list[int]:
@@ -248,6 +286,8 @@ class Engine:
             captured[hook.name] = act[rows, positions].reshape(len(reads), -1).clone()
 
         extra = {} if kv_cache is None else {"past_kv_cache": kv_cache, "attention_mask": mask}
+        past = 0 if kv_cache is None else int(kv_cache.previous_attention_mask.shape[1])  # cached positions attended to
+        self._passes.append(ForwardPass(rows=tokens.shape[0], width=tokens.shape[1], real=sum(len(s) for s in seqs), past=past))
         with self.timer("forward"):
             self.model.run_with_hooks(
                 tokens,
@@ -339,6 +379,8 @@ class Engine:
     def _layer(self, layer: int, x: torch.Tensor, *, first: bool, noise: torch.Tensor | None) -> _LayerOut:
         sae = self.loaded.saes[layer]
         x = x.to(self.sae_dtype)
+        encoded, decoded = self._sae_rows.get(layer, (0, 0))
+        self._sae_rows[layer] = (encoded + len(x) * (1 if noise is None else 2), decoded + len(x))
         with self.timer("sae"):
             f = sae.encode(x)
             x_hat = sae.decode(f)
@@ -469,6 +511,7 @@ class Engine:
         while position < len(order):
             idx = order[position : position + size]
             batch, batch_toks = [samples[i] for i in idx], [toks[i] for i in idx]
+            self._passes, self._sae_rows = [], {}
             try:
                 rows = [self.analyze_one(batch[0], batch_toks[0])] if sequential else self.analyze_batch(batch, batch_toks)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
@@ -481,7 +524,10 @@ class Engine:
                 continue
             position += len(idx)
             n_tokens = sum(len(t.prompt) + len(t.fact) + len(t.hall) for t in batch_toks)
-            yield BatchResult(indices=list(idx), rows=rows, tokens=n_tokens)
+            yield BatchResult(
+                indices=list(idx), rows=rows, tokens=n_tokens, passes=self._passes, sae_rows=self._sae_rows,
+                forwarded_tokens=sum(p.forwarded for p in self._passes), forwarded_real_tokens=sum(p.real for p in self._passes),
+            )
 
 
 def _free_memory(device: torch.device) -> None:

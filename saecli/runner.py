@@ -21,6 +21,7 @@ import saecli
 from saecli import io
 from saecli.config import RunConfig, find_preset, split_domains
 from saecli.data import builtin_benchmark_path, load_samples
+from saecli.device import choose_threads
 from saecli.errors import RunInterrupted, SaecliError
 from saecli.faults import crash_point
 from saecli.hub import package_versions
@@ -229,6 +230,7 @@ class LocalBackend:
 
         self.info = loaded
         self.config = config
+        self.threads = _set_threads(config.threads) if loaded.device == "cpu" else None
         self.engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std)
         self.timer = self.engine.timer
 
@@ -254,10 +256,20 @@ class LocalBackend:
         return peak_memory(self.info.device)
 
     def record(self) -> dict[str, Any]:
-        return {}
+        return {"threads": self.threads} if self.threads else {}
 
     def close(self) -> None:
         pass
+
+
+def _set_threads(requested: int | None) -> dict[str, Any]:
+    """Give torch the CPU threads :func:`saecli.device.choose_threads` picks; what the manifest records."""
+    import torch
+
+    threads, reason = choose_threads(requested)
+    torch.set_num_threads(threads)
+    log.info("%d CPU thread(s): %s", threads, reason)
+    return {"used": threads, "reason": reason}
 
 
 def _execute_claimed(
@@ -329,6 +341,7 @@ def _analyse(
     state["finished_ids"] = finished
     part_number = max((int(p.stem.split("-")[1]) for p in io.part_files(run_dir)), default=0)
     done, n_tokens = len(finished), 0
+    forwarded = forwarded_real = 0  # token positions forwarded (padded), and the real ones among them
     if progress is not None:
         progress(done, len(samples))
     started = time.perf_counter()
@@ -345,6 +358,8 @@ def _analyse(
                 io.write_manifest(state, run_dir)
             done += len(batch.indices)
             n_tokens += batch.tokens
+            forwarded += batch.forwarded_tokens
+            forwarded_real += batch.forwarded_real_tokens
             if progress is not None:
                 progress(done, len(samples))
     except Exception as exc:
@@ -360,6 +375,11 @@ def _analyse(
     crash_point("after_merge")
     state["backoffs"] = earlier_backoffs + backend.backoffs
     state.update(backend.record())
+    state["padding"] = {
+        "forwarded_tokens": forwarded,
+        "real_tokens": forwarded_real,
+        "fraction": round(1 - forwarded_real / forwarded, 4) if forwarded else 0.0,
+    }
     manifest = finish_manifest(state, load_seconds=info.load_seconds, stages=backend.stages(), n_tokens=n_tokens,
                                analysis_seconds=analysis_seconds, resumed=previous is not None, peak=backend.peak())
     with _writing(run_dir, done, state):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,17 @@ HB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hb"
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread():
     # Tiny matrices: threading only adds contention noise on a 2-core machine.
-    previous = torch.get_num_threads()
+    # OMP_NUM_THREADS also tells runs (and the subprocesses tests start) to take one thread, instead
+    # of measuring the idle cores of a machine the test suite itself keeps busy.
+    previous, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(previous)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture(scope="session")

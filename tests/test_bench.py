@@ -62,6 +62,17 @@ def test_measure_records_oom(oom_above):
     assert result["oom"] is True and result["ok"] is False and "out of memory" in result["error"]
     ok = measure({**job, "size": 2})
     assert ok["ok"] and ok["samples"] == 8 and ok["samples_per_second"] > 0 and set(ok["stages"]) >= {"forward", "sae", "geometry"}
+    _sane_flops(ok)
+
+
+def _sane_flops(r):
+    """Counted FLOP/s and utilizations present and plausible (a tiny model on a CPU uses little of the peak)."""
+    assert r["forwarded_tokens"] > 0 and 0.0 <= r["padding_fraction"] < 1.0
+    assert r["peak_gflops"] > 0 and r["sae_peak_gflops"] > 0
+    for part in ("forward", "sae"):
+        assert r[f"{part}_gflops"] > 0
+        assert 0.0 < r[f"{part}_utilization"] <= 1.5
+        assert r[f"{part}_utilization"] == pytest.approx(r[f"{part}_gflops"] / r["peak_gflops"], rel=0.01, abs=1e-4)
 
 
 @pytest.mark.slow
@@ -76,8 +87,12 @@ def test_bench_cli_writes_json_and_csv(tmp_path):
     assert doc["recommended"] in (1, 2)
     assert doc["results"][1]["speedup_vs_batch1"] == 1.0
     assert doc["versions"]["python"] and doc["versions"]["torch"]  # the list a run manifest records
+    for r in doc["results"]:
+        _sane_flops(r)
+    assert doc["results"][0]["padding_fraction"] == 0.0  # sequential: every text alone
     rows = list(csv.DictReader((out / "bench.csv").open()))
     assert [r["size"] for r in rows] == [SEQUENTIAL, "1", "2"] and "stage_forward_seconds" in rows[0]
+    assert float(rows[2]["forward_gflops"]) > 0 and float(rows[2]["sae_utilization"]) > 0
 
 
 def test_bench_rejects_bad_sizes():
@@ -154,6 +169,7 @@ def test_bench_results_survive_a_full_disk(tmp_path, monkeypatch):
     result = runner.invoke(app, ["bench", "--out", str(out)], env={"COLUMNS": "160"})
     _one_line_error(result, 1, "No space left on device")
     assert "recommended: --batch-size 4" in result.stdout and "saved:" not in result.stdout
+    assert "fwd GF/s" in result.stdout and "SAE GF/s" in result.stdout  # the columns, empty (–) when not measured
 
 
 def test_default_bench_folders_never_collide(tmp_path, monkeypatch):

@@ -93,3 +93,16 @@ def test_ray_missing_is_one_line_naming_the_install(tmp_path, monkeypatch):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install 'saecli[ray]'" in lines[0]
     assert not (tmp_path / "never").exists()
+
+
+def test_manifest_records_the_threads_and_the_padding(tmp_path):
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["run", "--limit", "2", "--threads", "1", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["threads"] == {"used": 1, "reason": "--threads"}
+    padding = manifest["padding"]
+    assert padding["forwarded_tokens"] >= padding["real_tokens"] > 0
+    assert padding["fraction"] == round(1 - padding["real_tokens"] / padding["forwarded_tokens"], 4)
+    result = runner.invoke(app, ["run", "--limit", "2", "--threads", "0", "--out", str(tmp_path / "never")])
+    assert result.exit_code == 2 and "threads must be a whole number from 1 to 1024" in result.stderr

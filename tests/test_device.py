@@ -3,6 +3,8 @@ and the preset files share."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -73,3 +75,40 @@ def test_live_facts_name_the_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Fake H200")
     facts = live_facts()
     assert facts.cuda and resolve_device("auto", facts) == ("cuda", "auto: CUDA is available (Fake H200)")
+
+
+def test_threads_follow_the_idle_cores(monkeypatch):
+    from saecli import device
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(device, "usable_cores", lambda: 4)
+    for idle, expected in ((4.0, 4), (2.6, 3), (1.2, 1), (0.0, 1), (7.0, 4)):
+        monkeypatch.setattr(device, "idle_cores", lambda idle=idle: idle)
+        threads, reason = device.choose_threads()
+        assert threads == expected and "idle" in reason
+    assert device.choose_threads(3) == (3, "--threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert device.choose_threads() == (2, "OMP_NUM_THREADS=2")
+
+
+def test_idle_cores_sees_a_busy_core():
+    import multiprocessing
+
+    from saecli import device
+
+    if device.idle_cores(0.05) is None:
+        pytest.skip("no /proc/stat here")
+    stop = multiprocessing.Event()
+    spinner = multiprocessing.Process(target=_spin, args=(stop,))
+    spinner.start()
+    try:
+        busy = device.idle_cores(0.5)
+    finally:
+        stop.set()
+        spinner.join()
+    assert busy is not None and busy <= (os.cpu_count() or 1) - 0.5
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        pass

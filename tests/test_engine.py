@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from saecli.data import Sample
 from saecli.engine import Engine, SampleTokens, analyze, metric_columns, noise_vector
 
 
@@ -160,3 +161,55 @@ def test_shared_prompt_path_is_taken_for_large_batches(loaded64, samples, monkey
     list(analyze(samples[:12], loaded64, batch_size=12))
     list(analyze(samples[:12], loaded64, batch_size=4))
     assert calls == [12]
+
+
+# -- forwarded positions: padding counted per pass ------------------------------------------------
+
+
+def _run_known(loaded, lengths):
+    """One batch of samples with hand-made token ids: (prompt, fact, hall) lengths, or a negative
+    prompt length for a prompt that is not a prefix of its texts."""
+    samples, toks = [], []
+    for i, (p, f, h) in enumerate(lengths):
+        prompt = list(range(10, 10 + abs(p)))
+        if p < 0:
+            prompt = [60 + t for t in prompt]  # not a prefix of the fact or hallucination text
+        base = list(range(10, 10 + max(f, h) + abs(p)))
+        fact = (prompt + base[abs(p) : f]) if p > 0 else base[:f]
+        hall = (prompt + [40 + t for t in base[abs(p) : h]]) if p > 0 else [40 + t for t in base[:h]]
+        samples.append(Sample(id=f"s{i}", domain="d", prompt="p", fact="f", hallucination="h"))
+        toks.append(SampleTokens(prompt, fact, hall))
+    engine = Engine(loaded)
+    (batch,) = list(engine.run(samples, batch_size=len(samples), toks=toks))
+    return engine, batch
+
+
+def test_forwarded_tokens_full_pass(loaded64):
+    # 3 samples (< MIN_SHARED_PROMPT): one pass. A and B read their prompt from the fact row; C's
+    # prompt is not a prefix, so it gets a row of its own. Rows: 5, 6 | 4, 3 | 5, 5, 4 → 7 rows × 6.
+    engine, batch = _run_known(loaded64, [(3, 5, 6), (2, 4, 3), (-4, 5, 5)])
+    assert [(p.rows, p.width, p.past, p.real) for p in batch.passes] == [(7, 6, 0, 32)]
+    assert batch.tokens == (3 + 5 + 6) + (2 + 4 + 3) + (4 + 5 + 5) == 37  # unchanged meaning: P + F + H
+    assert batch.forwarded_tokens == 42 and batch.forwarded_real_tokens == 32
+    assert batch.padding_fraction == pytest.approx(10 / 42)
+    # SAE rows: the first layer encodes each of its 3·3 reads twice (plain and noisy), decodes once.
+    first, *others = engine.layers
+    assert batch.sae_rows == {first: (18, 9), **{layer: (6, 6) for layer in others}}
+
+
+def test_forwarded_tokens_shared_prompt(loaded64):
+    # 8 samples whose prompts start both texts: a prompt pass (8 rows × 5) and a continuation
+    # pass (16 rows × 4, attending to the 5 cached prompt positions).
+    prompts, fact_tails, hall_tails = [2, 3, 4, 2, 3, 4, 2, 5], [1, 2, 3, 1, 2, 3, 4, 1], [2, 1, 1, 3, 2, 2, 1, 1]
+    lengths = [(p, p + f, p + h) for p, f, h in zip(prompts, fact_tails, hall_tails, strict=True)]
+    _, batch = _run_known(loaded64, lengths)
+    assert [(p.rows, p.width, p.past, p.real) for p in batch.passes] == [(8, 5, 0, 25), (16, 4, 5, 17 + 13)]
+    assert batch.forwarded_tokens == 40 + 64 and batch.forwarded_real_tokens == 25 + 30
+    assert batch.tokens == 3 * 25 + 30  # each prompt counted in P, F and H, forwarded once
+    assert batch.padding_fraction == pytest.approx(49 / 104)
+
+
+def test_sequential_forwards_no_padding(loaded64, samples):
+    batches = list(Engine(loaded64).run(samples[:3], sequential=True))
+    assert all(len(b.passes) == 3 and b.forwarded_tokens == b.forwarded_real_tokens == b.tokens for b in batches)
+    assert all(b.padding_fraction == 0.0 for b in batches)

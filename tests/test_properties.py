@@ -184,9 +184,18 @@ INVALID = {
         "synthetic": lambda v: not isinstance(v, bool),
         "model": lambda v: not isinstance(v, dict),
         "sae": lambda v: True,
-        "defaults": lambda v: not isinstance(v, dict) or bool(v),
+        "defaults": lambda v: _bad_defaults(v),
     },
 }
+
+
+def _bad_defaults(value: Any) -> bool:
+    """A [defaults] table that must be refused: not a table, or an unknown key, or a bad value
+    (a table such as {batch_size = 16} is valid, and must not be drawn as a bad one)."""
+    if not isinstance(value, dict):
+        return True
+    checks = INVALID["defaults"]
+    return any(key not in checks or checks[key](v) for key, v in value.items())
 
 
 def _finite(v: int | float) -> bool:

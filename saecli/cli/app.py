@@ -173,6 +173,10 @@ OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<UTC time>-<preset>].", show_default=False)
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an existing, non-empty --out folder.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="torch CPU threads [default: as many as there are idle cores at the start].", show_default=False),
+]
 RayOpt = Annotated[
     str | None,
     typer.Option(

@@ -49,6 +49,14 @@ def _gib(value: int | float | None) -> str:
     return "–" if value is None else f"{value / 2**30:.2f}"
 
 
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
 def _x(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
@@ -133,18 +141,27 @@ def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
         emit_json(result.to_dict())
         return
     table = Table(title=f"saecli bench: {result.preset}, {result.samples} samples, {result.device} {result.dtype}, median of {result.repeats}")
-    for column in ("size", "s", "samples/s", "tok/s", "×b1", "×seq", "peak GiB", "+GiB"):
+    columns = ("size", "s", "samples/s", "tok/s", "×b1", "×seq", "peak GiB", "+GiB", "fwd GF/s", "util", "SAE GF/s", "util")
+    for column in columns:
         table.add_column(column, justify="left" if column == "size" else "right", no_wrap=True, min_width=len(column))
     for r in result.results:
         label = "seq" if r.size == SEQUENTIAL else str(r.size)
         if not r.ok:
-            table.add_row(label, "[red]OOM[/]" if r.oom else "[red]failed[/]", *[""] * 6)
+            table.add_row(label, "[red]OOM[/]" if r.oom else "[red]failed[/]", *[""] * (len(columns) - 2))
             continue
         table.add_row(
             label, f"{r.seconds_median:.3f}", f"{r.samples_per_second:.1f}", f"{r.tokens_per_second:.0f}",
             _x(r.speedup_vs_batch1), _x(r.speedup_vs_sequential), _gib(r.peak_memory), _gib(r.peak_increase),
-        )
+            _num(r.forward_gflops), _pct(r.forward_utilization), _num(r.sae_gflops), _pct(r.sae_utilization),
+        )  # fmt: skip
     stdout.print(table)
+    peaks = sorted(r.peak_gflops for r in result.results if r.ok and r.peak_gflops)
+    if peaks:
+        sae_peaks = sorted(r.sae_peak_gflops for r in result.results if r.ok and r.sae_peak_gflops)
+        sae_note = f"; SAE dtype {sae_peaks[len(sae_peaks) // 2]:.0f}" if sae_peaks and sae_peaks != peaks else ""
+        stdout.print(f"GF/s: GFLOP/s counted from the shapes and the positions forwarded (padding included); util: ÷ the "
+                     f"torch.mm peak measured in each size's process (median {peaks[len(peaks) // 2]:.0f} GFLOP/s{sae_note})",
+                     highlight=False)  # fmt: skip
     best = next((r for r in result.results if r.size == result.recommended), None)
     if best is not None:
         stdout.print(f"time per stage at batch {best.size}: {_stages(best, 6)}")

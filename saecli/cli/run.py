@@ -25,6 +25,7 @@ from saecli.cli.app import (
     PresetOpt,
     RayOpt,
     SeedOpt,
+    ThreadsOpt,
     app,
     emit_json,
     parse_batch_size,
@@ -94,6 +95,7 @@ def _run(
     truncate: bool,
     report: bool,
     as_json: bool,
+    threads: int | None = None,
     ray: str | None = None,
     workers: int | None = None,
     worker_cpus: int | None = None,
@@ -113,6 +115,7 @@ def _run(
         "dtype": dtype.value if dtype is not None else None,
         "mode": mode,
         "truncate": True if truncate else None,
+        "threads": threads,
     }
     ray_options = None
     if ray is not None:
@@ -206,6 +209,7 @@ def run(
     truncate: TruncateOpt = False,
     report: ReportOpt = False,
     json_: JsonOpt = False,
+    threads: ThreadsOpt = None,
     ray: RayOpt = None,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Ray workers [default: one per GPU; without GPUs one per --worker-cpus CPUs].", show_default=False)
@@ -221,7 +225,7 @@ def run(
     """
     _run("batched", preset=preset, config=config, data=data, limit=limit, domains=domains, batch_size=batch_size,
          seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
-         resume=resume, truncate=truncate, report=report, ray=ray, workers=workers, worker_cpus=worker_cpus)
+         resume=resume, truncate=truncate, report=report, threads=threads, ray=ray, workers=workers, worker_cpus=worker_cpus)
 
 
 @app.command()
@@ -241,6 +245,7 @@ def sequential(
     truncate: TruncateOpt = False,
     report: ReportOpt = False,
     json_: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """The reference: one sample at a time, each text in its own forward pass, no padding.
 
@@ -248,5 +253,5 @@ def sequential(
     """
     _run("sequential", preset=preset, config=config, data=data, limit=limit, domains=domains, batch_size=None,
          seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
-         resume=resume, truncate=truncate, report=report)
+         resume=resume, truncate=truncate, report=report, threads=threads)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saecli.device import DeviceFacts
+from saecli.device import DeviceFacts, choose_threads
 from saecli.hub import package_versions
 from saecli.memory import available_memory, system_memory
 
@@ -71,6 +71,11 @@ class Environment:
     cpu_count: int | None = None
     cpu_usable: int | None = None
     torch_threads: int | None = None
+    run_threads: int | None = None
+    """The torch threads a CPU run would take now (:func:`saecli.device.choose_threads`)."""
+    run_threads_reason: str = ""
+    cpu_bf16: str | None = None
+    """The CPU's native bfloat16 instructions (``amx_bf16``, ``avx512_bf16``), or None."""
     memory_total: int | None = None
     memory_available: int | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -114,6 +119,17 @@ def _nvidia_smi() -> str | None:
     return lines[0] if out.returncode == 0 and lines else None
 
 
+def cpu_bf16_flags() -> str | None:
+    """The native bfloat16 instructions /proc/cpuinfo lists (x86: AMX, AVX-512 BF16), or None."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    found = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return ", ".join(found) or None
+
+
 def gather_environment() -> Environment:
     """Read this machine. Never raises: what cannot be read stays None, and a torch that does not
     import is recorded in ``torch_error``."""
@@ -127,6 +143,8 @@ def gather_environment() -> Environment:
         env={k: os.environ[k] for k in ENV_VARS if k in os.environ},
     )
     env.cpu_usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else env.cpu_count
+    env.run_threads, env.run_threads_reason = choose_threads()
+    env.cpu_bf16 = cpu_bf16_flags()
     info = system_memory()
     env.memory_total = info.get("MemTotal")
     env.memory_available = info.get("MemAvailable") or available_memory("cpu")

@@ -1,0 +1,45 @@
+"""FLOP counts against hand counts, and the matrix-product peak."""
+
+from __future__ import annotations
+
+from transformer_lens import HookedTransformerConfig
+
+from saecli.engine import Engine, ForwardPass
+from saecli.flops import ModelShape, forward_flops, measure_peak, sae_flops
+
+
+def test_tiny_model_flops_by_hand(loaded64):
+    # random_loaded: d_model 32, 4 heads of 8 (no grouped KV), d_mlp 128, gelu (not gated).
+    shape = ModelShape.of(loaded64.model.cfg)
+    assert shape == ModelShape(d_model=32, n_heads=4, d_head=8, n_kv_heads=4, d_mlp=128, gated=False)
+    # Q, K, V, O: 2·32·(4·8·2 + 4·8·2) = 8192; MLP in and out: 2·32·128·2 = 16384.
+    assert shape.token_flops() == 8192 + 16384 == 24576
+    assert shape.attention_flops(9) == 2 * 2 * 4 * 8 * 9 == 1152
+    # Hooks at blocks 0, 1, 2 (resid_post): three blocks run. The shared-prompt batch of
+    # test_engine: 8 prompts × 5, then 16 continuations × 4 after 5 cached positions.
+    assert Engine(loaded64).stop_at == 3
+    passes = [ForwardPass(rows=8, width=5, real=25), ForwardPass(rows=16, width=4, real=30, past=5)]
+    prompt = 3 * 8 * 5 * (24576 + 128 * 5)  # 3,025,920
+    continuation = 3 * 16 * 4 * (24576 + 128 * (5 + 4))  # 4,939,776
+    assert forward_flops(shape, 3, passes) == prompt + continuation == 7_965_696
+    # SAEs 32 → 128: 2·32·128 = 8192 per row encoded or decoded.
+    rows = {0: (48, 24), 1: (16, 16), 2: (16, 16)}
+    assert sae_flops(loaded64.saes, rows) == 8192 * (72 + 32 + 32) == 1_114_112
+
+
+def test_gated_grouped_query_shape_by_hand():
+    # Gemma-2-2B's block: d_model 2304, 8 heads of 256, 4 KV heads, gated MLP of 9216.
+    cfg = HookedTransformerConfig(n_layers=1, d_model=2304, n_ctx=16, d_head=256, n_heads=8, n_key_value_heads=4, d_mlp=9216,
+                                  act_fn="gelu", gated_mlp=True, d_vocab=16, device="cpu")  # fmt: skip
+    shape = ModelShape.of(cfg)
+    assert (shape.n_kv_heads, shape.gated) == (4, True)
+    assert shape.token_flops() == 2 * 2304 * (8 * 256 * 2 + 4 * 256 * 2) + 2 * 2304 * 9216 * 3 == 155_713_536
+    attn_only = ModelShape.of(HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=2, n_heads=4, attn_only=True,
+                                                      act_fn="gelu", d_vocab=4, device="cpu"))  # fmt: skip
+    assert attn_only.token_flops() == 2 * 8 * (4 * 2 * 2 + 4 * 2 * 2)
+
+
+def test_measure_peak_is_positive():
+    import torch
+
+    assert measure_peak("cpu", torch.float32, n=128, repeats=2) > 0
