@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -126,13 +126,7 @@ def bench(
     except BaseException:
         target.discard()
         raise
-    try:
-        save(result, target.path)
-    except SaecliError as exc:
-        # The measurements go to stdout first: a full disk must not cost the sweep.
-        _print(result, json_, saved=None)
-        raise SaecliError(f"{exc.message} (the results are printed above)", hint=exc.hint, exit_code=exc.exit_code) from None
-    _print(result, json_, saved=target.path)
+    _save_and_print(result, target.path, lambda saved: _print(result, json_, saved=saved))
 
 
 def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
@@ -207,12 +201,18 @@ def _bench_ray(address: str, *, workers: str | None, worker_cpus: int | None, si
     except BaseException:
         target.discard()
         raise
+    _save_and_print(result, target.path, lambda saved: _print_ray(result, json_, saved=saved))
+
+
+def _save_and_print(result: Sweep | RaySweep, folder: Path, show: Any) -> None:
+    """Save bench.json/bench.csv, then show the results; if saving fails, the measurements still go
+    to stdout first: a full disk must not cost the sweep."""
     try:
-        save(result, target.path)
+        save(result, folder)
     except SaecliError as exc:
-        _print_ray(result, json_, saved=None)
+        show(None)
         raise SaecliError(f"{exc.message} (the results are printed above)", hint=exc.hint, exit_code=exc.exit_code) from None
-    _print_ray(result, json_, saved=target.path)
+    show(folder)
 
 
 def _parse_workers(text: str) -> list[int]:
