@@ -193,15 +193,20 @@ def preset_arg(preset: str | None, config: Path | None) -> str | None:
     return str(config) if config is not None else preset
 
 
-def parse_sizes(text: str) -> list[int]:
-    """``1,8,32`` → [1, 8, 32]; anything else is a one-line error."""
+def parse_counts(text: str, option: str = "--sizes", example: str = "1,8,32") -> list[int]:
+    """``1,8,32`` → [1, 8, 32] for ``option``; anything else is a one-line error naming it."""
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
+        counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        sizes = []
-    if not sizes or any(size < 1 for size in sizes):
-        raise SaecliError(f"--sizes must be positive whole numbers separated by commas, e.g. 1,8,32 (got {text!r})")
-    return sizes
+        counts = []
+    if not counts or any(count < 1 for count in counts):
+        raise SaecliError(f"{option} must be positive whole numbers separated by commas, e.g. {example} (got {text!r})")
+    return counts
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``--sizes 1,8,32`` → [1, 8, 32]."""
+    return parse_counts(text)
 
 
 def parse_batch_size(text: str | None) -> int | str | None:

@@ -36,6 +36,7 @@ from saecli.cli.app import (
     RayOpt,
     app,
     emit_json,
+    parse_counts,
     parse_sizes,
     preset_arg,
     stderr,
@@ -174,7 +175,7 @@ def _bench_ray(address: str, *, workers: str | None, worker_cpus: int | None, si
     from saecli.cluster import import_ray
     from saecli.runner import execute
 
-    worker_list = _parse_workers(workers or "1,2")
+    worker_list = parse_counts(workers or "1,2", "--workers", "1,2,4")
     size_list = parse_sizes(sizes) if sizes is not None else [DEFAULT_RAY_BATCH]
     check_ray_options(workers=worker_list, sizes=size_list, repeats=repeats, limit=limit)
     import_ray()  # a missing Ray is one line before anything else
@@ -213,17 +214,6 @@ def _save_and_print(result: Sweep | RaySweep, folder: Path, show: Any) -> None:
         show(None)
         raise SaecliError(f"{exc.message} (the results are printed above)", hint=exc.hint, exit_code=exc.exit_code) from None
     show(folder)
-
-
-def _parse_workers(text: str) -> list[int]:
-    """``1,2,4`` → [1, 2, 4]; anything else is a one-line error."""
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        counts = []
-    if not counts or any(k < 1 for k in counts):
-        raise SaecliError(f"--workers must be positive whole numbers separated by commas, e.g. 1,2,4 (got {text!r})")
-    return counts
 
 
 def _ray_line(r: WorkersResult) -> str:
