@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,6 +29,8 @@ class ColumnReport:
     worst_sample: str | None
     mismatches: int
     passed: bool
+    median_abs: float = 0.0
+    """The median |Δ| over samples (numeric columns): the typical drift, beside the worst."""
 
 
 @dataclass
@@ -124,15 +128,18 @@ def compare_frames(
         va, vb = joined[column].to_list(), joined[f"{column}__b"].to_list()
         if _is_numeric(a.schema[column]):
             worst_abs, worst_rel, worst_id, bad = 0.0, 0.0, None, 0
+            diffs = []
             for sid, x, y in zip(ids, va, vb, strict=False):
                 diff, rel = _delta(x, y)
+                diffs.append(diff)
                 if worst_id is None or diff > worst_abs:
                     worst_abs, worst_id = diff, sid
                 worst_rel = max(worst_rel, rel)
                 if not diff <= atol + rtol * (abs(x) if x is not None and not math.isnan(x) else 0.0):
                     bad += 1
                     mismatches.append(Mismatch(sid, column, x, y))
-            reports.append(ColumnReport(column, "numeric", worst_abs, worst_rel, worst_id, bad, bad == 0))
+            median = statistics.median(diffs) if diffs else 0.0
+            reports.append(ColumnReport(column, "numeric", worst_abs, worst_rel, worst_id, bad, bad == 0, median_abs=median))
         else:
             bad_rows = [(sid, x, y) for sid, x, y in zip(ids, va, vb, strict=False) if x != y]
             mismatches += [Mismatch(sid, column, x, y) for sid, x, y in bad_rows]
@@ -183,6 +190,9 @@ class LiveComparison:
     dtype: str
     device: str
     results: dict[int, Comparison]
+    drift: dict[str, Comparison] = field(default_factory=dict)
+    """Below float64: each run of this dtype (``sequential``, ``batch N``) against the sequential
+    float64 reference, per column; what the precision costs. It does not decide ``passed``."""
 
     @property
     def passed(self) -> bool:
@@ -194,6 +204,7 @@ class LiveComparison:
             "device": self.device,
             "passed": self.passed,
             "batch_sizes": {str(size): c.to_dict() for size, c in self.results.items()},
+            "drift_vs_float64": {label: c.to_dict() for label, c in self.drift.items()},
         }
 
 
@@ -207,31 +218,29 @@ def compare_live(
     progress: Any = None,
 ) -> LiveComparison:
     """Run the sequential reference and the batched engine on the same preset, data, seed and
-    dtype, and compare every metric column at each batch size."""
+    dtype, and compare every metric column at each batch size. Below float64, also run the
+    sequential reference in float64 first (its model freed before the other loads) and report the
+    drift of every run against it."""
     from saecli.data import load_samples
-    from saecli.engine import analyze
-    from saecli.io import rows_to_frame
     from saecli.models import load_preset
 
-    samples = load_samples(config.data, domains=config.domains, limit=config.limit)
+    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
+    exact = None
+    if config.dtype not in (None, "float64"):
+        loaded = load_preset(config.preset, device=config.device, dtype="float64")
+        exact = _frame(samples, loaded, config, "sequential float64", progress, sequential=True)
+        del loaded  # the float64 model goes before the other is loaded: never two in memory
+        gc.collect()
     loaded = load_preset(config.preset, device=config.device, dtype=config.dtype)
 
     def frame(label: str, **kwargs: Any) -> pl.DataFrame:
-        done = 0
-
-        def on_batch(batch: Any) -> None:
-            nonlocal done
-            done += len(batch.indices)
-            if progress is not None:
-                progress(label, done, len(samples))
-
-        rows = analyze(samples, loaded, seed=config.seed, noise_std=config.noise_std, on_batch=on_batch, **kwargs)
-        return rows_to_frame(list(rows), loaded.layers)
+        return _frame(samples, loaded, config, label, progress, **kwargs)
 
     reference = frame("sequential", sequential=True)
     results = {}
+    batched_frames = {}
     for size in sizes:
-        batched = frame(f"batch {size}", batch_size=size)
+        batched = batched_frames[size] = frame(f"batch {size}", batch_size=size)
         result = compare_frames(reference, batched, atol=atol, rtol=rtol, label_a="sequential", label_b=f"batch {size}")
         discrete = {c.column for c in result.columns if c.kind == "discrete"}
         flagged_ids = {m.sample_id for m in result.mismatches if m.column in discrete}
@@ -239,4 +248,27 @@ def compare_live(
         if flagged:
             result.near_threshold = count_near_threshold(loaded, flagged, margin)
         results[size] = result
-    return LiveComparison(dtype=loaded.dtype, device=loaded.device, results=results)
+    drift = {}
+    if exact is not None:
+        label = "float64 sequential"
+        drift["sequential"] = compare_frames(exact, reference, atol=atol, rtol=rtol, label_a=label, label_b=f"{loaded.dtype} sequential")
+        for size, batched in batched_frames.items():
+            drift[f"batch {size}"] = compare_frames(exact, batched, atol=atol, rtol=rtol, label_a=label, label_b=f"{loaded.dtype} batch {size}")
+    return LiveComparison(dtype=loaded.dtype, device=loaded.device, results=results, drift=drift)
+
+
+def _frame(samples: list[Any], loaded: Any, config: Any, label: str, progress: Any, **kwargs: Any) -> pl.DataFrame:
+    """The result table of one engine run of ``samples`` (``analyze``'s keyword arguments)."""
+    from saecli.engine import analyze
+    from saecli.io import rows_to_frame
+
+    done = 0
+
+    def on_batch(batch: Any) -> None:
+        nonlocal done
+        done += len(batch.indices)
+        if progress is not None:
+            progress(label, done, len(samples))
+
+    rows = analyze(samples, loaded, seed=config.seed, noise_std=config.noise_std, on_batch=on_batch, **kwargs)
+    return rows_to_frame(list(rows), loaded.layers)

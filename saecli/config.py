@@ -21,6 +21,8 @@ from saecli.errors import SaecliError
 
 MODES = ("batched", "sequential")
 BUILTIN_PREFIX = "builtin:"
+HF_PREFIX = "hf:"
+"""``--data hf:NAME[:CONFIG][:SPLIT]`` names a Hugging Face dataset, not a path."""
 DEFAULT_PRESET = "tiny"
 
 
@@ -159,6 +161,65 @@ def check_domains(value: Any, name: str = "domains") -> tuple[str, ...] | None:
     return value
 
 
+COLUMN_TARGETS = ("id", "prompt", "fact", "hallucination", "domain", "topic", "complexity")
+"""The sample fields a table's or a dataset's columns can be mapped to (``--columns fact=best_answer``)."""
+
+
+def columns_mapping(value: Any, name: str = "columns") -> dict[str, str] | None:
+    """``"prompt=question,fact=best_answer"`` (the flag) or ``{prompt = "question"}`` (a TOML table)
+    as ``{target: column}``, in :data:`COLUMN_TARGETS` order; None stays None. Every mistake (bad
+    syntax, an unknown or repeated target, an empty column name) is one error naming the allowed
+    targets."""
+    if value is None:
+        return None
+    allowed = f"targets: {', '.join(COLUMN_TARGETS)}"
+    example = "e.g. prompt=question,fact=best_answer,hallucination=wrong"
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, str):
+        pairs = []
+        for part in (p for p in value.split(",") if p.strip()):
+            if "=" not in part:
+                raise SaecliError(f"{name}: {part.strip()!r} is not TARGET=COLUMN", hint=f"{example}; {allowed}")
+            target, column = part.split("=", 1)
+            pairs.append((target.strip(), column.strip()))
+    else:
+        raise SaecliError(f"{name} must be a string TARGET=COLUMN,... or a table, got {type(value).__name__} {value!r}")
+    if not pairs:
+        raise SaecliError(f"{name} maps no column", hint=f"{example}; {allowed}")
+    mapping: dict[str, str] = {}
+    for target, column in pairs:
+        if target not in COLUMN_TARGETS:
+            raise SaecliError(f"{name}: unknown target {target!r}", hint=allowed)
+        if target in mapping:
+            raise SaecliError(f"{name}: {target!r} is mapped twice", hint="map each target to one column")
+        if not isinstance(column, str) or not column.strip():
+            raise SaecliError(f"{name}: {target!r} needs a column name, got {column!r}", hint=example)
+        if "," in column or column != column.strip():
+            raise SaecliError(f"{name}: column name {column!r} of {target!r} has a comma or surrounding spaces",
+                              hint="rename that column in the file")  # fmt: skip
+        mapping[target] = column
+    return {target: mapping[target] for target in COLUMN_TARGETS if target in mapping}
+
+
+def check_columns(value: Any, name: str = "columns") -> str | dict[str, str] | None:
+    """None (the columns named like the fields, or a built-in dataset's own mapping), or a column
+    mapping as :func:`columns_mapping` reads it."""
+    columns_mapping(value, name)
+    return value
+
+
+def canonical_columns(value: Any) -> Any:
+    """A column mapping as the one string a run records (``prompt=question,fact=best_answer``, in
+    :data:`COLUMN_TARGETS` order), so that equal mappings compare equal; anything it cannot read is
+    returned as it is, for :func:`check_columns` to refuse."""
+    try:
+        mapping = columns_mapping(value)
+    except SaecliError:
+        return value
+    return None if mapping is None else ",".join(f"{target}={column}" for target, column in mapping.items())
+
+
 def check_threads(value: Any, name: str = "threads") -> int | None:
     """None (chosen at the start of a run) or a whole number from 1 to 1024."""
     if value is not None and (not _is_int(value) or not 1 <= value <= 1024):
@@ -196,6 +257,7 @@ def _check_choice(allowed: tuple[str, ...], optional: bool = False) -> Callable[
 _OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "preset": check_str,
     "data": check_optional_str,
+    "columns": check_columns,
     "limit": check_limit,
     "domains": check_domains,
     "batch_size": check_batch_size,
@@ -452,7 +514,12 @@ class RunConfig:
     preset: str = DEFAULT_PRESET
     """Preset name or TOML path."""
     data: str | None = None
-    """Benchmark file or folder; None is the built-in benchmark."""
+    """Benchmark file or folder, a CSV/TSV/Parquet table, or ``hf:NAME[:CONFIG][:SPLIT]`` (a Hugging
+    Face dataset in the local cache); None is the built-in benchmark."""
+    columns: str | None = None
+    """Which column of a table or dataset holds each sample field, ``prompt=question,fact=best_answer``
+    (a TOML table in a preset); None: the columns named like the fields, or a built-in dataset's own
+    mapping. It changes what is analysed, so the samples it reads are part of the run's identity."""
     limit: int | None = None
     """Analyse only the first N samples (after the domain filter)."""
     domains: tuple[str, ...] | None = None
@@ -479,11 +546,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         # --domains arrives as "a,b" (the CLI), a list (a manifest's JSON) or a tuple (Python).
         object.__setattr__(self, "domains", split_domains(self.domains))
+        object.__setattr__(self, "columns", canonical_columns(self.columns))
         for f in dataclasses.fields(self):
             check_option(f.name, getattr(self, f.name))
 
 
-PRESET_DEFAULT_KEYS = ("batch_size", "seed", "noise_std", "device", "data", "limit")
+PRESET_DEFAULT_KEYS = ("batch_size", "seed", "noise_std", "device", "data", "columns", "limit")
 
 
 def resolve_run_config(preset: Preset, /, **overrides: Any) -> RunConfig:
@@ -496,6 +564,7 @@ def resolve_run_config(preset: Preset, /, **overrides: Any) -> RunConfig:
         if value is not None:
             values[key] = value
     values["domains"] = split_domains(values.get("domains"))
-    if values.get("data") is not None and preset.defaults.get("data") == values["data"]:
+    data = values.get("data")
+    if data is not None and preset.defaults.get("data") == data and not str(data).startswith(HF_PREFIX):
         values["data"] = str(resolve_location(values["data"], preset.base_dir))
     return RunConfig(**values)

@@ -1,7 +1,11 @@
-"""Benchmark samples: the built-in benchmark, JSON/JSONL files, folders, and the HB-1000 layout."""
+"""Benchmark samples: the built-in benchmark, JSON/JSONL files, folders, the HB-1000 layout, tables
+(CSV/TSV/Parquet, ``saecli.tables``) and Hugging Face datasets from the local cache (``hf:``,
+``saecli.hfdata``); every record checked as a :class:`Sample`, and the dataset's identity for the
+run manifest (:func:`dataset_identity`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -9,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saecli.config import INT64_MAX, INT64_MIN, assets_dir, check_domains, check_limit
+from saecli import hfdata, tables
+from saecli.config import INT64_MAX, INT64_MIN, assets_dir, check_domains, check_limit, columns_mapping
 from saecli.errors import SaecliError
 
 DOMAINS = ("entity", "temporal", "logical", "adversarial")
@@ -159,8 +164,9 @@ def _read_records(path: Path) -> list[tuple[Any, str]]:
     return [(rec, f"{path} record {i}") for i, rec in enumerate(data)]
 
 
-def _to_sample(record: Any, where: str, suite: str | None) -> Sample:
-    """A record as a Sample; a bad field is one error naming the file, the record and the field."""
+def _to_sample(record: Any, where: str, suite: str | None, nouns: dict[str, str] | None = None) -> Sample:
+    """A record as a Sample; a bad field is one error naming the file, the record and the field
+    (``nouns``: how to call a field that came from elsewhere, ``column 'best_answer' (fact)``)."""
     if not isinstance(record, dict):
         raise SaecliError(f"{where}: expected an object, got {type(record).__name__}")
     rid = record.get("id")
@@ -170,7 +176,8 @@ def _to_sample(record: Any, where: str, suite: str | None) -> Sample:
     own_domain = record.get("domain")
     # In an HB-1000 suite file the file names the domain and the record's own "domain" is a topic.
     domain, topic = (suite, own_domain) if suite is not None else (own_domain, record.get("topic"))
-    record_field = {"topic": "domain"} if suite is not None else {}
+    if nouns is None:
+        nouns = {"topic": "field 'domain'"} if suite is not None else {}
     texts = {key: record.get(key) for key in _REQUIRED_TEXT}
     try:
         return Sample(
@@ -181,7 +188,7 @@ def _to_sample(record: Any, where: str, suite: str | None) -> Sample:
             **{key: value.strip() if isinstance(value, str) else value for key, value in texts.items()},
         )
     except SampleFieldError as exc:
-        raise SaecliError(f"{label}: field '{record_field.get(exc.field, exc.field)}' {exc.problem}") from None
+        raise SaecliError(f"{label}: {nouns.get(exc.field, f'field {exc.field!r}')} {exc.problem}") from None
 
 
 def _files_of(path: Path) -> list[tuple[Path, str | None]]:
@@ -213,29 +220,65 @@ def _expand(path: Path) -> Path:
         return path
 
 
+def _table_of(path: Path, fmt: str) -> tables.Table:
+    if fmt == "parquet":
+        return tables.read_parquet_table(path)
+    return tables.parse_delimited(_read_text(path), path, "\t" if fmt == "tsv" else ",")
+
+
+def _mapped_samples(table: tables.Table, mapping: tables.ColumnMap) -> list[Sample]:
+    items = list(tables.records(table, mapping))
+    tables.duplicate_pairs(items, mapping)
+    nouns = mapping.nouns()
+    return [_to_sample(record, where, None, nouns) for record, where in items]
+
+
+def _table_source(path: str | Path | None) -> tuple[Path, str] | None:
+    """A table file's path and format (CSV, TSV, Parquet by suffix), or None for other data."""
+    if path is None or hfdata.is_hf(path):
+        return None
+    source = _expand(Path(path))
+    fmt = tables.table_format(source)
+    return (source, fmt) if fmt is not None and source.is_file() else None
+
+
 def load_samples(
     path: str | Path | None = None,
     *,
     domains: Iterable[str] | None = None,
     limit: int | None = None,
+    columns: str | dict[str, str] | None = None,
 ) -> list[Sample]:
     """Load benchmark samples, in file order.
 
     ``path`` is a JSON list, a JSONL file, or a folder of them (the HB-1000 layout maps its four
     files to the domains entity/temporal/logical/adversarial, keeping each record's own ``domain``
-    as ``topic``). None loads the built-in benchmark.
+    as ``topic``); a ``.csv``, ``.tsv`` or ``.parquet`` table; or ``hf:NAME[:CONFIG][:SPLIT]``, a
+    Hugging Face dataset in the local cache. None loads the built-in benchmark. ``columns``
+    (``"prompt=question,fact=best_answer"`` or a dict) names the columns of a table or dataset that
+    hold the sample fields (default: the columns named like them, or a built-in dataset's mapping).
     """
     if path is not None and not isinstance(path, (str, Path)):
         raise SaecliError(f"data must be a path, got {type(path).__name__} {path!r}")
     check_limit(limit)
     if domains is not None:
         domains = check_domains(tuple(domains) if not isinstance(domains, str) else domains)
-    source = _expand(Path(path)) if path is not None else builtin_benchmark_path()
-    samples = [
-        _to_sample(record, where, suite)
-        for file, suite in _files_of(source)
-        for record, where in _read_records(file)
-    ]
+    given = columns_mapping(columns)
+    table = _table_source(path)
+    if hfdata.is_hf(path):
+        source: Path | str = str(path)
+        samples = _mapped_samples(*hfdata.load(str(path), given))
+    elif table is not None:
+        source, fmt = table
+        rows = _table_of(source, fmt)
+        samples = _mapped_samples(rows, tables.resolve_mapping(rows.columns, str(source), given=given, domain=source.stem))
+    else:
+        source = _expand(Path(path)) if path is not None else builtin_benchmark_path()
+        files = _files_of(source)  # a path that does not exist is reported first
+        if given is not None:
+            raise SaecliError("--columns maps the columns of a CSV, TSV or Parquet table or an hf: dataset, not JSON records",
+                              hint="JSON records name their fields: id, domain, prompt, fact, hallucination")  # fmt: skip
+        samples = [_to_sample(record, where, suite) for file, suite in files for record, where in _read_records(file)]
     if not samples:
         raise SaecliError(f"{source}: no samples")
     dupes = [sid for sid, n in Counter(s.id for s in samples).items() if n > 1]
@@ -251,3 +294,33 @@ def load_samples(
     if limit is not None:
         samples = samples[:limit]
     return samples
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_identity(path: str | Path | None, columns: str | dict[str, str] | None = None) -> dict[str, Any]:
+    """What the run manifest records of the data: its format, where it is, the SHA-256 of each file
+    read (an ``hf:`` dataset: its name, config, split and revision) and the column mapping used."""
+    given = columns_mapping(columns)
+    if hfdata.is_hf(path):
+        return hfdata.identity(str(path), given)
+    table = _table_source(path)
+    if table is not None:
+        source, fmt = table
+        rows = _table_of(source, fmt)
+        mapping = tables.resolve_mapping(rows.columns, str(source), given=given, domain=source.stem)
+        return {"format": fmt, "path": str(source), "sha256": _sha256(source), "columns": mapping.describe()}
+    source = _expand(Path(path)) if path is not None else builtin_benchmark_path()
+    files = _files_of(source)
+    fmt = "builtin" if path is None else "folder" if source.is_dir() else source.suffix.lstrip(".") or "json"
+    return {
+        "format": fmt,
+        "path": str(source) if path is not None else source.name,
+        "files": [{"path": file.name, "sha256": _sha256(file)} for file, _ in files],
+    }

@@ -44,6 +44,24 @@ log = logging.getLogger(__name__)
 
 MIN_SHARED_PROMPT = 8
 """Samples a batch needs before its prompts get a pass of their own (the shared-prompt path)."""
+GEOMETRY_CHUNK = 8
+"""Rows per call of the geometry, after sorting a layer's reads by their number of active features."""
+
+
+def _decodes_linearly(sae: Any) -> bool:
+    """Whether ``sae.decode(f)`` is ``f @ W_dec + b_dec`` through identity hooks (SAELens's standard
+    and JumpReLU SAEs without activation normalisation or hook_z reshaping): then the reconstruction
+    is summed over the active features alone, from the decoder rows the geometry gathers anyway,
+    instead of a product with all d_sae rows. Any other SAE is decoded by its own ``decode``."""
+    from sae_lens import JumpReLUSAE, StandardSAE
+
+    decode = getattr(type(sae), "decode", None)
+    hook = getattr(sae.cfg.metadata, "hook_name", None) or ""
+    return (
+        decode in (StandardSAE.decode, JumpReLUSAE.decode)
+        and getattr(sae.cfg, "normalize_activations", "none") in ("none", None)
+        and not hook.endswith("_z")
+    )
 
 
 def noise_vector(seed: int, sample_id: str, kind: str, d_model: int) -> torch.Tensor:
@@ -95,6 +113,40 @@ class SampleTokens:
     def length(self) -> int:
         return max(len(self.fact), len(self.hall))
 
+    @property
+    def continuation(self) -> int:
+        """The longer continuation's tokens after the prompt (on the shared-prompt path)."""
+        return self.length - len(self.prompt)
+
+    @property
+    def shares_prompt(self) -> bool:
+        return self.prompt_in_fact and self.prompt_in_hall
+
+
+def shared_prompt_rows(toks: Sequence[SampleTokens]) -> list[int]:
+    """The samples of a batch that take the shared-prompt path: all whose prompt tokens start both
+    texts, when there are at least ``MIN_SHARED_PROMPT`` of them; else none."""
+    shared = [i for i, t in enumerate(toks) if t.shares_prompt]
+    # Two short passes cost more than one longer pass for small batches (measured on
+    # gpt2-small-shape, CPU: -15% at 4 samples, +3-10% at 16 and 32).
+    return shared if len(shared) >= MIN_SHARED_PROMPT else []
+
+
+def forwarded_positions(toks: Sequence[SampleTokens]) -> int:
+    """Positions (rows × padded width, summed over passes) a batch forwards, as
+    :meth:`Engine._residuals_batched` forwards them (the sliding-window check aside)."""
+    shared = shared_prompt_rows(toks)
+    others = [t for i, t in enumerate(toks) if i not in set(shared)]
+    total = 0
+    if shared:
+        on_path = [toks[i] for i in shared]
+        total += len(on_path) * max(len(t.prompt) for t in on_path)
+        total += 2 * len(on_path) * max(max(len(t.fact), len(t.hall)) - len(t.prompt) for t in on_path)
+    if others:
+        rows = sum(2 if t.prompt_in_fact else 3 for t in others)
+        total += rows * max(t.length for t in others)
+    return total
+
 
 @dataclass(frozen=True)
 class ForwardPass:
@@ -132,7 +184,9 @@ class BatchResult:
     passes: list[ForwardPass] = field(default_factory=list)
     """Every forward pass the batch ran, for FLOP counts (:mod:`saecli.flops`)."""
     sae_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """Per SAE layer, the rows it encoded and decoded (the first layer's noisy reads add encodes)."""
+    """Per SAE layer: the reads it encoded (the first layer's noisy F and H reads add encodes), and
+    the decoder rows its reconstructions multiplied (Σ over reads of the active features gathered,
+    padded to the chunk's widest, when the reconstruction is summed over them; d_sae per read otherwise)."""
 
     @property
     def padding_fraction(self) -> float:
@@ -256,10 +310,31 @@ class Engine:
 
     @staticmethod
     def plan(tokens: Sequence[SampleTokens], batch_size: int) -> list[list[int]]:
-        """Batches of sample positions, longest first so that similar lengths share a batch (less
-        padding) and an out-of-memory error shows at the start of a run."""
-        order = sorted(range(len(tokens)), key=lambda i: (-tokens[i].length, i))
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        """Batches of sample positions that forward few padding positions, the heaviest first (so
+        an out-of-memory error shows at the start of a run) and a short batch, if any, last.
+
+        Samples are sorted by one of three keys and cut into batches; the key kept is the one whose
+        batches forward the fewest positions (:func:`forwarded_positions`). Texts of equal length
+        share a batch when the sort is by total length; on the shared-prompt path (HB-style data) it
+        is prompts of equal length and continuations of equal length that matter, each in its own pass.
+        """
+        order_by = {
+            "length": lambda i: (-tokens[i].length, i),
+            "continuation": lambda i: (-tokens[i].continuation, -len(tokens[i].prompt), i),
+            "prompt": lambda i: (-len(tokens[i].prompt), -tokens[i].continuation, i),
+        }
+        best: list[list[int]] = []
+        best_cost = None
+        for key in order_by.values():
+            order = sorted(range(len(tokens)), key=key)
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            cost = [forwarded_positions([tokens[i] for i in batch]) for batch in batches]
+            if best_cost is None or sum(cost) < best_cost:
+                full = [b for b in range(len(batches)) if len(batches[b]) == batch_size]
+                short = [b for b in range(len(batches)) if len(batches[b]) < batch_size]
+                best = [batches[b] for b in sorted(full, key=lambda b: -cost[b]) + short]
+                best_cost = sum(cost)
+        return best
 
     # -- forward ----------------------------------------------------------------------------------
     def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,10 +407,8 @@ class Engine:
     def _residuals_batched(self, toks: list[SampleTokens]) -> dict[str, torch.Tensor]:
         """Residuals of a batch, reads ordered [P_0..P_B-1, F_0.., H_0..]."""
         n = len(toks)
-        shared = [i for i, t in enumerate(toks) if t.prompt_in_fact and t.prompt_in_hall]
-        # Two short passes cost more than one longer pass for small batches (measured on
-        # gpt2-small-shape, CPU: -15% at 4 samples, +3-10% at 16 and 32).
-        if len(shared) < MIN_SHARED_PROMPT or not self._cache_is_exact([toks[i] for i in shared]):
+        shared = shared_prompt_rows(toks)
+        if shared and not self._cache_is_exact([toks[i] for i in shared]):
             shared = []
         others = [i for i in range(n) if i not in set(shared)]
         out: dict[str, torch.Tensor] = {}
@@ -379,45 +452,67 @@ class Engine:
     def _layer(self, layer: int, x: torch.Tensor, *, first: bool, noise: torch.Tensor | None) -> _LayerOut:
         sae = self.loaded.saes[layer]
         x = x.to(self.sae_dtype)
-        encoded, decoded = self._sae_rows.get(layer, (0, 0))
-        self._sae_rows[layer] = (encoded + len(x) * (1 if noise is None else 2), decoded + len(x))
+        noisy = 0 if noise is None else len(noise)  # noise perturbs the last rows (the F and H reads)
+        sparse = _decodes_linearly(sae)
+        decoder_rows = 0  # decoder rows multiplied: the gathered (padded) active ones, or all d_sae per read
         with self.timer("sae"):
             f = sae.encode(x)
-            x_hat = sae.decode(f)
+            x_hat = None if sparse else sae.decode(f)
             l0 = metrics.l0_norm(f > 0)
             width = max(int(l0.max()), 1)
             values, indices = f.topk(width, dim=-1)
             mask = values > 0
-            f_noisy = sae.encode(x + self.noise_std * noise.to(x)) if noise is not None else None
-        with self.timer("geometry"):
-            inertia = geometry.inertia_gram(
-                sae.W_dec[indices], geometry.masses(values, mask), l0, need_axis=first
-            )
+            f_noisy = sae.encode(x[len(x) - noisy :] + self.noise_std * noise.to(x)) if noise is not None else None
+        eigenvalues, centroid, axis = [], [], []
+        parts = []
+        # Rows sorted by their number of active features, so each chunk's Gram matrices are padded
+        # only to its own widest row: the eigen-decomposition costs k³ per row.
+        order = torch.sort(l0, stable=True).indices
+        for chunk in order.split(GEOMETRY_CHUNK):
+            k = max(int(l0[chunk].max()), 1)
+            v, m = values[chunk, :k], mask[chunk, :k]
+            decoder_rows += len(chunk) * k
+            with self.timer("sae"):
+                positions = sae.W_dec[indices[chunk, :k]]
+                if sparse:
+                    parts.append(torch.einsum("nk,nkd->nd", torch.where(m, v, torch.zeros_like(v)), positions) + sae.b_dec)
+            with self.timer("geometry"):
+                inertia = geometry.inertia_gram(positions, geometry.masses(v, m), l0[chunk], need_axis=first)
+            eigenvalues.append(inertia.eigenvalues)
+            centroid.append(inertia.centroid)
+            axis.append(inertia.axis)
+        inverse = torch.argsort(order)
+        encoded, decoded = self._sae_rows.get(layer, (0, 0))
+        self._sae_rows[layer] = (encoded + len(x) + noisy, decoded + (decoder_rows if sparse else len(x) * f.shape[-1]))
+        with self.timer("sae"):
+            if sparse:
+                x_hat = sae.hook_sae_recons(torch.cat(parts)[inverse])
         with self.timer("metrics"):
+            span = max(e.shape[-1] for e in eigenvalues)
+            lam = torch.cat([torch.nn.functional.pad(e, (0, span - e.shape[-1])) for e in eigenvalues])[inverse]
             out = _LayerOut(
                 l0=l0,
                 reconstruction_error=metrics.reconstruction_error(x, x_hat),
                 gini=metrics.gini(values, mask),
-                sphericity=metrics.sphericity(inertia.eigenvalues, l0),
-                shape_class=metrics.shape_class(inertia.eigenvalues, l0),
-                dimensionality=metrics.dimensionality(inertia.eigenvalues),
+                sphericity=metrics.sphericity(lam, l0),
+                shape_class=metrics.shape_class(lam, l0),
+                dimensionality=metrics.dimensionality(lam),
                 x_hat=x_hat,
             )
             if first:
-                out.centroid, out.axis = inertia.centroid, inertia.axis
+                out.centroid, out.axis = torch.cat(centroid)[inverse], torch.cat(axis)[inverse]
                 out.entropy = metrics.entropy(values, mask)
                 out.top = metrics.top_indices(indices, mask)
+                out.top_noisy = torch.full_like(out.top, -1)  # rows without noise (the prompt) are never read
             if f_noisy is not None:
                 noisy_values, noisy_indices = f_noisy.topk(metrics.TOP_STABILITY, dim=-1)
-                out.top_noisy = metrics.top_indices(noisy_indices, noisy_values > 0)
+                out.top_noisy[len(x) - noisy :] = metrics.top_indices(noisy_indices, noisy_values > 0)
         return out
 
     def _noise(self, samples: Sequence[Sample]) -> torch.Tensor:
-        """Noise for the L1 reads [P.., F.., H..]; the prompt's slots are unused zeros."""
+        """Noise for the L1 reads [F.., H..] (the prompt's reads get none: stability is of F and H)."""
         d = self.model.cfg.d_model
-        rows = [torch.zeros(d, dtype=torch.float64) for _ in samples]
-        rows += [noise_vector(self.seed, s.id, kind, d) for kind in KINDS for s in samples]
-        return torch.stack(rows).to(self.device)
+        return torch.stack([noise_vector(self.seed, s.id, kind, d) for kind in KINDS for s in samples]).to(self.device)
 
     # -- assembly ---------------------------------------------------------------------------------
     def _rows(self, samples: Sequence[Sample], outs: dict[int, _LayerOut]) -> list[dict[str, Any]]:
@@ -486,7 +581,7 @@ class Engine:
                 x = acts[self.hooks[i]]
                 reads = range(3) if i == 0 else range(1, 3)
                 outs[layer] = _LayerOut.cat(
-                    [self._layer(layer, x[r : r + 1], first=i == 0, noise=noise[r : r + 1] if i == 0 else None) for r in reads]
+                    [self._layer(layer, x[r : r + 1], first=i == 0, noise=noise[r - 1 : r] if i == 0 and r > 0 else None) for r in reads]
                 )
             return self._rows([sample], outs)[0]
 

@@ -72,13 +72,14 @@ def forward_flops(shape: ModelShape, blocks: int, passes: Iterable[Any]) -> int:
 
 
 def sae_flops(saes: Mapping[int, Any], rows: Mapping[int, tuple[int, int]]) -> int:
-    """FLOPs of SAE encodes and decodes: 2·d_in·d_sae per row encoded, the same per row decoded
-    (so 2·2·d_in·d_sae per read, plus one more encode per noisy read of the first layer).
-    ``rows`` maps a layer to its (encoded, decoded) rows (``BatchResult.sae_rows``)."""
+    """FLOPs of SAE encodes and decodes: 2·d_in·d_sae per row encoded (one more encode per noisy
+    read of the first layer), 2·d_in per decoder row multiplied (the active features of each read
+    when the reconstruction is summed over them, else all d_sae). ``rows`` maps a layer to its
+    (encoded rows, decoder rows multiplied) (``BatchResult.sae_rows``)."""
     total = 0
-    for layer, (encoded, decoded) in rows.items():
+    for layer, (encoded, decoder_rows) in rows.items():
         cfg = saes[layer].cfg
-        total += 2 * int(cfg.d_in) * int(cfg.d_sae) * (encoded + decoded)
+        total += 2 * int(cfg.d_in) * (int(cfg.d_sae) * encoded + decoder_rows)
     return total
 
 

@@ -50,6 +50,35 @@ def _pad_to_three(eigenvalues: torch.Tensor) -> torch.Tensor:
     return eigenvalues
 
 
+def top_eigenvector(gram: torch.Tensor, largest: torch.Tensor, steps: int = 3) -> torch.Tensor:
+    """The unit eigenvector of each symmetric ``gram`` [n, k, k] for its largest eigenvalue
+    ``largest`` [n], by inverse iteration: ``v ← (σI − G)⁻¹ v / ‖·‖`` with ``σ = λ1 (1 + 1e-10)``,
+    from ``v_i = 1 / i`` (i = 1..k). ``σI − G`` is positive definite, so one Cholesky factorisation
+    serves every step (far cheaper than a full ``eigh``). Each step shrinks every other
+    eigen-component by ``(σ − λ1) / (σ − λj)`` (≤ ~1e-10 unless ``λj`` is within ~1e-10 of ``λ1``,
+    where the axis is not defined anyway), so three steps reach rounding. Rows with ``λ1 ≤ 0``
+    (nothing spread out) get an arbitrary unit vector, which the caller zeroes; a row whose
+    factorisation fails (rounding) takes ``eigh``'s vector instead."""
+    n, k, _ = gram.shape
+    positive = largest > 0
+    shift = torch.where(positive, largest * (1 + 1e-10), torch.ones_like(largest))
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+    system = torch.where(positive[:, None, None], shift[:, None, None] * eye - gram, eye.expand(n, k, k))
+    factor, info = torch.linalg.cholesky_ex(system)
+    # The start depends on the slot alone, not on k: padded and unpadded rows then converge to the
+    # same vector, even inside a degenerate top eigenspace (where any unit vector of it is an axis).
+    # (torch's batched LU is not used: with 2 threads on MKL it returned invalid pivots here.)
+    v = (1.0 / torch.arange(1, k + 1, dtype=gram.dtype, device=gram.device)).repeat(n, 1).unsqueeze(-1)
+    for _ in range(steps):
+        v = torch.cholesky_solve(v, factor)
+        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    v = v.squeeze(-1)
+    failed = info != 0
+    if bool(failed.any()):
+        v[failed] = torch.linalg.eigh(gram[failed]).eigenvectors[..., -1]
+    return v
+
+
 def inertia_gram(
     positions: torch.Tensor, weights: torch.Tensor, n_active: torch.Tensor, *, need_axis: bool = True
 ) -> Inertia:
@@ -68,17 +97,14 @@ def inertia_gram(
         eigenvalues = torch.zeros(n, 3, dtype=torch.float64, device=positions.device)
         axis = torch.zeros(n, d, dtype=torch.float64, device=positions.device) if need_axis else None
         return Inertia(eigenvalues, centroid, axis)
-    if need_axis:
-        evals, evecs = torch.linalg.eigh(gram)
-    else:
-        evals, evecs = torch.linalg.eigvalsh(gram), None
+    evals = torch.linalg.eigvalsh(gram)
+    top = top_eigenvector(gram, evals[..., -1]) if need_axis else None
     evals = evals.flip(-1)
     rank = _rank_limit(n_active, d)
     slot = torch.arange(k, device=positions.device).expand(n, k)
     evals = torch.where(slot < rank.unsqueeze(-1), evals, torch.zeros_like(evals))
     axis = None
     if need_axis:
-        top = evecs[..., -1]
         direction = torch.einsum("nkd,nk->nd", y, top)
         norm = direction.norm(dim=-1, keepdim=True)
         ok = (n_active >= 2).unsqueeze(-1) & (norm > 0)

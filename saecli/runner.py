@@ -20,7 +20,7 @@ import polars as pl
 import saecli
 from saecli import io
 from saecli.config import RunConfig, find_preset, split_domains
-from saecli.data import builtin_benchmark_path, load_samples
+from saecli.data import builtin_benchmark_path, dataset_identity, load_samples
 from saecli.device import choose_threads
 from saecli.errors import RunInterrupted, SaecliError
 from saecli.faults import crash_point
@@ -84,6 +84,7 @@ def start_manifest(
         "noise_std": config.noise_std,
         "samples": n_samples,
         "data_source": data_source,
+        "dataset": dataset_identity(config.data, config.columns),
         "versions": package_versions(),
         "finished_ids": [],
         "backoffs": backoffs,
@@ -114,7 +115,7 @@ def finish_manifest(
     return final
 
 
-IDENTITY_FIELDS = ("preset", "data", "data_fingerprint", "domains", "limit", "layers", "seed", "noise_std", "dtype", "mode", "truncate")
+IDENTITY_FIELDS = ("preset", "data", "data_fingerprint", "domains", "limit", "layers", "seed", "noise_std", "dtype", "mode", "truncate", "columns")
 """What must not change between a run and its resumption."""
 
 
@@ -135,6 +136,7 @@ def identity(config: RunConfig, loaded_layers: list[int], dtype: str, samples: l
         "dtype": dtype,
         "mode": config.mode,
         "truncate": config.truncate,
+        "columns": config.columns,
     }
 
 
@@ -206,7 +208,7 @@ def execute(
     after the claim (a text longer than the model's context) leaves nothing behind.
     """
     preset = loaded.preset if loaded is not None else find_preset(config.preset)
-    samples = load_samples(config.data, domains=config.domains, limit=config.limit)
+    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
     if loaded is None:
         check_preset_files(preset)
     if ray is not None and config.mode != "batched":

@@ -187,6 +187,63 @@ CASES = [
 ]
 
 
+def _hub(root: Path, *, without: str | None = None) -> Path:
+    """A fake hub cache with TruthfulQA and HaluEval (``tests/fake_datasets.py``), less one of them."""
+    from fake_datasets import standard_cache
+
+    cache = standard_cache(root / "hub")
+    if without is not None:
+        shutil.rmtree(cache / f"datasets--{without.replace('/', '--')}")
+    return cache
+
+
+def _data_run(root: Path, data: str, *extra: str, without: str | None = None) -> list[str]:
+    """``run --data DATA`` with the fake hub cache in place (less ``without``)."""
+    _hub(root, without=without)
+    return ["run", "--data", data, *extra]
+
+
+# Tables and Hugging Face datasets (HF_HUB_CACHE points at tmp/hub): each one line, before the model loads.
+DATA_CASES = [
+    ("table missing column", lambda t: ["run", "--data", str(_write(t / "d.csv", "id,prompt,fact\na,P,f\n"))],
+     "d.csv: no column 'hallucination' (columns: id, prompt, fact)"),
+    ("table mapped column missing", lambda t: ["run", "--data", str(_write(t / "d.tsv", "id\tq\tfact\thallucination\na\tP\tf\th\n")),
+                                              "--columns", "prompt=question"], "d.tsv: no column 'question' for prompt"),
+    ("table empty cell", lambda t: ["run", "--data", str(_write(t / "d.csv", "id,prompt,fact,hallucination\na,P,,h\n"))],
+     "d.csv line 2 (id 'a'): column 'fact' is empty"),
+    ("table duplicate id", lambda t: ["run", "--data", str(_write(t / "d.csv", "id,prompt,fact,hallucination\na,P,f,h\na,Q,f,h\n"))],
+     "d.csv: duplicate sample id 'a'"),
+    ("table ragged row", lambda t: ["run", "--data", str(_write(t / "d.csv", "id,prompt,fact,hallucination\na,P,f\n"))],
+     "d.csv line 2: 3 cells, but the header has 4 columns"),
+    ("unknown dataset", lambda t: _data_run(t, "hf:nobody/nothing"),
+     "dataset nobody/nothing is not in the Hugging Face cache"),
+    ("cache without the dataset", lambda t: _data_run(t, "hf:truthful_qa:generation", without="truthfulqa/truthful_qa"),
+     "hint: fetch it with `hf download --repo-type dataset truthfulqa/truthful_qa`"),
+    ("no cache at all", lambda t: ["run", "--data", "hf:pminervini/HaluEval:qa"], "dataset pminervini/HaluEval is not in the Hugging Face cache"),
+    ("unknown config", lambda t: _data_run(t, "hf:truthfulqa/truthful_qa:gen"), "unknown config 'gen' (hint: configs: generation, multiple_choice)"),
+    ("unknown split", lambda t: _data_run(t, "hf:pminervini/HaluEval:qa:train"), "unknown split 'train' (hint: splits: data)"),
+    ("config needed", lambda t: _data_run(t, "hf:truthful_qa"), "name a config, one of generation, multiple_choice"),
+    ("unpaired config", lambda t: _data_run(t, "hf:pminervini/HaluEval:general"), "has no fact/hallucination pairs"),
+    ("bad dataset name", lambda t: _data_run(t, "hf:a/b/c"), "the form is hf:NAME[:CONFIG][:SPLIT]"),
+    ("dataset column missing", lambda t: _data_run(t, "hf:truthful_qa:generation", "--columns", "fact=answer"), "no column 'answer' for fact"),
+    ("columns unknown target", lambda t: _data_run(t, "hf:truthful_qa:generation", "--columns", "answer=x"),
+     "--columns: unknown target 'answer' (hint: targets: id, prompt, fact, hallucination, domain, topic, complexity)"),
+    ("columns twice", lambda t: ["run", "--columns", "fact=a,fact=b"], "--columns: 'fact' is mapped twice"),
+    ("columns syntax", lambda t: ["run", "--columns", "prompt"], "--columns: 'prompt' is not TARGET=COLUMN"),
+    ("columns empty", lambda t: ["run", "--columns", ""], "--columns maps no column"),
+    ("columns on JSON", lambda t: ["run", "--data", str(_write(t / "d.json", [GOOD])), "--columns", "prompt=q"],
+     "--columns maps the columns of a CSV, TSV or Parquet table or an hf: dataset"),
+    ("sequential columns", lambda t: ["sequential", "--columns", "x=y", "--out", str(t / "new-run")], "--columns: unknown target 'x'"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, setup, message", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data(tmp_path, monkeypatch, name, setup, message):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    test_bad_input(tmp_path, monkeypatch, name, setup, message)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, setup, message", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(tmp_path, monkeypatch, name, setup, message):

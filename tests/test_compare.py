@@ -120,6 +120,7 @@ def test_compare_live_passes_in_float64():
     doc = json.loads(result.stdout)
     assert doc["passed"] and doc["dtype"] == "float64" and set(doc["batch_sizes"]) == {"1", "5"}
     assert max(v["max_abs"] for v in doc["batch_sizes"].values()) <= 1e-9
+    assert doc["drift_vs_float64"] == {}  # float64 is its own reference: no second model loaded
 
 
 def test_compare_needs_two_runs_and_valid_sizes(tmp_path):
@@ -167,3 +168,19 @@ def test_compare_refuses_non_finite_or_negative_numbers(tmp_path, monkeypatch, o
         assert result.exit_code == 2, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {option} must be"), result.stderr
+
+
+@pytest.mark.slow
+def test_compare_below_float64_reports_drift_against_a_float64_reference():
+    result = runner.invoke(app, ["compare", "--limit", "8", "--sizes", "4", "--dtype", "float32", "--json"])
+    doc = json.loads(result.stdout)
+    assert doc["dtype"] == "float32" and set(doc["drift_vs_float64"]) == {"sequential", "batch 4"}
+    for drift in doc["drift_vs_float64"].values():
+        numeric = {c["column"]: c for c in drift["columns"] if c["kind"] == "numeric"}
+        assert "entropy_fact" in numeric and "l0_fact_reconstruction_error" in numeric
+        # float32 is not float64: some column moves, but only by rounding, nowhere near a metric's scale.
+        assert 0 < max(c["max_abs"] for c in numeric.values()) < 1.0
+        assert all(c["median_abs"] <= c["max_abs"] for c in numeric.values())
+    table = runner.invoke(app, ["compare", "--limit", "8", "--sizes", "4", "--dtype", "float32"])
+    assert "drift against the float64 sequential reference" in table.stdout
+

@@ -192,9 +192,17 @@ def test_forwarded_tokens_full_pass(loaded64):
     assert batch.tokens == (3 + 5 + 6) + (2 + 4 + 3) + (4 + 5 + 5) == 37  # unchanged meaning: P + F + H
     assert batch.forwarded_tokens == 42 and batch.forwarded_real_tokens == 32
     assert batch.padding_fraction == pytest.approx(10 / 42)
-    # SAE rows: the first layer encodes each of its 3·3 reads twice (plain and noisy), decodes once.
+    # SAE rows: the first layer encodes its 3·3 reads, and again the 3·2 F and H reads with noise;
+    # each layer's reconstructions multiply the active decoder rows of its reads (one chunk here:
+    # every read padded to the widest).
     first, *others = engine.layers
-    assert batch.sae_rows == {first: (18, 9), **{layer: (6, 6) for layer in others}}
+    assert {layer: encoded for layer, (encoded, _) in batch.sae_rows.items()} == {first: 15, **{layer: 6 for layer in others}}
+    d_sae = loaded64.saes[first].cfg.d_sae
+    for layer in others:  # 6 reads: one chunk, padded to the widest (both known from the rows)
+        l0 = [row[f"l{layer}_{kind}_l0_norm"] for row in batch.rows for kind in ("fact", "hall")]
+        assert batch.sae_rows[layer][1] == 6 * max(max(l0), 1) < 6 * d_sae
+    l0 = [row[f"l{first}_{kind}_l0_norm"] for row in batch.rows for kind in ("fact", "hall")]
+    assert sum(l0) <= batch.sae_rows[first][1] < 9 * d_sae
 
 
 def test_forwarded_tokens_shared_prompt(loaded64):
@@ -213,3 +221,58 @@ def test_sequential_forwards_no_padding(loaded64, samples):
     batches = list(Engine(loaded64).run(samples[:3], sequential=True))
     assert all(len(b.passes) == 3 and b.forwarded_tokens == b.forwarded_real_tokens == b.tokens for b in batches)
     assert all(b.padding_fraction == 0.0 for b in batches)
+
+
+def test_sparse_reconstruction_equals_sae_decode(loaded64, samples):
+    from saecli.engine import _decodes_linearly
+
+    engine = Engine(loaded64)
+    layer = engine.layers[1]
+    sae = loaded64.saes[layer]
+    assert _decodes_linearly(sae)
+    toks = engine.tokenize(samples[:6])
+    with torch.inference_mode():
+        x = engine._residuals_batched(toks)[engine.hooks[1]]
+        out = engine._layer(layer, x, first=False, noise=None)
+        assert torch.allclose(out.x_hat, sae.decode(sae.encode(x)), atol=1e-12, rtol=0)
+
+
+def test_sae_with_activation_normalisation_is_decoded_by_itself(loaded64, monkeypatch):
+    from saecli.engine import _decodes_linearly
+
+    sae = next(iter(loaded64.saes.values()))
+    monkeypatch.setattr(sae.cfg, "normalize_activations", "constant_norm_rescale")
+    assert not _decodes_linearly(sae)
+
+
+def _hb_like_tokens(n: int, seed: int = 0) -> list[SampleTokens]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt = [1] + [rng.randrange(2, 50) for _ in range(rng.randrange(2, 28))]
+        fact = prompt + [rng.randrange(2, 50) for _ in range(rng.randrange(1, 15))]
+        hall = prompt + [rng.randrange(2, 50) for _ in range(rng.randrange(1, 15))]
+        out.append(SampleTokens(prompt, fact, hall))
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 16, 32])
+def test_plan_covers_every_sample_once_short_batch_last(batch_size):
+    from saecli.engine import forwarded_positions
+
+    toks = _hb_like_tokens(103)
+    batches = Engine.plan(toks, batch_size)
+    assert sorted(i for b in batches for i in b) == list(range(103))
+    assert all(len(b) == batch_size for b in batches[:-1]) and 0 < len(batches[-1]) <= batch_size
+    full = [forwarded_positions([toks[i] for i in b]) for b in batches if len(b) == batch_size]
+    assert full == sorted(full, reverse=True)  # the heaviest batch first: an OOM shows at once
+
+
+def test_plan_forwards_less_padding_than_sorting_by_length():
+    from saecli.engine import forwarded_positions
+
+    toks = _hb_like_tokens(400, seed=3)
+    by_length = sorted(range(len(toks)), key=lambda i: (-toks[i].length, i))
+    old = sum(forwarded_positions([toks[i] for i in by_length[j : j + 16]]) for j in range(0, len(toks), 16))
+    new = sum(forwarded_positions([toks[i] for i in b]) for b in Engine.plan(toks, 16))
+    assert new < 0.95 * old

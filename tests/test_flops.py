@@ -22,9 +22,9 @@ def test_tiny_model_flops_by_hand(loaded64):
     prompt = 3 * 8 * 5 * (24576 + 128 * 5)  # 3,025,920
     continuation = 3 * 16 * 4 * (24576 + 128 * (5 + 4))  # 4,939,776
     assert forward_flops(shape, 3, passes) == prompt + continuation == 7_965_696
-    # SAEs 32 → 128: 2·32·128 = 8192 per row encoded or decoded.
-    rows = {0: (48, 24), 1: (16, 16), 2: (16, 16)}
-    assert sae_flops(loaded64.saes, rows) == 8192 * (72 + 32 + 32) == 1_114_112
+    # SAEs 32 → 128: 2·32·128 = 8192 per row encoded; 2·32 = 64 per decoder row multiplied.
+    rows = {0: (40, 24 * 9), 1: (16, 16 * 7), 2: (16, 16 * 128)}
+    assert sae_flops(loaded64.saes, rows) == 8192 * (40 + 16 + 16) + 64 * (216 + 112 + 2048) == 741_888
 
 
 def test_gated_grouped_query_shape_by_hand():

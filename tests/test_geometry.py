@@ -71,3 +71,47 @@ def test_masses_sum_to_one():
     values = torch.tensor([[3.0, 1.0, 0.0]], dtype=torch.float64)
     w = geometry.masses(values, values > 0)
     assert w.tolist() == [[0.75, 0.25, 0.0]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_eigenvector_matches_eigh(seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(6, 9, 30, generator=g, dtype=torch.float64)
+    gram = y @ y.transpose(-1, -2)
+    evals, evecs = torch.linalg.eigh(gram)
+    v = geometry.top_eigenvector(gram, evals[..., -1])
+    # Unit vectors on the same line as eigh's (the sign is free).
+    assert torch.allclose((v * evecs[..., -1]).sum(-1).abs(), torch.ones(6, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_axis_with_padding_equals_axis_alone():
+    rows = [_case(n, seed=10 + n) for n in (2, 3, 5, 8)]
+    positions, w, n = (torch.cat([r[i] for r in rows]) for i in range(3))
+    together = geometry.inertia_gram(positions, w, n)
+    for i, (p, wi, ni) in enumerate(rows):
+        alone = geometry.inertia_gram(p[:, : int(ni)], wi[:, : int(ni)], ni)
+        assert abs(abs((together.axis[i] * alone.axis[0]).sum().item()) - 1.0) <= 1e-12
+
+
+def test_degenerate_top_eigenspace_gives_the_same_axis_padded_or_not():
+    # Three unit vectors at 120° with equal masses: λ1 = λ2, so any line of that plane is an axis;
+    # the batched (padded) and sequential (unpadded) rows must still pick the same one.
+    angles = torch.arange(3, dtype=torch.float64) * (2 * torch.pi / 3)
+    triangle = torch.stack([angles.cos(), angles.sin(), torch.zeros(3, dtype=torch.float64)], -1)
+    padded = torch.cat([triangle, torch.zeros(4, 3, dtype=torch.float64)]).unsqueeze(0)
+    w_alone = torch.full((1, 3), 1 / 3, dtype=torch.float64)
+    w_padded = torch.nn.functional.pad(w_alone, (0, 4))
+    n = torch.tensor([3])
+    alone = geometry.inertia_gram(triangle.unsqueeze(0), w_alone, n)
+    together = geometry.inertia_gram(padded, w_padded, n)
+    assert alone.eigenvalues[0, 0].item() == pytest.approx(alone.eigenvalues[0, 1].item(), rel=1e-12)
+    assert abs(abs((alone.axis * together.axis).sum().item()) - 1.0) <= 1e-9
+
+
+def test_top_eigenvector_falls_back_to_eigh_when_the_shift_is_too_small():
+    # σ below λ1 makes σI − G indefinite: the Cholesky factorisation fails and eigh answers.
+    y = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gram = y @ y.transpose(-1, -2)
+    evals, evecs = torch.linalg.eigh(gram)
+    v = geometry.top_eigenvector(gram, evals[..., -1] * 0.5)
+    assert torch.allclose((v * evecs[..., -1]).sum(-1).abs(), torch.ones(3, dtype=torch.float64), atol=1e-12, rtol=0)

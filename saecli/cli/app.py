@@ -152,8 +152,22 @@ ConfigOpt = Annotated[
 ]
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", "-d", help="JSON list, JSONL file, or a folder of them (HB-1000 layout supported). Default: the built-in benchmark.", show_default=False),
-]
+    typer.Option(
+        "--data", "-d", show_default=False,
+        help="JSON list, JSONL file, or a folder of them (HB-1000 layout supported); a CSV, TSV or Parquet table; or "
+        "hf:NAME[:CONFIG][:SPLIT], a Hugging Face dataset in the local cache (TruthfulQA, HaluEval mapped built in). "
+        "Default: the built-in benchmark.",
+    ),
+]  # fmt: skip
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--columns", show_default=False, metavar="TARGET=COLUMN,...",
+        help="Which column of a --data table or hf: dataset holds each field, e.g. prompt=question,fact=best_answer,"
+        "hallucination=wrong (targets: id, prompt, fact, hallucination, domain, topic, complexity) "
+        "[default: the columns named like the fields, or the dataset's built-in mapping].",
+    ),
+]  # fmt: skip
 LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", help="Analyse only the first N samples (N >= 1).", show_default=False)]
 DomainsOpt = Annotated[
     str | None, typer.Option("--domains", help="Comma-separated domains to keep, e.g. entity,logical.", show_default=False)

@@ -66,6 +66,25 @@ def _render(result: Comparison) -> None:
     stdout.print(f"{verdict} {result.label_b} vs {result.label_a}: max |Δ| {_fmt(result.max_abs)} over {len(result.columns)} columns")
 
 
+def _render_drift(drift: dict[str, Comparison]) -> None:
+    """Per column, how far each run of the lower precision lies from the float64 reference."""
+    if not drift:
+        return
+    first = next(iter(drift.values()))
+    table = Table(title=f"drift against the float64 sequential reference: {first.samples} samples (max |Δ| / median |Δ|)")
+    table.add_column("column", justify="left")
+    for label in drift:
+        table.add_column(label, justify="right")
+    for i, column in enumerate(first.columns):
+        cells = []
+        for result in drift.values():
+            c = result.columns[i]
+            cells.append(f"{c.mismatches} differ" if c.kind == "discrete" and c.mismatches else
+                         "equal" if c.kind == "discrete" else f"{_fmt(c.max_abs)} / {_fmt(c.median_abs)}")
+        table.add_row(column.column, *cells)
+    stdout.print(table)
+
+
 def _check_options(*, atol: float, rtol: float, noise_std: float | None, batch_size: int) -> None:
     """Refuse, before anything is read or run, tolerances that make every check pass or fail whatever
     the data (nan compares false, inf accepts anything), a noise σ that is not a number, and a batch
@@ -94,7 +113,11 @@ def compare(
     seed: SeedOpt = None,
     noise_std: NoiseOpt = None,
     device: DeviceOpt = None,
-    dtype: Annotated[DType, typer.Option("--dtype", help="float64 checks the algorithm; float32 shows the rounding drift.")] = DType.float64,
+    dtype: Annotated[
+        DType,
+        typer.Option("--dtype", help="float64 checks the algorithm; below it, each run is also measured against a float64 reference "
+                     "(its drift per column)."),
+    ] = DType.float64,
     # Bounds are checked by _check_options (one line), not by typer (a usage box; its range lets inf through).
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for numeric columns (finite, >= 0).")] = 1e-6,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for numeric columns (finite, >= 0).")] = 0.0,
@@ -106,6 +129,7 @@ def compare(
     Example: `saecli compare --sizes 1,8,32`, `saecli compare runs/A runs/B`.
     """
     _check_options(atol=atol, rtol=rtol, noise_std=noise_std, batch_size=batch_size)
+    drift: dict[str, Comparison] = {}
     if runs:
         if len(runs) != 2:
             raise SaecliError("compare takes exactly two run folders (or none to run both modes now)")
@@ -131,10 +155,12 @@ def compare(
 
             live = compare_live(run_config, size_list, atol=atol, rtol=rtol, progress=progress)
         results = live.results
+        drift = live.drift
         document = live.to_dict()
     if json_:
         emit_json(document)
     else:
         for result in results.values():
             _render(result)
+        _render_drift(drift)
     raise typer.Exit(0 if all(r.passed for r in results.values()) else 1)

@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from saecli.cli.app import app, emit_json, stdout
-from saecli.report import MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
+from saecli.report import FOLDS_DEFAULT, MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
+from saecli.report.summary import baseline_sentence
 
 
 def _ci(low: float, high: float) -> str:
@@ -40,6 +41,9 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
             f"{best.domain} {best.auroc:.2f}" if best is not None else "",
         )
     stdout.print(table)
+    for note in report.notes:
+        stdout.print(note, highlight=False, soft_wrap=True, markup=False)
+    stdout.print(baseline_sentence(report).replace("**", ""), highlight=False, soft_wrap=True, markup=False)
     for path in report.files.values():
         stdout.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
@@ -53,6 +57,9 @@ def report(
     ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resamples (>= 0).")] = 0,
     top: Annotated[int, typer.Option("--top", "-k", help="Metrics in the table and in summary.md (>= 1).")] = TOP_DEFAULT,
+    folds: Annotated[
+        int, typer.Option("--folds", help="Cross-validation folds of the probes, grouped by sample (2 to 100; runs with residuals).")
+    ] = FOLDS_DEFAULT,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the report files here instead of into RUN_DIR.", show_default=False)
     ] = None,
@@ -60,10 +67,12 @@ def report(
 ) -> None:
     """Which metric tells hallucinations from facts: AUROC per metric and domain, with bootstrap intervals.
 
-    Writes **detection.csv**, **dashboard.png** and **summary.md** into the run folder.
+    Writes **detection.csv**, **dashboard.png** and **summary.md** into the run folder; for a run with
+    residuals.safetensors also **probes.csv**, **generalisation.csv** and **features.csv** (probes on the
+    residual stream and SAE features, leave-one-domain-out tests, the features that differ most).
     Example: `saecli report runs/20250101T000000Z-tiny`, `saecli report RUN --bootstrap 2000 --json`.
     """
-    result = make_report(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top)
+    result = make_report(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top, folds=folds)
     if json_:
         emit_json(result.to_dict())
     else:

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from saecli.cli.app import (
+    ColumnsOpt,
     ConfigOpt,
     DataOpt,
     Device,
@@ -33,7 +34,7 @@ from saecli.cli.app import (
     stderr,
     stdout,
 )
-from saecli.config import DEFAULT_PRESET, find_preset, resolve_run_config
+from saecli.config import DEFAULT_PRESET, check_option, find_preset, resolve_run_config
 from saecli.errors import RunInterrupted, SaecliError
 from saecli.runner import RunResult, domain_summary, execute, resume_config
 
@@ -85,6 +86,7 @@ def _run(
     limit: int | None,
     domains: str | None,
     batch_size: str | None,
+    columns: str | None = None,
     seed: int | None,
     noise_std: float | None,
     device: Device | None,
@@ -106,6 +108,7 @@ def _run(
     flags: dict[str, Any] = {
         "preset": preset_name,
         "data": str(data) if data is not None else None,
+        "columns": check_option("columns", columns, "--columns"),
         "limit": limit,
         "domains": domains,
         "batch_size": parse_batch_size(batch_size),
@@ -193,6 +196,7 @@ def run(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     data: DataOpt = None,
+    columns: ColumnsOpt = None,
     limit: LimitOpt = None,
     domains: DomainsOpt = None,
     batch_size: Annotated[
@@ -223,7 +227,7 @@ def run(
     Example: `saecli run --batch-size 16`, `saecli run --preset gemma-2-2b --data ../shared/data/hb`,
     `saecli run --ray auto` (every GPU of a Ray cluster).
     """
-    _run("batched", preset=preset, config=config, data=data, limit=limit, domains=domains, batch_size=batch_size,
+    _run("batched", preset=preset, config=config, data=data, columns=columns, limit=limit, domains=domains, batch_size=batch_size,
          seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
          resume=resume, truncate=truncate, report=report, threads=threads, ray=ray, workers=workers, worker_cpus=worker_cpus)
 
@@ -233,6 +237,7 @@ def sequential(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     data: DataOpt = None,
+    columns: ColumnsOpt = None,
     limit: LimitOpt = None,
     domains: DomainsOpt = None,
     seed: SeedOpt = None,
@@ -251,7 +256,7 @@ def sequential(
 
     Slow by design; `saecli compare` checks `run` against it.
     """
-    _run("sequential", preset=preset, config=config, data=data, limit=limit, domains=domains, batch_size=None,
+    _run("sequential", preset=preset, config=config, data=data, columns=columns, limit=limit, domains=domains, batch_size=None,
          seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
          resume=resume, truncate=truncate, report=report, threads=threads)
 

@@ -9,13 +9,22 @@
 * ``dashboard.png``: the five tests at a glance plus the detection ranking;
 * ``summary.md``: the top metrics, the per-domain table, and the figure.
 
+A run with the log-probability baseline columns (``logprob_{sum,mean}_{fact,hall}``) ranks them with
+the metrics. A run with ``residuals.safetensors`` also gets probes (:mod:`.probes`: logistic
+regression on the residual stream and on the SAE features per layer, cross-validated with folds
+grouped by sample, and trained on all domains but one to test on that one) whose out-of-fold scores
+join the same ranking, and the SAE features that differ most (:mod:`.features`):
+
+* ``probes.csv``, ``generalisation.csv``, ``features.csv``.
+
 Boundary: this module is the orchestration (read and check the run, try the output folder, compute,
 write each file atomically) and the public face of the package; the work lives in
 
 * :mod:`.stats`: the statistics, pure functions on numpy arrays;
 * :mod:`.detection`: the detection table of a run's frame, :class:`Report` and its option checks;
 * :mod:`.summary`: summary.md as text;
-* :mod:`.dashboard`: dashboard.png (matplotlib, imported only there and only when drawing).
+* :mod:`.dashboard`: dashboard.png (matplotlib, imported only there and only when drawing);
+* :mod:`.probes`, :mod:`.features`: the probes and the feature ranking (scikit-learn, scipy.sparse).
 
 The bootstrap's mechanics (``BOOTSTRAP_BLOCK``, ``bootstrap_weights``, …) are not re-exported here:
 import or patch them in :mod:`.stats`, where they are used. Nothing here prints: it logs and returns a
@@ -25,6 +34,7 @@ saecli (and ``saecli --help``) stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -35,10 +45,11 @@ from typing import Any
 import polars as pl
 
 from saecli.errors import SaecliError
-from saecli.io import METRICS_FILE, atomic_write, probe_write, read_run
+from saecli.io import METRICS_FILE, RESIDUALS_FILE, Residuals, atomic_write, probe_write, read_residuals, read_run
 from saecli.report.dashboard import FACT_COLOR, HALL_COLOR, draw_dashboard
 from saecli.report.detection import (
     ALL,
+    FOLDS_DEFAULT,
     MAX_BOOTSTRAP,
     TOP_DEFAULT,
     Detection,
@@ -46,15 +57,27 @@ from saecli.report.detection import (
     Report,
     check_options,
     detect,
+    detect_metrics,
     numeric_metrics,
 )
+from saecli.report.features import FEATURES_TOP, FeatureRow, neuronpedia_id, rank_features
+from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, scores_frame
 from saecli.report.stats import auroc, direction, paired_effect, percentile_interval, weighted_auroc, wilcoxon_p
-from saecli.report.summary import DASHBOARD_FILE, DETECTION_FILE, SUMMARY_FILE, summary_markdown
+from saecli.report.summary import (
+    DASHBOARD_FILE,
+    DETECTION_FILE,
+    FEATURES_FILE,
+    GENERALISATION_FILE,
+    PROBES_FILE,
+    SUMMARY_FILE,
+    summary_markdown,
+)
 
 __all__ = [
-    "ALL", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "HALL_COLOR", "MAX_BOOTSTRAP", "SUMMARY_FILE", "TOP_DEFAULT",
+    "ALL", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
+    "HALL_COLOR", "MAX_BOOTSTRAP", "PROBES_FILE", "SUMMARY_FILE", "TOP_DEFAULT",
     "Detection", "Metric", "Report", "auroc", "check_options", "check_writable", "detect", "direction", "draw_dashboard",
-    "load_run", "make_report", "numeric_metrics", "paired_effect", "percentile_interval", "summary_markdown",
+    "load_residuals", "load_run", "make_report", "numeric_metrics", "paired_effect", "percentile_interval", "summary_markdown",
     "weighted_auroc", "wilcoxon_p", "write_files",
 ]  # fmt: skip
 
@@ -95,16 +118,40 @@ def load_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any], list[int]]:
     return frame.with_columns(pl.col("domain").fill_null("(none)")), manifest, layers
 
 
-def make_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, out_dir: Path | None = None, top: int = TOP_DEFAULT) -> Report:
-    """Compute the detection table of a finished run and write detection.csv, dashboard.png and
-    summary.md into the run folder (or ``out_dir``).
+def load_residuals(run_dir: Path, frame: pl.DataFrame) -> Residuals | None:
+    """The run's residuals, rows in ``frame``'s order, or None for a run without them. A file that
+    is unreadable or lacks a sample of the table is an error (with the way to report without it)."""
+    path = Path(run_dir) / RESIDUALS_FILE
+    if not path.exists():
+        return None
+    residuals = read_residuals(path)
+    if "sample_id" not in frame.columns:
+        raise SaecliError(f"{Path(run_dir) / METRICS_FILE} has no sample_id column to match {RESIDUALS_FILE} with")
+    try:
+        return residuals.select(frame["sample_id"].cast(pl.String).to_list())
+    except SaecliError as exc:
+        raise SaecliError(
+            f"{path} does not match {METRICS_FILE}: {exc.message}",
+            hint=f"rerun `saecli run`, or move {RESIDUALS_FILE} away to report without probes",
+        ) from None
 
-    The options are checked, the run read and the output folder tried with a real write before
-    anything is computed; each file is written atomically (whole or absent).
+
+def make_report(
+    run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, out_dir: Path | None = None, top: int = TOP_DEFAULT,
+    folds: int = FOLDS_DEFAULT,
+) -> Report:  # fmt: skip
+    """Compute the detection table of a finished run and write detection.csv, dashboard.png and
+    summary.md into the run folder (or ``out_dir``); for a run with residuals also the probes,
+    their out-of-domain generalisation and the feature ranking (probes.csv, generalisation.csv,
+    features.csv), the probes joining the detection ranking.
+
+    The options are checked, the run (and its residuals) read and the output folder tried with a real
+    write before anything is computed; each file is written atomically (whole or absent).
     """
-    check_options(bootstrap=bootstrap, seed=seed, top=top)
+    check_options(bootstrap=bootstrap, seed=seed, top=top, folds=folds)
     run_dir = Path(run_dir)
     frame, manifest, layers = load_run(run_dir)
+    residuals = load_residuals(run_dir, frame)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     check_writable(out_dir, run_dir)
     preset = manifest.get("preset")
@@ -120,12 +167,52 @@ def make_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, out_dir:
         bootstrap=bootstrap,
         seed=seed,
         rows=[],
+        folds=folds,
     )
     log.info("report of %s: %d samples, %d metrics, %d bootstrap resamples", run_dir, frame.height, len(numeric_metrics(layers)), bootstrap)
     report.rows = detect(frame, layers, bootstrap=bootstrap, seed=seed)
+    report.baselines = any(r.family == "baseline" for r in report.rows)  # summary.md says so when not
+    if residuals is None:
+        report.notes.append(f"No {RESIDUALS_FILE} in the run: no probes, out-of-domain test or SAE feature ranking.")
+    else:
+        report.residuals = True
+        _probe_and_rank(report, frame, residuals, manifest)
     write_files(report, frame, top=top)
     log.info("wrote %s", ", ".join(str(p) for p in report.files.values()))
     return report
+
+
+def _probe_and_rank(report: Report, frame: pl.DataFrame, residuals: Residuals, manifest: dict[str, Any]) -> None:
+    """Probes (their rows join the ranking), their generalisation, and the feature ranking per layer."""
+    domains = frame["domain"].to_list()
+    outcome = run_probes(residuals, domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap)
+    report.notes += outcome.notes
+    if outcome.fits:
+        scores, metrics = scores_frame(outcome.fits, domains)
+        rows = detect_metrics(scores, metrics, bootstrap=report.bootstrap, seed=report.seed)
+        report.rows += rows
+        report.probes = probe_rows(outcome.fits, rows)
+    report.generalisation = outcome.generalisation
+    for layer in residuals.layers:
+        fact, hall = residuals.features.get(f"l{layer}_fact"), residuals.features.get(f"l{layer}_hall")
+        if fact is None or hall is None:
+            continue
+        report.features += rank_features(
+            fact, hall, layer=layer, top=FEATURES_TOP, bootstrap=report.bootstrap, seed=report.seed,
+            neuronpedia=neuronpedia_id(manifest, layer),
+        )  # fmt: skip
+    if not report.features and residuals.features:
+        report.notes.append("SAE features: not enough data to rank them (fewer than 2 samples, or no feature differs)")
+
+
+_POLARS_TYPES = {"int": pl.Int64(), "float": pl.Float64(), "str": pl.String()}
+
+
+def _table(rows: list[Any], cls: type) -> pl.DataFrame:
+    """Dataclass rows as a frame with one column per field (typed, also when there are no rows)."""
+    fields = dataclasses.fields(cls)
+    schema = {f.name: _POLARS_TYPES[str(f.type)] for f in fields}
+    return pl.DataFrame([dataclasses.asdict(r) for r in rows], schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
 
 
 def _reason(exc: OSError) -> str:
@@ -161,7 +248,8 @@ def check_writable(out_dir: Path, run_dir: Path) -> None:
 
 
 def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT) -> None:
-    """detection.csv, dashboard.png and summary.md into ``report.out_dir``, each atomically.
+    """detection.csv, dashboard.png and summary.md (and, with residuals, probes.csv,
+    generalisation.csv and features.csv) into ``report.out_dir``, each atomically.
 
     A folder that fails on the way (a full disk, a mount gone read-only) is one error naming the file,
     the files already written (kept, whole) and the fix; no file is ever left half-written.
@@ -171,6 +259,12 @@ def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT) 
         "dashboard": (DASHBOARD_FILE, lambda p: draw_dashboard(frame, report, p)),
         "summary": (SUMMARY_FILE, lambda p: p.write_text(summary_markdown(report, top=top), encoding="utf-8")),
     }
+    if report.residuals:
+        writers |= {
+            "probes": (PROBES_FILE, lambda p: _table(report.probes, ProbeRow).write_csv(p, float_precision=6)),
+            "generalisation": (GENERALISATION_FILE, lambda p: _table(report.generalisation, Generalisation).write_csv(p, float_precision=6)),
+            "features": (FEATURES_FILE, lambda p: _table(report.features, FeatureRow).write_csv(p, float_precision=6)),
+        }
     for key, (name, write) in writers.items():
         path = report.out_dir / name
         try:

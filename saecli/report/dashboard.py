@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from saecli.columns import KINDS, SHAPE_CLASSES
-from saecli.report.detection import ALL, Report
+from saecli.report.detection import ALL, BASELINE, GEOMETRY, PROBE, Detection, Report
 
 FACT_COLOR, HALL_COLOR = "#2b6cb0", "#c53030"
 
@@ -105,14 +105,16 @@ def draw_dashboard(frame: pl.DataFrame, report: Report, path: Path) -> None:
     import matplotlib
 
     with matplotlib.rc_context(rc):
-        fig = Figure(figsize=(26, 17), dpi=100, layout="constrained")
+        extra = report.baselines or bool(report.probes) or bool(report.features)
+        fig = Figure(figsize=(26, 23 if extra else 17), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
         _draw(fig, frame, report)
         fig.savefig(path, format="png", dpi=100, facecolor="white")
 
 
 def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
-    grid = fig.add_gridspec(3, 4)
+    extra = report.baselines or bool(report.probes) or bool(report.features)
+    grid = fig.add_gridspec(4 if extra else 3, 4)
     layers, first = report.layers, report.layers[0]
     domains = list(report.domains)
     per_domain = ", ".join(f"{d} {n}" for d, n in report.domains.items())
@@ -195,6 +197,100 @@ def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
     # Detection: the ranking and the per-domain AUROC of the top metrics.
     _forest(fig.add_subplot(grid[0:2, 3]), report)
     _auroc_by_domain(fig, fig.add_subplot(grid[2, 3]), report)
+
+    if extra:  # geometry against the baselines and probes; generalisation; the features that differ
+        _versus_baselines(fig.add_subplot(grid[3, 0:2]), report)
+        _generalisation(fig, fig.add_subplot(grid[3, 2]), report)
+        _top_features(fig.add_subplot(grid[3, 3]), report)
+
+
+FAMILY_COLORS = {GEOMETRY: "#4a5568", BASELINE: "#d69e2e", PROBE: "#38a169"}
+
+
+def _versus_baselines(ax: Any, report: Report, k: int = 12) -> None:
+    """AUROC oriented to ≥ 0.5 (max(AUROC, 1 − AUROC)) with intervals: every baseline and probe and the
+    best geometry metrics, on all samples; the best baseline's interval shaded."""
+    rows = [r for r in report.rows if r.domain == ALL and math.isfinite(r.auroc)]
+    geometry = sorted((r for r in rows if r.family == GEOMETRY), key=lambda r: (-r.separation, r.metric))[:k]
+    shown = sorted([*geometry, *(r for r in rows if r.family != GEOMETRY)], key=lambda r: (-r.separation, r.metric))
+    base = report.baseline()
+    if base is not None and math.isfinite(base.ci_low):
+        lo, hi = base.separation_interval
+        ax.axvspan(0.5 + lo, 0.5 + hi, color=FAMILY_COLORS[BASELINE], alpha=0.18, label=f"{base.metric} 95% CI")
+    x = np.arange(len(shown))
+    for xi, r in zip(x, shown, strict=True):
+        color = FAMILY_COLORS.get(r.family, "black")
+        lo, hi = r.separation_interval
+        if math.isfinite(lo):
+            ax.plot([0.5 + lo, 0.5 + hi], [xi, xi], color=color, linewidth=2.5)
+        ax.plot(0.5 + r.separation, xi, "o", color=color, markersize=7)
+    ax.set_yticks(x, [_label(r) for r in shown], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0.45, 1.02)
+    ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
+    ax.set_xlabel("AUROC oriented to ≥ 0.5: max(AUROC, 1 − AUROC), with 95% interval")
+    winners = len(report.beat_baseline())
+    verdict = (
+        "no baseline in this run" if base is None else f"{winners} beat the best baseline with non-overlapping intervals"
+    )
+    ax.set_title(f"Geometry metrics vs log-probability baselines and probes (all {report.samples} samples; {verdict})")
+    ax.grid(axis="x", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", label=name) for name, c in FAMILY_COLORS.items()]
+    ax.legend(handles=handles, loc="lower right", fontsize=9)
+
+
+def _label(r: Detection) -> str:
+    flip = " (flipped)" if r.auroc < 0.5 else ""
+    return f"{r.metric}{flip}"
+
+
+def _generalisation(fig: Any, ax: Any, report: Report) -> None:
+    """Held-out-domain AUROC of each probe (trained on the other domains)."""
+    if not report.generalisation:
+        ax.axis("off")
+        reason = "no residuals in this run" if not report.residuals else "not enough data (one domain?)"
+        ax.text(0.5, 0.5, f"Out-of-domain generalisation: {reason}", ha="center", va="center", transform=ax.transAxes)
+        return
+    probes = list(dict.fromkeys(g.probe for g in report.generalisation))
+    held = list(dict.fromkeys(g.held_out for g in report.generalisation))
+    grid = np.full((len(probes), len(held)), math.nan)
+    for g in report.generalisation:
+        grid[probes.index(g.probe), held.index(g.held_out)] = g.auroc
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02).set_label("AUROC on the held-out domain")
+    ax.set_xticks(range(len(held)), held, rotation=20, ha="right")
+    ax.set_yticks(range(len(probes)), probes)
+    for i in range(len(probes)):
+        for j in range(len(held)):
+            v = grid[i, j]
+            if math.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9, color="white" if abs(v - 0.5) > 0.3 else "black")
+    ax.set_title("Out of domain: probe trained on the other domains")
+
+
+def _top_features(ax: Any, report: Report, k: int = 5) -> None:
+    """The top features of each layer: d_z with its interval."""
+    rows: list[Any] = []
+    for layer in dict.fromkeys(f.layer for f in report.features):
+        rows += [f for f in report.features if f.layer == layer][:k]
+    if not rows:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "SAE features: no residuals in this run", ha="center", va="center", transform=ax.transAxes)
+        return
+    y = np.arange(len(rows))
+    for yi, f in zip(y, rows, strict=True):
+        color = HALL_COLOR if f.effect_size > 0 else FACT_COLOR
+        if math.isfinite(f.ci_low):
+            ax.plot([f.ci_low, f.ci_high], [yi, yi], color=color, linewidth=2)
+        ax.plot(f.effect_size if math.isfinite(f.effect_size) else 0.0, yi, "o", color=color, markersize=6)
+    ax.set_yticks(y, [f"L{f.layer} #{f.feature} ({f.freq_fact:.0%}/{f.freq_hall:.0%})" for f in rows], fontsize=9)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_xlabel("d_z = mean / SD of hall − fact activation (95% CI)")
+    ax.set_title(f"Top {k} SAE features per layer by score\n(label: layer, feature, fires on fact / hall)")
+    ax.grid(axis="x", alpha=0.3)
 
 
 def _shape_counts(ax: Any, frame: pl.DataFrame, layers: Sequence[int]) -> None:

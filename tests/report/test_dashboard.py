@@ -23,6 +23,7 @@ def test_draw_dashboard_draws_the_report_again(synthetic_report, tmp_path):
 
 
 def test_importing_the_report_loads_neither_matplotlib_nor_scipy():
-    code = "import sys, saecli.report; print(sorted({'matplotlib', 'scipy'} & {m.split('.')[0] for m in sys.modules}))"
+    heavy = "{'matplotlib', 'scipy', 'sklearn', 'safetensors'}"
+    code = f"import sys, saecli.report, saecli.io; print(sorted({heavy} & {{m.split('.')[0] for m in sys.modules}}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

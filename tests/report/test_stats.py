@@ -99,3 +99,25 @@ def test_bootstrap_chunks_are_the_single_draw():
         chunks = list(bootstrap_chunks(n, resamples, np.random.default_rng([3, n]), block))
         assert all(c.shape[0] * n <= max(block, n) for c in chunks)
         assert np.array_equal(np.concatenate(chunks), whole)
+
+
+def test_wilcoxon_with_ties_on_few_samples_is_scipys_permutation_p():
+    """Up to 13 samples with ties or zeros the p-value is computed by enumerating the sign patterns;
+    it must equal scipy's own (slow) exact permutation test."""
+    import warnings
+
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(4)
+    checked = 0
+    for n in (2, 3, 5, 8, 9):
+        for _ in range(3):
+            d = rng.integers(-3, 4, size=n).astype(float)
+            if not np.any(d != 0):
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = float(wilcoxon(d).pvalue)
+            assert wilcoxon_p(d, np.zeros(n)) == pytest.approx(expected, abs=1e-12), d
+            checked += 1
+    assert checked >= 12
