@@ -93,6 +93,14 @@ class SizeResult:
     sae_utilization: float | None = None
     """sae_gflops ÷ sae_peak_gflops."""
     memory_detail: dict[str, Any] = field(default_factory=dict)
+    baselines: bool = True
+    """Whether the timed passes scored log-probabilities and kept residuals (as ``run`` does by default)."""
+    samples_per_second_no_baselines: float | None = None
+    """With ``--baselines both``: the same passes with baselines off (``run --no-baselines``), timed after."""
+
+
+BASELINE_MODES = ("both", "on", "off")
+"""bench --baselines: time the analysis with baselines (as ``run``), without, or both."""
 
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:
@@ -118,19 +126,34 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         reset_peak_rss()
     result = SizeResult(size=size, ok=False, samples=len(samples), load_seconds=round(loaded.load_seconds, 3), model_memory=model_memory)
     batch_size = 1 if sequential else int(size)
+    mode = job.get("baselines", "on")
+    result.baselines = mode != "off"
     try:
-        warm = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], backoff=False)
+        warm = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], backoff=False, baselines=result.baselines)
         for _ in warm.run(samples[: min(len(samples), max(batch_size, 2))], batch_size=batch_size, sequential=sequential):
             pass
         times, stage_runs = [], []
         for _ in range(job["repeats"]):
-            engine = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], timer=StageTimer(sync=True), backoff=False)
+            engine = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], timer=StageTimer(sync=True), backoff=False,
+                            baselines=result.baselines)
             started = time.perf_counter()
             batches = list(engine.run(samples, batch_size=batch_size, sequential=sequential))
             if loaded.device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - started)
             stage_runs.append(dict(engine.timer.seconds))
+        if mode == "both":  # the same passes without baselines, after (the peak memory is the heavier run's)
+            plain = []
+            for _ in range(job["repeats"]):
+                started = time.perf_counter()
+                for _ in Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], backoff=False, baselines=False).run(
+                    samples, batch_size=batch_size, sequential=sequential
+                ):
+                    pass
+                if loaded.device == "cuda":
+                    torch.cuda.synchronize()
+                plain.append(time.perf_counter() - started)
+            result.samples_per_second_no_baselines = round(len(samples) / statistics.median(plain), 3)
         # Every repeat runs the same batches: the work is counted from the last one.
         tokens = sum(batch.tokens for batch in batches)
         forwarded = sum(batch.forwarded_tokens for batch in batches)
@@ -315,6 +338,7 @@ def sweep(
     noise_std: float = 0.1,
     domains: list[str] | None = None,
     include_sequential: bool = True,
+    baselines: str = "on",
     on_start: Callable[[int | str], None] | None = None,
     on_done: Callable[[SizeResult], None] | None = None,
 ) -> Sweep:
@@ -328,7 +352,7 @@ def sweep(
     device, _ = resolve_device(device, live_facts())
     dtype = dtype or chosen.model.dtype
     job = {"preset": preset, "data": data, "domains": domains, "limit": limit, "repeats": repeats,
-           "device": device, "dtype": dtype, "seed": seed, "noise_std": noise_std}
+           "device": device, "dtype": dtype, "seed": seed, "noise_std": noise_std, "baselines": baselines}
     order: list[int | str] = ([SEQUENTIAL] if include_sequential else []) + list(sizes)
     results = []
     for size in order:

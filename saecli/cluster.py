@@ -190,7 +190,8 @@ def plan(info: ClusterInfo, options: RayOptions) -> Plan:
 class Worker:
     """A Ray actor (made remote in :func:`_actor_class`): loads the preset once, then analyses chunks."""
 
-    def __init__(self, preset: Any, *, device: str, dtype: str | None, seed: int, noise_std: float, threads: int, truncate: bool):
+    def __init__(self, preset: Any, *, device: str, dtype: str | None, seed: int, noise_std: float, threads: int, truncate: bool,
+                 baselines: bool = True):
         import torch
 
         from saecli.engine import Engine
@@ -207,7 +208,7 @@ class Worker:
         try:
             check_preset_files(preset)
             self.loaded = load_preset(preset, device=device, dtype=dtype)
-            self.engine = Engine(self.loaded, seed=seed, noise_std=noise_std)
+            self.engine = Engine(self.loaded, seed=seed, noise_std=noise_std, baselines=baselines)
         except SaecliError as exc:
             self.problem = (exc.message, exc.hint, exc.exit_code)
 
@@ -224,6 +225,7 @@ class Worker:
             "sae_dtype": loaded.sae_dtype, "device": loaded.device, "device_reason": loaded.device_reason,
             "load_seconds": loaded.load_seconds, "node": ray.get_runtime_context().get_node_id(),
             "host": socket.gethostname(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "threads": self.threads,
+            "neuronpedia_ids": loaded.neuronpedia_ids,
         }  # fmt: skip
 
     def tokenize(self, samples: Sequence[Any]) -> list[Any]:
@@ -238,17 +240,21 @@ class Worker:
         """Rows of a chunk (its own batches, out-of-memory backoff inside as in a plain run)."""
         started = time.perf_counter()
         before = len(self.engine.backoffs)
-        rows, tokens, forwarded, forwarded_real = [], 0, 0, 0
+        rows, tokens, forwarded, forwarded_real, kept = [], 0, 0, 0, []
         for batch in self.engine.run(samples, batch_size=batch_size, toks=toks):
             rows += batch.rows
+            if batch.residuals is not None:
+                kept.append(batch.residuals)
             tokens += batch.tokens
             forwarded += batch.forwarded_tokens
             forwarded_real += batch.forwarded_real_tokens
         seconds = time.perf_counter() - started
         self.samples_done += len(samples)
         self.busy_seconds += seconds
+        from saecli.io import Residuals
+
         return {"rows": rows, "tokens": tokens, "forwarded_tokens": forwarded, "forwarded_real_tokens": forwarded_real, "seconds": seconds,
-                "backoffs": self.engine.backoffs[before:]}  # fmt: skip
+                "backoffs": self.engine.backoffs[before:], "residuals": Residuals.concat(kept) if kept else None}  # fmt: skip
 
     def totals(self) -> dict[str, Any]:
         from saecli.memory import peak_memory
@@ -301,6 +307,8 @@ class ChunkDone:
     backoffs: list[dict[str, Any]]
     forwarded_tokens: int = 0
     forwarded_real_tokens: int = 0
+    residuals: Any = None
+    """The chunk's :class:`saecli.io.Residuals` (with baselines on)."""
 
 
 @dataclass
@@ -320,11 +328,13 @@ class Pool:
     ids: dict[Any, int] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, plan: Plan, *, preset: Any, device: str, dtype: str | None, seed: int, noise_std: float, truncate: bool) -> Pool:
+    def start(
+        cls, plan: Plan, *, preset: Any, device: str, dtype: str | None, seed: int, noise_std: float, truncate: bool, baselines: bool = True
+    ) -> Pool:
         """Start the workers and wait until each has loaded the preset (its errors are the run's)."""
         threads = plan.cpus_per_worker
         pool = cls(plan, {"preset": preset, "device": device, "dtype": dtype, "seed": seed, "noise_std": noise_std,
-                          "threads": threads, "truncate": truncate})  # fmt: skip
+                          "threads": threads, "truncate": truncate, "baselines": baselines})  # fmt: skip
         for _ in range(plan.workers):
             pool._spawn()
         pool._describe_all()
@@ -391,7 +401,8 @@ class Pool:
             idle.append(actor)
             hand_out()
             yield ChunkDone(indices=list(chunks[number]), rows=out["rows"], tokens=out["tokens"], backoffs=out["backoffs"],
-                            forwarded_tokens=out["forwarded_tokens"], forwarded_real_tokens=out["forwarded_real_tokens"])
+                            forwarded_tokens=out["forwarded_tokens"], forwarded_real_tokens=out["forwarded_real_tokens"],
+                            residuals=out.get("residuals"))
 
     def _replace(self, actor: Any, exc: BaseException) -> None:
         """Drop a dead worker; start a fresh one where the alive nodes still have room for it."""
@@ -497,6 +508,7 @@ class _Loaded:
     device: str
     device_reason: str
     load_seconds: float
+    neuronpedia_ids: dict[int, str | None] = field(default_factory=dict)
 
 
 class RayBackend:
@@ -512,7 +524,7 @@ class RayBackend:
         started = time.perf_counter()
         try:
             self.pool = Pool.start(self.plan, preset=preset, device=config.device, dtype=config.dtype, seed=config.seed,
-                                   noise_std=config.noise_std, truncate=config.truncate)  # fmt: skip
+                                   noise_std=config.noise_std, truncate=config.truncate, baselines=config.baselines)  # fmt: skip
         except BaseException:
             self.close()
             raise
@@ -521,6 +533,7 @@ class RayBackend:
             preset=preset, layers=first["layers"], hooks={int(k): v for k, v in first["hooks"].items()},
             identities=first["identities"], dtype=first["dtype"], sae_dtype=first["sae_dtype"], device=first["device"],
             device_reason=f"{first['device_reason']} (on each Ray worker)", load_seconds=time.perf_counter() - started,
+            neuronpedia_ids={int(k): v for k, v in (first.get("neuronpedia_ids") or {}).items()},
         )  # fmt: skip
         self.timer = StageTimer()
         self.backoffs: list[dict[str, Any]] = []

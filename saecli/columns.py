@@ -12,6 +12,9 @@ SHAPE_CLASSES = ("Spherical", "Oblate", "Prolate", "Triaxial")
 """The values of an ``l<L>_<kind>_shape_class`` column (null when nothing is active)."""
 ID_COLUMNS = ("sample_id", "domain", "topic", "complexity")
 PAIRED_METRICS = ("centroid_drift", "axis_twist", "stability", "entropy", "cross_layer_consistency")
+BASELINE_METRICS = ("logprob_sum", "logprob_mean")
+"""The log-probability baselines: ``log p(continuation | prompt)`` of the fact and of the hallucination,
+summed and averaged over the continuation's tokens (``_diff`` = fact − hall); null with --no-baselines."""
 
 
 def layer_column(layer: int, kind: str, name: str) -> str:
@@ -27,6 +30,6 @@ def paired_column(base: str, kind: str) -> str:
 def metric_columns(layers: Sequence[int]) -> list[str]:
     """The metric columns of a results table, in order."""
     cols = [layer_column(layer, kind, name) for layer in layers for kind in KINDS for name in LAYER_METRICS]
-    for base in PAIRED_METRICS:
+    for base in (*PAIRED_METRICS, *BASELINE_METRICS):
         cols += [paired_column(base, kind) for kind in (*KINDS, "diff")]
     return cols

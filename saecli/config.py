@@ -267,6 +267,7 @@ _OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "dtype": _check_choice(DTYPES, optional=True),
     "mode": _check_choice(MODES),
     "truncate": check_bool,
+    "baselines": check_bool,
     "threads": check_threads,
 }
 
@@ -539,6 +540,10 @@ class RunConfig:
     truncate: bool = False
     """Cut texts longer than the model's context from the left (keeping BOS) instead of refusing
     them. It changes those samples' results, so it is part of the run's identity."""
+    baselines: bool = True
+    """Score the log-probability of each continuation (the whole model runs, not just up to the
+    deepest SAE) and keep the residual vectors and SAE features in ``residuals.safetensors``, for
+    the report's baselines and probes. Off: faster, and the baseline columns are null."""
     threads: int | None = None
     """torch CPU threads; None: as many as there are idle cores at the start (see
     :func:`saecli.device.choose_threads`)."""

@@ -31,12 +31,13 @@ from typing import Any
 import torch
 
 from saecli import geometry, metrics
-from saecli.columns import KINDS, LAYER_METRICS, metric_columns
+from saecli.columns import BASELINE_METRICS, KINDS, LAYER_METRICS, metric_columns
 from saecli.config import check_batch_size, check_noise_std, check_seed
 from saecli.data import Sample
 from saecli.device import torch_dtype
 from saecli.errors import SaecliError
 from saecli.faults import oom_point
+from saecli.io import Residuals, residual_key
 from saecli.memory import is_out_of_memory
 from saecli.models import LoadedPreset
 
@@ -70,6 +71,21 @@ def noise_vector(seed: int, sample_id: str, kind: str, d_model: int) -> torch.Te
     digest = hashlib.sha256(f"{seed}\x1f{sample_id}\x1f{kind}".encode()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return torch.randn(d_model, generator=generator, dtype=torch.float64)
+
+
+_FINAL = "__final_resid__"
+
+
+def continuation_start(prompt: Sequence[int], text: Sequence[int]) -> int:
+    """Where a text's continuation starts: after its longest common prefix with the prompt's tokens
+    (all of the prompt's when they are a prefix, as they usually are), and at least at token 1
+    (the BOS, or the first token, is never scored) and at most at its last token."""
+    common = 0
+    for a, b in zip(prompt, text, strict=False):
+        if a != b:
+            break
+        common += 1
+    return max(1, min(common, len(text) - 1))
 
 
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
@@ -158,6 +174,8 @@ class ForwardPass:
     width: int
     real: int
     past: int = 0
+    blocks: int = 0
+    """The transformer blocks it ran (all of them when it scored log-probabilities; 0: not recorded)."""
 
     @property
     def forwarded(self) -> int:
@@ -183,6 +201,8 @@ class BatchResult:
     (``1 − tokens / forwarded_tokens`` can be negative)."""
     passes: list[ForwardPass] = field(default_factory=list)
     """Every forward pass the batch ran, for FLOP counts (:mod:`saecli.flops`)."""
+    residuals: Residuals | None = None
+    """The vectors each SAE read for F and H and their feature activations (with baselines on)."""
     sae_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
     """Per SAE layer: the reads it encoded (the first layer's noisy F and H reads add encodes), and
     the decoder rows its reconstructions multiplied (Σ over reads of the active features gathered,
@@ -196,6 +216,35 @@ class BatchResult:
 
 
 @dataclass
+class Scored:
+    """Log-probabilities of continuation tokens, each with the text slot it belongs to."""
+
+    slots: list[int] = field(default_factory=list)
+    logprobs: list[torch.Tensor] = field(default_factory=list)
+
+    @staticmethod
+    def of(slots: list[int], logprobs: torch.Tensor | None) -> Scored:
+        return Scored(list(slots), [logprobs] if logprobs is not None else [])
+
+    def __add__(self, other: Scored) -> Scored:
+        return Scored(self.slots + other.slots, self.logprobs + other.logprobs)
+
+    def relabel(self, new_slot: list[int]) -> Scored:
+        return Scored([new_slot[s] for s in self.slots], list(self.logprobs))
+
+    def per_text(self, texts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum and mean of the log-probabilities of each of ``texts`` slots (float64 [texts] each)."""
+        total = torch.zeros(texts, dtype=torch.float64)
+        count = torch.zeros(texts, dtype=torch.float64)
+        if self.slots:
+            index = torch.tensor(self.slots)
+            values = torch.cat([lp.cpu() for lp in self.logprobs])
+            total.index_add_(0, index, values)
+            count.index_add_(0, index, torch.ones_like(values))
+        return total, total / count
+
+
+@dataclass
 class _LayerOut:
     """What one layer's SAE and geometry give for a stack of activations (tensors, n-leading)."""
 
@@ -206,6 +255,8 @@ class _LayerOut:
     shape_class: list[str | None]
     dimensionality: torch.Tensor
     x_hat: torch.Tensor
+    active: list[tuple[Any, Any]] | None = None
+    """Per read, its active features' (indices, values) as numpy arrays (kept for the residuals file)."""
     centroid: torch.Tensor | None = None
     axis: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
@@ -255,6 +306,7 @@ class Engine:
         noise_std: float = 0.1,
         timer: StageTimer | None = None,
         backoff: bool = True,
+        baselines: bool = True,
     ):
         if not isinstance(loaded, LoadedPreset):
             raise SaecliError(f"the engine needs a LoadedPreset (from saecli.load_preset), got {type(loaded).__name__}")
@@ -271,6 +323,9 @@ class Engine:
         # Where each hook's value is captured, and the first block that need not run at all.
         self.capture = {hook: _earliest_equivalent(hook) for hook in self.hooks}
         self.stop_at = max(_block_of(hook) for hook in self.capture.values()) + 1
+        self.baselines = bool(baselines)
+        """Score the continuations' log-probabilities (the whole model runs) and keep the residuals."""
+        self.final_hook = f"blocks.{self.model.cfg.n_layers - 1}.hook_resid_post"
         self.device = torch.device(loaded.device)
         self.sae_dtype = torch_dtype(loaded.sae_dtype)
         tokenizer = self.model.tokenizer
@@ -278,6 +333,7 @@ class Engine:
         # The work of the batch being analysed (reset by ``run`` before each try of a batch).
         self._passes: list[ForwardPass] = []
         self._sae_rows: dict[int, tuple[int, int]] = {}
+        self._residuals: Residuals | None = None
 
     # -- tokens -----------------------------------------------------------------------------------
     def _tokens(self, text: str) -> list[int]:
@@ -348,9 +404,16 @@ class Engine:
         return tokens.to(self.device), mask.to(self.device)
 
     def _forward(
-        self, seqs: Sequence[Sequence[int]], reads: list[tuple[int, int]], *, kv_cache: Any = None
-    ) -> dict[str, torch.Tensor]:
-        """Residuals at the SAE hooks for (row, position) reads: {hook: [n_reads, d]}. With
+        self,
+        seqs: Sequence[Sequence[int]],
+        reads: list[tuple[int, int]],
+        *,
+        kv_cache: Any = None,
+        scores: Sequence[tuple[int, int, int]] = (),
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Residuals at the SAE hooks for (row, position) reads: {hook: [n_reads, d]}, and for each
+        (row, position, token) of ``scores`` the log-probability the model gives that token at that
+        position (then every block runs; else the pass stops after the deepest hooked block). With
         ``kv_cache``, ``seqs`` continue the cached sequences and positions count from their start."""
         tokens, mask = self._pad(seqs)
         rows = torch.tensor([r for r, _ in reads], device=self.device)
@@ -360,28 +423,68 @@ class Engine:
         def capture(act: torch.Tensor, hook: Any) -> None:
             captured[hook.name] = act[rows, positions].reshape(len(reads), -1).clone()
 
+        hooks = [(name, capture) for name in set(self.capture.values())]
+        if scores:
+            score_rows = torch.tensor([r for r, _, _ in scores], device=self.device)
+            score_positions = torch.tensor([p for _, p, _ in scores], device=self.device)
+
+            def capture_final(act: torch.Tensor, hook: Any) -> None:
+                captured[_FINAL] = act[score_rows, score_positions].clone()
+
+            hooks.append((self.final_hook, capture_final))
+        blocks = self.model.cfg.n_layers if scores else self.stop_at
         extra = {} if kv_cache is None else {"past_kv_cache": kv_cache, "attention_mask": mask}
         past = 0 if kv_cache is None else int(kv_cache.previous_attention_mask.shape[1])  # cached positions attended to
-        self._passes.append(ForwardPass(rows=tokens.shape[0], width=tokens.shape[1], real=sum(len(s) for s in seqs), past=past))
+        self._passes.append(
+            ForwardPass(rows=tokens.shape[0], width=tokens.shape[1], real=sum(len(s) for s in seqs), past=past, blocks=blocks)
+        )
         with self.timer("forward"):
-            self.model.run_with_hooks(
-                tokens,
-                fwd_hooks=[(name, capture) for name in set(self.capture.values())],
-                stop_at_layer=self.stop_at,
-                padding_side="right",
-                **extra,
-            )
-        return {hook: captured[source] for hook, source in self.capture.items()}
+            self.model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=blocks, padding_side="right", **extra)
+        logprobs = None
+        if scores:
+            with self.timer("baselines"):
+                logprobs = self._logprobs(captured[_FINAL], [t for _, _, t in scores])
+        return {hook: captured[source] for hook, source in self.capture.items()}, logprobs
 
-    def _shared_prompt(self, toks: list[SampleTokens]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _logprobs(self, resid: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+        """``log p(token | preceding)`` from the last block's residual at each scored position, as the
+        model's own head computes it (final norm, unembedding, logit soft-cap), in float64 [m]."""
+        from transformer_lens.utilities.activation_functions import apply_softcap
+
+        model = self.model
+        x = resid.unsqueeze(0)
+        if model.cfg.normalization_type is not None:
+            x = model.ln_final(x)
+        logits = apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)[0]
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        logprob = torch.log_softmax(logits, dim=-1)
+        index = torch.tensor(list(targets), device=logprob.device).unsqueeze(-1)
+        return logprob.gather(-1, index)[:, 0].to(torch.float64)
+
+    def _shared_prompt(self, toks: list[SampleTokens]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], Scored]:
         """For samples whose prompt tokens start both F and H: one pass over the prompts that keeps
         their keys and values, then one pass over the fact and hallucination continuations that
-        attends to them. Returns the reads [P..] and [F.., H..]."""
+        attends to them. Returns the reads [P..] and [F.., H..], and (with baselines) the scored
+        continuation tokens as (text slot F_i = i, H_i = n + i, log-probability)."""
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         n = len(toks)
+        tails = [t.fact[len(t.prompt) :] for t in toks] + [t.hall[len(t.prompt) :] for t in toks]
+        # The prompt's last position predicts each continuation's first token; each continuation
+        # position but the last predicts the next one.
+        prompt_scores, tail_scores, prompt_slots, tail_slots = [], [], [], []
+        if self.baselines:
+            for slot, tail in enumerate(tails):
+                i = slot % n
+                prompt_scores.append((i, len(toks[i].prompt) - 1, tail[0]))
+                prompt_slots.append(slot)
+                for position in range(len(tail) - 1):
+                    tail_scores.append((slot, position, tail[position + 1]))
+                    tail_slots.append(slot)
         cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch_size=n)
-        prompts = self._forward([t.prompt for t in toks], [(i, len(t.prompt) - 1) for i, t in enumerate(toks)], kv_cache=cache)
+        prompts, lp_prompt = self._forward(
+            [t.prompt for t in toks], [(i, len(t.prompt) - 1) for i, t in enumerate(toks)], kv_cache=cache, scores=prompt_scores
+        )
         # The same prompt cache serves the fact row i and the hallucination row n + i.
         both = TransformerLensKeyValueCache(
             entries=[
@@ -390,9 +493,9 @@ class Engine:
             ],
             previous_attention_mask=cache.previous_attention_mask.repeat(2, 1),
         )
-        tails = [t.fact[len(t.prompt) :] for t in toks] + [t.hall[len(t.prompt) :] for t in toks]
-        texts = self._forward(tails, [(row, len(tail) - 1) for row, tail in enumerate(tails)], kv_cache=both)
-        return prompts, texts
+        texts, lp_tails = self._forward(tails, [(row, len(tail) - 1) for row, tail in enumerate(tails)], kv_cache=both, scores=tail_scores)
+        scored = Scored.of(prompt_slots, lp_prompt) + Scored.of(tail_slots, lp_tails)
+        return prompts, texts, scored
 
     def _cache_is_exact(self, toks: list[SampleTokens]) -> bool:
         """Sliding-window attention measures distance in padded positions; with the prompts'
@@ -404,14 +507,22 @@ class Engine:
         width = max(len(t.prompt) for t in toks) + max(max(len(t.fact), len(t.hall)) - len(t.prompt) for t in toks)
         return width <= cfg.window_size
 
-    def _residuals_batched(self, toks: list[SampleTokens]) -> dict[str, torch.Tensor]:
-        """Residuals of a batch, reads ordered [P_0..P_B-1, F_0.., H_0..]."""
+    def _text_scores(self, row: int, prompt: Sequence[int], text: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(row, position, next token) for every continuation token of a text forwarded whole."""
+        if not self.baselines:
+            return []
+        return [(row, position, text[position + 1]) for position in range(continuation_start(prompt, text) - 1, len(text) - 1)]
+
+    def _residuals_batched(self, toks: list[SampleTokens]) -> tuple[dict[str, torch.Tensor], Scored]:
+        """Residuals of a batch, reads ordered [P_0..P_B-1, F_0.., H_0..], and the scored
+        continuation tokens with text slots F_i = i, H_i = B + i."""
         n = len(toks)
         shared = shared_prompt_rows(toks)
         if shared and not self._cache_is_exact([toks[i] for i in shared]):
             shared = []
         others = [i for i in range(n) if i not in set(shared)]
         out: dict[str, torch.Tensor] = {}
+        scored = Scored()
 
         def place(index: list[int], kind: int, values: dict[str, torch.Tensor]) -> None:
             for hook, value in values.items():
@@ -420,33 +531,47 @@ class Engine:
                 out[hook][[kind * n + i for i in index]] = value
 
         if shared:
-            prompts, texts = self._shared_prompt([toks[i] for i in shared])
+            prompts, texts, shared_scored = self._shared_prompt([toks[i] for i in shared])
             place(shared, 0, prompts)
             place(shared, 1, {h: v[: len(shared)] for h, v in texts.items()})
             place(shared, 2, {h: v[len(shared) :] for h, v in texts.items()})
+            m = len(shared)
+            scored += shared_scored.relabel([shared[j % m] + (n if j >= m else 0) for j in range(2 * m)])
         if others:
             seqs: list[list[int]] = []
             p_reads, f_reads, h_reads = [], [], []
+            scores, slots = [], []
             for i in others:
                 t = toks[i]
                 f_row = len(seqs)
                 seqs += [t.fact, t.hall]
                 f_reads.append((f_row, len(t.fact) - 1))
                 h_reads.append((f_row + 1, len(t.hall) - 1))
+                for kind, (row, text) in enumerate(((f_row, t.fact), (f_row + 1, t.hall))):
+                    text_scores = self._text_scores(row, t.prompt, text)
+                    scores += text_scores
+                    slots += [kind * n + i] * len(text_scores)
                 if t.prompt_in_fact:
                     p_reads.append((f_row, len(t.prompt) - 1))
                 else:
                     seqs.append(t.prompt)
                     p_reads.append((len(seqs) - 1, len(t.prompt) - 1))
-            values = self._forward(seqs, p_reads + f_reads + h_reads)
+            values, logprobs = self._forward(seqs, p_reads + f_reads + h_reads, scores=scores)
             m = len(others)
             for kind in range(3):
                 place(others, kind, {h: v[kind * m : (kind + 1) * m] for h, v in values.items()})
-        return out
+            scored += Scored.of(slots, logprobs)
+        return out, scored
 
-    def residuals_sequential(self, t: SampleTokens) -> dict[str, torch.Tensor]:
-        parts = [self._forward([seq], [(0, len(seq) - 1)]) for seq in (t.prompt, t.fact, t.hall)]
-        return {hook: torch.cat([p[hook] for p in parts]) for hook in parts[0]}
+    def residuals_sequential(self, t: SampleTokens) -> tuple[dict[str, torch.Tensor], Scored]:
+        """Each text in its own pass: reads [P, F, H], and the scored continuation tokens (F: slot 0, H: slot 1)."""
+        parts, scored = [], Scored()
+        for kind, seq in enumerate((t.prompt, t.fact, t.hall)):
+            scores = self._text_scores(0, t.prompt, seq) if kind > 0 else []
+            values, logprobs = self._forward([seq], [(0, len(seq) - 1)], scores=scores)
+            parts.append(values)
+            scored += Scored.of([kind - 1] * len(scores), logprobs)
+        return {hook: torch.cat([p[hook] for p in parts]) for hook in parts[0]}, scored
 
     # -- SAE and geometry -------------------------------------------------------------------------
     def _layer(self, layer: int, x: torch.Tensor, *, first: bool, noise: torch.Tensor | None) -> _LayerOut:
@@ -499,6 +624,9 @@ class Engine:
                 dimensionality=metrics.dimensionality(lam),
                 x_hat=x_hat,
             )
+            if self.baselines:
+                kept_values, kept_indices, kept_mask = values.float().cpu().numpy(), indices.cpu().numpy(), mask.cpu().numpy()
+                out.active = [(kept_indices[r][kept_mask[r]], kept_values[r][kept_mask[r]]) for r in range(len(x))]
             if first:
                 out.centroid, out.axis = torch.cat(centroid)[inverse], torch.cat(axis)[inverse]
                 out.entropy = metrics.entropy(values, mask)
@@ -515,9 +643,10 @@ class Engine:
         return torch.stack([noise_vector(self.seed, s.id, kind, d) for kind in KINDS for s in samples]).to(self.device)
 
     # -- assembly ---------------------------------------------------------------------------------
-    def _rows(self, samples: Sequence[Sample], outs: dict[int, _LayerOut]) -> list[dict[str, Any]]:
+    def _rows(self, samples: Sequence[Sample], outs: dict[int, _LayerOut], scored: Scored | None) -> list[dict[str, Any]]:
         """Per-sample rows from layer outputs whose reads are ordered [P.., F.., H..] for the first
-        layer and [F.., H..] for the others."""
+        layer and [F.., H..] for the others, and (with baselines) the continuations' scored tokens
+        (slots F_i = i, H_i = n + i); without, the baseline columns are null."""
         n = len(samples)
         first, second, third = self.layers
         cols: dict[str, Any] = {}
@@ -548,6 +677,15 @@ class Engine:
                 # The spec's sign: stability and consistency are fact − hall, the rest hall − fact.
                 fact_minus_hall = base in ("stability", "cross_layer_consistency")
                 cols[f"{base}_diff"] = fact - hall if fact_minus_hall else hall - fact
+            if scored is not None:
+                total, mean = scored.per_text(2 * n)
+                for base, value in (("logprob_sum", total), ("logprob_mean", mean)):
+                    fact, hall = value[:n], value[n:]
+                    cols[f"{base}_fact"], cols[f"{base}_hall"], cols[f"{base}_diff"] = fact, hall, fact - hall
+            else:
+                for base in BASELINE_METRICS:
+                    for kind in (*KINDS, "diff"):
+                        cols[f"{base}_{kind}"] = [None] * n
             lists = {k: (v if isinstance(v, list) else v.cpu().tolist()) for k, v in cols.items()}
             order = metric_columns(self.layers)
             rows = []
@@ -562,19 +700,20 @@ class Engine:
         """Rows for a batch of samples, all texts of a layer processed together."""
         oom_point(len(samples))
         with torch.inference_mode():
-            acts = self._residuals_batched(list(toks))
+            acts, scored = self._residuals_batched(list(toks))
             n = len(samples)
             outs = {}
             for i, layer in enumerate(self.layers):
                 x = acts[self.hooks[i]]
                 first = i == 0
                 outs[layer] = self._layer(layer, x if first else x[n:], first=first, noise=self._noise(samples) if first else None)
-            return self._rows(samples, outs)
+            self._residuals = self._kept(samples, acts, outs)
+            return self._rows(samples, outs, scored if self.baselines else None)
 
     def analyze_one(self, sample: Sample, toks: SampleTokens) -> dict[str, Any]:
         """The reference: each text in its own pass, each activation processed alone."""
         with torch.inference_mode():
-            acts = self.residuals_sequential(toks)
+            acts, scored = self.residuals_sequential(toks)
             noise = self._noise([sample])
             outs = {}
             for i, layer in enumerate(self.layers):
@@ -583,7 +722,34 @@ class Engine:
                 outs[layer] = _LayerOut.cat(
                     [self._layer(layer, x[r : r + 1], first=i == 0, noise=noise[r - 1 : r] if i == 0 and r > 0 else None) for r in reads]
                 )
-            return self._rows([sample], outs)[0]
+            self._residuals = self._kept([sample], acts, outs)
+            return self._rows([sample], outs, scored if self.baselines else None)[0]
+
+    def _kept(self, samples: Sequence[Sample], acts: dict[str, torch.Tensor], outs: dict[int, _LayerOut]) -> Residuals | None:
+        """What the residuals file keeps of a batch (reads [P.., F.., H..]): each layer's F and H
+        vectors (float32) and their active features; None without baselines."""
+        if not self.baselines:
+            return None
+        import numpy as np
+        import scipy.sparse as sp
+
+        n = len(samples)
+        dense, features, d_sae = {}, {}, {}
+        for i, layer in enumerate(self.layers):
+            x = acts[self.hooks[i]]
+            out = outs[layer]
+            offset = n if i == 0 else 0  # the first layer's outputs hold the prompts' reads too
+            d_sae[layer] = int(self.loaded.saes[layer].cfg.d_sae)
+            for k, kind in enumerate(KINDS):
+                dense[residual_key(layer, kind)] = x[(k + 1) * n : (k + 2) * n].float().cpu().numpy()
+                active = out.active[offset + k * n : offset + (k + 1) * n]
+                indptr = np.concatenate([[0], np.cumsum([len(a) for a, _ in active])]).astype(np.int64)
+                indices = np.concatenate([a for a, _ in active]) if active else np.zeros(0, np.int32)
+                data = np.concatenate([v for _, v in active]) if active else np.zeros(0, np.float32)
+                matrix = sp.csr_matrix((data.astype(np.float32), indices.astype(np.int32), indptr), shape=(n, d_sae[layer]))
+                matrix.sort_indices()
+                features[residual_key(layer, kind)] = matrix
+        return Residuals(layers=list(self.layers), sample_ids=[s.id for s in samples], dense=dense, features=features, d_sae=d_sae)
 
     def run(
         self,
@@ -606,7 +772,7 @@ class Engine:
         while position < len(order):
             idx = order[position : position + size]
             batch, batch_toks = [samples[i] for i in idx], [toks[i] for i in idx]
-            self._passes, self._sae_rows = [], {}
+            self._passes, self._sae_rows, self._residuals = [], {}, None
             try:
                 rows = [self.analyze_one(batch[0], batch_toks[0])] if sequential else self.analyze_batch(batch, batch_toks)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
@@ -620,7 +786,7 @@ class Engine:
             position += len(idx)
             n_tokens = sum(len(t.prompt) + len(t.fact) + len(t.hall) for t in batch_toks)
             yield BatchResult(
-                indices=list(idx), rows=rows, tokens=n_tokens, passes=self._passes, sae_rows=self._sae_rows,
+                indices=list(idx), rows=rows, tokens=n_tokens, passes=self._passes, sae_rows=self._sae_rows, residuals=self._residuals,
                 forwarded_tokens=sum(p.forwarded for p in self._passes), forwarded_real_tokens=sum(p.real for p in self._passes),
             )
 

@@ -67,7 +67,8 @@ def forward_flops(shape: ModelShape, blocks: int, passes: Iterable[Any]) -> int:
     """
     total = 0
     for p in passes:
-        total += blocks * p.rows * p.width * (shape.token_flops() + shape.attention_flops(p.past + p.width))
+        ran = getattr(p, "blocks", 0) or blocks  # a pass that scored log-probabilities ran every block
+        total += ran * p.rows * p.width * (shape.token_flops() + shape.attention_flops(p.past + p.width))
     return total
 
 

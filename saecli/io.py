@@ -141,10 +141,35 @@ def _temporaries(folder: Path, names: Sequence[str]) -> list[Path]:
 def remove_temporaries(run_dir: Path) -> list[Path]:
     """Half-written files a killed run left under temporary names (never the results, never files
     saecli did not write)."""
-    stale = _temporaries(run_dir, [METRICS_FILE, MANIFEST_FILE, *REPORT_FILES]) + _temporaries(run_dir / PARTS_DIR, ["part-*.parquet"])
+    stale = _temporaries(run_dir, [METRICS_FILE, MANIFEST_FILE, RESIDUALS_FILE, *REPORT_FILES])
+    stale += _temporaries(run_dir / PARTS_DIR, ["part-*.parquet", "part-*.residuals.safetensors"])
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def residual_part_path(run_dir: Path, number: int) -> Path:
+    """The residuals of part ``number`` (written just before its table, removed with it)."""
+    return run_dir / PARTS_DIR / f"part-{number:06d}.residuals.safetensors"
+
+
+def write_residual_part(residuals: Residuals, run_dir: Path, number: int) -> Path:
+    return write_residuals(residual_part_path(run_dir, number), residuals)
+
+
+def merge_residual_parts(run_dir: Path, sample_ids: Sequence[str]) -> Path:
+    """Write ``residuals.safetensors`` from the residuals of the finished parts, rows in the order
+    of ``sample_ids`` (a part whose table is missing was not finished: its residuals are ignored)."""
+    numbers = [int(p.stem.split("-")[1]) for p in part_files(run_dir)]
+    paths = [residual_part_path(run_dir, n) for n in numbers]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise SaecliError(
+            f"{run_dir}: the residuals of {len(missing)} finished part(s) are missing ({missing[0]})",
+            hint="start a new run (or run with --no-baselines)", exit_code=1,
+        )
+    merged = Residuals.concat([read_residuals(p) for p in paths]).select(list(sample_ids))
+    return write_residuals(run_dir / RESIDUALS_FILE, merged)
 
 
 def part_files(run_dir: Path) -> list[Path]:
@@ -155,7 +180,8 @@ def part_files(run_dir: Path) -> list[Path]:
 def remove_parts(run_dir: Path) -> list[Path]:
     """Delete the part files (and their temporaries); the parts folder too once nothing else is in it."""
     parts = run_dir / PARTS_DIR
-    removed = part_files(run_dir) + _temporaries(parts, ["part-*.parquet"])
+    removed = part_files(run_dir) + _temporaries(parts, ["part-*.parquet", "part-*.residuals.safetensors"])
+    removed += sorted(parts.glob("part-[0-9]*.residuals.safetensors"))
     for path in removed:
         path.unlink(missing_ok=True)
     if parts.is_dir() and not any(parts.iterdir()):
@@ -319,7 +345,7 @@ def residuals_bytes(residuals: Residuals) -> bytes:
     for key, array in residuals.dense.items():
         tensors[f"dense.{key}"] = np.ascontiguousarray(array, dtype=np.float32)
     for key, matrix in residuals.features.items():
-        csr = sp.csr_matrix(matrix, dtype=np.float32)
+        csr = sp.csr_matrix(matrix, dtype=np.float32, copy=True)  # arrays from Ray are read-only
         csr.sum_duplicates()
         csr.eliminate_zeros()
         tensors[f"features.{key}.indptr"] = np.ascontiguousarray(csr.indptr, dtype=np.int64)

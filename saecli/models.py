@@ -56,6 +56,16 @@ class LoadedPreset:
     def layers(self) -> list[int]:
         return self.preset.layers
 
+    @property
+    def neuronpedia_ids(self) -> dict[int, str | None]:
+        """Layer → the Neuronpedia id SAELens records in the SAE's metadata (the GemmaScope and
+        gpt2-small-res-jb releases have one), or None: the report links features only with an id."""
+        out: dict[int, str | None] = {}
+        for layer, sae in self.saes.items():
+            value = getattr(getattr(sae.cfg, "metadata", None), "neuronpedia_id", None)
+            out[layer] = value if isinstance(value, str) and value else None
+        return out
+
 
 def missing_from_cache(preset: Preset) -> list[tuple[str, str]]:
     """What of a hub preset is not in the local Hugging Face cache: (what, command to fetch it)."""

@@ -69,9 +69,11 @@ def start_manifest(
         },
         "model": loaded.identities.get("model"),
         "saes": {
-            str(layer): {"identity": loaded.identities["saes"].get(str(layer)), "hook": loaded.hooks[layer]}
+            str(layer): {"identity": loaded.identities["saes"].get(str(layer)), "hook": loaded.hooks[layer],
+                         "neuronpedia_id": (getattr(loaded, "neuronpedia_ids", None) or {}).get(layer)}
             for layer in loaded.layers
         },
+        "baselines": config.baselines,
         "layers": loaded.layers,
         "hooks": [loaded.hooks[layer] for layer in loaded.layers],
         "dtype": loaded.dtype,
@@ -115,7 +117,7 @@ def finish_manifest(
     return final
 
 
-IDENTITY_FIELDS = ("preset", "data", "data_fingerprint", "domains", "limit", "layers", "seed", "noise_std", "dtype", "mode", "truncate", "columns")
+IDENTITY_FIELDS = ("preset", "data", "data_fingerprint", "domains", "limit", "layers", "seed", "noise_std", "dtype", "mode", "truncate", "columns", "baselines")
 """What must not change between a run and its resumption."""
 
 
@@ -137,6 +139,7 @@ def identity(config: RunConfig, loaded_layers: list[int], dtype: str, samples: l
         "mode": config.mode,
         "truncate": config.truncate,
         "columns": config.columns,
+        "baselines": config.baselines,
     }
 
 
@@ -161,7 +164,7 @@ def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
 
 
 def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: Path) -> None:
-    stored = {"truncate": False, **(manifest.get("identity") or {})}  # runs from before truncate was recorded
+    stored = {"truncate": False, "baselines": False, **(manifest.get("identity") or {})}  # runs from before truncate was recorded
     for key in IDENTITY_FIELDS:
         if stored.get(key) != ident.get(key):
             raise SaecliError(
@@ -233,7 +236,7 @@ class LocalBackend:
         self.info = loaded
         self.config = config
         self.threads = _set_threads(config.threads) if loaded.device == "cpu" else None
-        self.engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std)
+        self.engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std, baselines=config.baselines)
         self.timer = self.engine.timer
 
     def tokenize(self, samples: list[Any]) -> list[Any]:
@@ -353,6 +356,8 @@ def _analyse(
             with backend.timer("write"), _writing(run_dir, done, state):
                 part = io.rows_to_frame(batch.rows, info.layers)
                 part_number += 1
+                if batch.residuals is not None:  # before its table: a part's samples count as done once the table is there
+                    io.write_residual_part(batch.residuals, run_dir, part_number)
                 io.write_part(part, run_dir, part_number)
                 crash_point("after_part")
                 state["finished_ids"] += part["sample_id"].to_list()
@@ -373,6 +378,8 @@ def _analyse(
     crash_point("before_merge")
     with backend.timer("write"), _writing(run_dir, done, state):
         frame = io.merge_parts(run_dir, info.layers, [s.id for s in samples])
+        if config.baselines:
+            io.merge_residual_parts(run_dir, [s.id for s in samples])
         io.write_metrics(frame, run_dir)
     crash_point("after_merge")
     state["backoffs"] = earlier_backoffs + backend.backoffs

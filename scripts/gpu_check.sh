@@ -150,9 +150,11 @@ step compare-bfloat16 60 0 "${saecli[@]}" compare --json --device "$device" --dt
 # 4. bench on HB-1000; each size in a fresh process that builds the preset's random weights on
 # --device. bench.json is written at the end: if a bench is cut by its timeout, summary.txt takes
 # the sizes done from its stderr.
+# bfloat16 is timed with and without the log-probability baselines; float32 with them only (time).
 for dt in bfloat16 float32; do
+  if [[ $dt == bfloat16 ]]; then bl=both; else bl=on; fi
   step "bench-$dt" 170 1 "${saecli[@]}" bench --preset "$preset" --data "$data" --limit "$limit" --sizes "$sizes" \
-    --repeats 1 --no-sequential --device "$device" --dtype "$dt" --out "$out/bench-$dt" --json
+    --repeats 1 --no-sequential --baselines "$bl" --device "$device" --dtype "$dt" --out "$out/bench-$dt" --json
 done
 
 # 5. doctor --probe: load the preset and find the largest batch that fits, on the HB longest texts.

@@ -94,7 +94,13 @@ def compare_figures(doc: Any) -> list[str]:
     if worst is not None:
         line += f" max|Δ|={worst[0]:.3e} ({worst[1]}, batch {worst[2]}, {worst[3]})"
     line += f"; discrete mismatches {discrete}"
-    return [line, "max|Δ| per batch size: " + ", ".join(per_size)] if per_size else [line]
+    lines = [line, "max|Δ| per batch size: " + ", ".join(per_size)] if per_size else [line]
+    for label, result in (doc.get("drift_vs_float64") or {}).items():
+        numeric = [c for c in result.get("columns") or [] if c.get("kind") == "numeric"]
+        top = sorted(numeric, key=lambda c: -(c.get("max_abs") or 0))[:3]
+        lines.append(f"drift vs float64, {label}: " + ", ".join(
+            f"{c.get('column')} max {c.get('max_abs'):.2e} median {c.get('median_abs', 0):.2e}" for c in top))
+    return lines
 
 
 def bench_figures(folder: Path, stderr: Path) -> list[str]:
@@ -115,7 +121,9 @@ def bench_figures(folder: Path, stderr: Path) -> list[str]:
                 stages = r.get("stages") or {}
                 total = sum(v for v in stages.values() if isinstance(v, (int, float))) or 1.0
                 split = " ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items() if isinstance(v, (int, float)))
-                lines.append(f"  batch {r.get('size')}: {r.get('samples_per_second')} samples/s, "
+                plain = r.get("samples_per_second_no_baselines")
+                lines.append(f"  batch {r.get('size')}: {r.get('samples_per_second')} samples/s"
+                             + (f" ({plain} without baselines)" if plain else "") + ", "
                              f"{r.get('tokens_per_second')} tokens/s, {r.get('seconds_median')} s, "
                              f"peak {gib(r.get('peak_memory'))} (+{gib(r.get('peak_increase'))}), load {r.get('load_seconds')} s; {split}")
             else:

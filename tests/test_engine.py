@@ -32,8 +32,8 @@ def test_padded_text_gives_same_residual_as_alone(loaded64):
     engine = Engine(loaded64)
     model = loaded64.model
     short, long = model.to_tokens("Paris")[0].tolist(), model.to_tokens("The capital of France is Paris")[0].tolist()
-    together = engine._forward([long, short], [(1, len(short) - 1)])
-    alone = engine._forward([short], [(0, len(short) - 1)])
+    together = engine._forward([long, short], [(1, len(short) - 1)])[0]
+    alone = engine._forward([short], [(0, len(short) - 1)])[0]
     for hook in together:
         assert torch.allclose(together[hook], alone[hook], atol=1e-12, rtol=0)
 
@@ -43,8 +43,8 @@ def test_padding_positions_would_differ(loaded64):
     engine = Engine(loaded64)
     short = loaded64.model.to_tokens("Paris")[0].tolist()
     long = loaded64.model.to_tokens("The capital of France is Paris")[0].tolist()
-    real = engine._forward([long, short], [(1, len(short) - 1)])
-    padded = engine._forward([long, short], [(1, len(long) - 1)])
+    real = engine._forward([long, short], [(1, len(short) - 1)])[0]
+    padded = engine._forward([long, short], [(1, len(long) - 1)])[0]
     hook = next(iter(real))
     assert not torch.allclose(real[hook], padded[hook], atol=1e-6)
 
@@ -122,7 +122,7 @@ def test_resid_pre_is_read_from_previous_block(loaded64):
     engine = Engine(pre)
     assert engine.stop_at == max(loaded64.layers)  # the deepest block itself need not run
     tokens = loaded64.model.to_tokens("The capital of France is Paris")[0].tolist()
-    got = engine._forward([tokens], [(0, len(tokens) - 1)])
+    got = engine._forward([tokens], [(0, len(tokens) - 1)])[0]
     _, cache = loaded64.model.run_with_cache(torch.tensor([tokens]))
     for hook, value in got.items():
         assert torch.equal(value[0], cache[hook][0, -1])
@@ -232,7 +232,7 @@ def test_sparse_reconstruction_equals_sae_decode(loaded64, samples):
     assert _decodes_linearly(sae)
     toks = engine.tokenize(samples[:6])
     with torch.inference_mode():
-        x = engine._residuals_batched(toks)[engine.hooks[1]]
+        x = engine._residuals_batched(toks)[0][engine.hooks[1]]
         out = engine._layer(layer, x, first=False, noise=None)
         assert torch.allclose(out.x_hat, sae.decode(sae.encode(x)), atol=1e-12, rtol=0)
 
@@ -276,3 +276,63 @@ def test_plan_forwards_less_padding_than_sorting_by_length():
     old = sum(forwarded_positions([toks[i] for i in by_length[j : j + 16]]) for j in range(0, len(toks), 16))
     new = sum(forwarded_positions([toks[i] for i in b]) for b in Engine.plan(toks, 16))
     assert new < 0.95 * old
+
+
+def _logprob_by_hand(model, prompt_ids, text_ids):
+    """Σ and mean of log p(text token | preceding) over the continuation, from the model's full logits."""
+    from saecli.engine import continuation_start
+
+    logits = model(torch.tensor([text_ids]))[0].to(torch.float64)
+    logprob = torch.log_softmax(logits, -1)
+    start = continuation_start(prompt_ids, text_ids)
+    values = [logprob[p, text_ids[p + 1]].item() for p in range(start - 1, len(text_ids) - 1)]
+    return sum(values), sum(values) / len(values)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 12])
+def test_logprob_baselines_equal_the_models_own_logits(loaded64, samples, batch_size):
+    # 12 samples take the shared-prompt path (prompt pass + cached continuation pass); 3 the full pass.
+    engine = Engine(loaded64)
+    rows = {r["sample_id"]: r for r in analyze(samples[:12], loaded64, batch_size=batch_size)}
+    for sample, toks in zip(samples[:12], engine.tokenize(samples[:12]), strict=True):
+        for kind, text in (("fact", toks.fact), ("hall", toks.hall)):
+            total, mean = _logprob_by_hand(loaded64.model, toks.prompt, text)
+            assert rows[sample.id][f"logprob_sum_{kind}"] == pytest.approx(total, abs=1e-9)
+            assert rows[sample.id][f"logprob_mean_{kind}"] == pytest.approx(mean, abs=1e-9)
+        row = rows[sample.id]
+        assert row["logprob_sum_diff"] == pytest.approx(row["logprob_sum_fact"] - row["logprob_sum_hall"], abs=1e-12)
+
+
+def test_without_baselines_the_pass_stops_early_and_the_columns_are_null(loaded64, samples):
+    with_baselines = Engine(loaded64)
+    without = Engine(loaded64, baselines=False)
+    (a,) = list(with_baselines.run(samples[:4], batch_size=4))
+    (b,) = list(without.run(samples[:4], batch_size=4))
+    assert all(p.blocks == loaded64.model.cfg.n_layers for p in a.passes)
+    assert all(p.blocks == without.stop_at for p in b.passes)
+    assert b.residuals is None and all(row["logprob_sum_fact"] is None for row in b.rows)
+    metric = [c for c in a.rows[0] if not c.startswith("logprob")]
+    for ra, rb in zip(a.rows, b.rows, strict=True):
+        assert all(ra[c] == rb[c] or abs(ra[c] - rb[c]) <= 1e-12 for c in metric if ra[c] is not None)
+
+
+def test_residuals_kept_are_what_the_saes_read(loaded64, samples):
+    engine = Engine(loaded64)
+    (batch,) = list(engine.run(samples[:5], batch_size=5))
+    kept = batch.residuals
+    assert kept.sample_ids == [samples[i].id for i in batch.indices]
+    toks = engine.tokenize([samples[i] for i in batch.indices])
+    for t, sid in zip(toks, kept.sample_ids, strict=True):
+        with torch.inference_mode():
+            alone, _ = engine.residuals_sequential(t)
+        i = kept.sample_ids.index(sid)
+        for layer, hook in zip(engine.layers, engine.hooks, strict=True):
+            sae = loaded64.saes[layer]
+            for k, kind in enumerate(("fact", "hall")):
+                x = alone[hook][k + 1]
+                assert kept.dense[f"l{layer}_{kind}"][i] == pytest.approx(x.float().numpy(), abs=1e-6)
+                with torch.inference_mode():
+                    f = sae.encode(x.unsqueeze(0))[0]
+                row = kept.features[f"l{layer}_{kind}"][i].toarray()[0]
+                assert set(row.nonzero()[0]) == set(torch.nonzero(f > 0)[:, 0].tolist())
+                assert row == pytest.approx(f.float().numpy(), abs=1e-6)

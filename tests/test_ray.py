@@ -73,6 +73,10 @@ def test_two_workers_equal_sequential_and_the_plain_run(tmp_path, ray_cluster, p
     frame = read_parquet(out / "metrics.parquet")
     assert frame.equals(plain)  # the same batches on the workers: identical, row for row
     assert compare_frames(reference, frame, atol=1e-9).passed
+    from saecli.io import RESIDUALS_FILE, read_residuals
+
+    kept = read_residuals(out / RESIDUALS_FILE)  # the workers' residuals, merged by the driver in the table's order
+    assert kept.sample_ids == frame["sample_id"].to_list() and all(m.nnz > 0 for m in kept.features.values())
     manifest = json.loads(result.stdout)
     record = manifest["cluster"]
     assert record["workers"] == 2 and record["gpus_per_worker"] == 1  # one per (logical) GPU
@@ -196,10 +200,12 @@ def progress(done=None, total=None, busy=None):
         removed.append(done)
 
 config = RunConfig(limit=LIMIT, batch_size=2, dtype="float64")
-result = execute(config, out=Path(sys.argv[1]), ray=saecli_cluster.RayOptions(workers=2), progress=progress)
-print(json.dumps({"removed": removed, "cluster": result.manifest["cluster"]}))
-ray.shutdown()
-cluster.shutdown()
+try:  # a failure must not leave this cluster behind for the next test's ray.init to join
+    result = execute(config, out=Path(sys.argv[1]), ray=saecli_cluster.RayOptions(workers=2), progress=progress)
+    print(json.dumps({"removed": removed, "cluster": result.manifest["cluster"]}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
 """
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ import saecli
 from saecli.cli import app
 from saecli.compare import compare_frames
 from saecli.config import RunConfig
-from saecli.io import rows_to_frame
+from saecli.io import RESIDUALS_FILE, Residuals, read_residuals, rows_to_frame
 from saecli.runner import execute
 
 runner = CliRunner()
@@ -36,15 +37,34 @@ def reference():
     return rows_to_frame(list(saecli.analyze(samples, loaded, batch_size=BATCH)), loaded.layers)
 
 
+@pytest.fixture(scope="module")
+def reference_residuals():
+    from saecli.engine import Engine
+
+    loaded = saecli.load_preset("tiny", device="cpu", dtype="float64")
+    samples = saecli.load_samples(limit=LIMIT)
+    kept = [batch.residuals for batch in Engine(loaded).run(samples, batch_size=BATCH)]
+    return Residuals.concat(kept).select([s.id for s in samples])
+
+
+def _same_residuals(a, b):
+    assert a.sample_ids == b.sample_ids and a.layers == b.layers
+    for key in a.dense:
+        assert np.allclose(a.dense[key], b.dense[key], atol=1e-6, rtol=0)
+        assert (a.features[key] != b.features[key]).nnz == 0 or abs(a.features[key] - b.features[key]).max() <= 1e-6
+
+
 CRASH_POINTS = [
     "after_manifest",  # before the first part file
-    "tmp_written#2",  # the first part written under its temporary name, not yet renamed
+    "tmp_written#2",  # the first part's residuals written under their temporary name, not yet renamed
+    "tmp_written#3",  # the first part's table under its temporary name (its residuals renamed)
     "batch_done#1",  # mid-run: a batch analysed, nothing of it written
     "after_part#1",  # a part renamed, the manifest not yet updated
     "batch_done#3",
     "after_part#4",
     "before_merge",  # every part written
-    "tmp_written#12",  # during the merge: metrics.parquet under its temporary name
+    "tmp_written#17",  # during the merge: residuals.safetensors under its temporary name
+    "tmp_written#18",  # during the merge: metrics.parquet under its temporary name
     "after_merge",  # merged, final manifest not yet written
     "after_final_manifest",  # done but the parts not yet removed
 ]
@@ -52,7 +72,7 @@ CRASH_POINTS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, point):
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, reference_residuals, point):
     out = tmp_path / "run"
     killed = _saecli([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -62,6 +82,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, point):
     frame = pl.read_parquet(out / "metrics.parquet")
     assert frame["sample_id"].to_list() == reference["sample_id"].to_list()  # none missing or duplicated
     assert compare_frames(reference, frame, atol=1e-6).passed
+    _same_residuals(reference_residuals, read_residuals(out / RESIDUALS_FILE))  # rows in the table's order, none lost
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and not (out / "parts").exists()
     assert not list(out.glob(".*.tmp"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import typer
 from rich.table import Table
 
 from saecli.bench import (
+    BASELINE_MODES,
     CSV_FILE,
     DEFAULT_RAY_BATCH,
     JSON_FILE,
@@ -45,6 +47,8 @@ from saecli.cli.app import (
 from saecli.config import DEFAULT_PRESET, find_preset
 from saecli.errors import SaecliError
 
+Baselines = Enum("Baselines", {mode: mode for mode in BASELINE_MODES}, type=str)  # type: ignore[misc]
+
 
 def _gib(value: int | float | None) -> str:
     return "–" if value is None else f"{value / 2**30:.2f}"
@@ -80,6 +84,11 @@ def bench(
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
     sequential: Annotated[bool, typer.Option("--sequential/--no-sequential", help="Also measure the sequential reference.")] = True,
+    baselines: Annotated[
+        Baselines,
+        typer.Option("--baselines", help="Time the analysis with the log-probability baselines and residuals (as `run`), "
+                     "without them (`run --no-baselines`), or both (the second after, in the same process)."),
+    ] = Baselines.both,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Folder for bench.json and bench.csv [default: bench/<UTC time>-<preset>].", show_default=False)
     ] = None,
@@ -121,7 +130,7 @@ def bench(
                 preset=name, sizes=size_list, data=str(data) if data else None, limit=n, repeats=repeats,
                 device=device.value if device else "auto", dtype=dtype.value if dtype else None,
                 domains=[d for d in domains.split(",") if d] if domains else None, include_sequential=sequential,
-                on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
+                baselines=baselines.value, on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
                 on_done=lambda r: stderr.print(_line(r)),
             )  # fmt: skip
     except BaseException:
@@ -136,7 +145,9 @@ def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
         emit_json(result.to_dict())
         return
     table = Table(title=f"saecli bench: {result.preset}, {result.samples} samples, {result.device} {result.dtype}, median of {result.repeats}")
-    columns = ("size", "s", "samples/s", "tok/s", "×b1", "×seq", "peak GiB", "+GiB", "fwd GF/s", "util", "SAE GF/s", "util")
+    both = any(r.samples_per_second_no_baselines for r in result.results)
+    columns = ("size", "s", "samples/s", *(("no-bl/s",) if both else ()), "tok/s", "×b1", "×seq", "peak GiB", "+GiB", "fwd GF/s", "util",
+               "SAE GF/s", "util")
     for column in columns:
         table.add_column(column, justify="left" if column == "size" else "right", no_wrap=True, min_width=len(column))
     for r in result.results:
@@ -145,7 +156,8 @@ def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
             table.add_row(label, "[red]OOM[/]" if r.oom else "[red]failed[/]", *[""] * (len(columns) - 2))
             continue
         table.add_row(
-            label, f"{r.seconds_median:.3f}", f"{r.samples_per_second:.1f}", f"{r.tokens_per_second:.0f}",
+            label, f"{r.seconds_median:.3f}", f"{r.samples_per_second:.1f}",
+            *((_num(r.samples_per_second_no_baselines),) if both else ()), f"{r.tokens_per_second:.0f}",
             _x(r.speedup_vs_batch1), _x(r.speedup_vs_sequential), _gib(r.peak_memory), _gib(r.peak_increase),
             _num(r.forward_gflops), _pct(r.forward_utilization), _num(r.sae_gflops), _pct(r.sae_utilization),
         )  # fmt: skip
@@ -266,4 +278,5 @@ def _line(r: SizeResult) -> str:
     label = "sequential" if r.size == SEQUENTIAL else f"batch {r.size}"
     if not r.ok:
         return f"  {label}: {'OOM' if r.oom else 'failed'} ({r.error})"
-    return f"  {label}: {r.samples_per_second:.1f} samples/s, peak {_gib(r.peak_memory)} GiB"
+    plain = f" ({r.samples_per_second_no_baselines:.1f} without baselines)" if r.samples_per_second_no_baselines else ""
+    return f"  {label}: {r.samples_per_second:.1f} samples/s{plain}, peak {_gib(r.peak_memory)} GiB"

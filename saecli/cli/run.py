@@ -97,6 +97,7 @@ def _run(
     truncate: bool,
     report: bool,
     as_json: bool,
+    baselines: bool | None = None,
     threads: int | None = None,
     ray: str | None = None,
     workers: int | None = None,
@@ -118,6 +119,7 @@ def _run(
         "dtype": dtype.value if dtype is not None else None,
         "mode": mode,
         "truncate": True if truncate else None,
+        "baselines": baselines,
         "threads": threads,
     }
     ray_options = None
@@ -188,6 +190,11 @@ ResumeOpt = Annotated[
     Path | None, typer.Option("--resume", help="Continue an interrupted run folder (its own settings are kept).", show_default=False)
 ]
 TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut texts longer than the model's context from the left.")]
+BaselinesOpt = Annotated[
+    bool | None,
+    typer.Option("--baselines/--no-baselines", help="Score the continuations' log-probabilities and keep the residual vectors "
+                 "(residuals.safetensors) for the report's baselines and probes [default: on]; off is faster.", show_default=False),
+]
 ReportOpt = Annotated[bool, typer.Option("--report", help="Also write the report (dashboard.png, detection.csv, summary.md).")]
 
 
@@ -211,6 +218,7 @@ def run(
     force: ForceOpt = False,
     resume: ResumeOpt = None,
     truncate: TruncateOpt = False,
+    baselines: BaselinesOpt = None,
     report: ReportOpt = False,
     json_: JsonOpt = False,
     threads: ThreadsOpt = None,
@@ -229,7 +237,8 @@ def run(
     """
     _run("batched", preset=preset, config=config, data=data, columns=columns, limit=limit, domains=domains, batch_size=batch_size,
          seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
-         resume=resume, truncate=truncate, report=report, threads=threads, ray=ray, workers=workers, worker_cpus=worker_cpus)
+         resume=resume, truncate=truncate, report=report, threads=threads, ray=ray, workers=workers, worker_cpus=worker_cpus,
+         baselines=baselines)
 
 
 @app.command()
@@ -248,6 +257,7 @@ def sequential(
     force: ForceOpt = False,
     resume: ResumeOpt = None,
     truncate: TruncateOpt = False,
+    baselines: BaselinesOpt = None,
     report: ReportOpt = False,
     json_: JsonOpt = False,
     threads: ThreadsOpt = None,
@@ -258,5 +268,5 @@ def sequential(
     """
     _run("sequential", preset=preset, config=config, data=data, columns=columns, limit=limit, domains=domains, batch_size=None,
          seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
-         resume=resume, truncate=truncate, report=report, threads=threads)
+         resume=resume, truncate=truncate, report=report, threads=threads, baselines=baselines)
 

@@ -17,12 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from saecli.columns import KINDS, LAYER_NUMERIC, PAIRED_METRICS, layer_column, paired_column
-
-try:  # the engine's names for the log-probability baselines (columns.py), once it has them
-    from saecli.columns import BASELINE_METRICS
-except ImportError:  # pragma: no cover - an engine without baselines
-    BASELINE_METRICS = ("logprob_sum", "logprob_mean")
+from saecli.columns import BASELINE_METRICS, KINDS, LAYER_NUMERIC, PAIRED_METRICS, layer_column, paired_column
 from saecli.errors import SaecliError
 from saecli.report.stats import (
     auroc,

@@ -27,6 +27,8 @@ def synthetic_run(path, *, layers=LAYERS):
                 row[column] = int(rng.integers(5, 40))
             elif column.endswith("_shape_class"):
                 row[column] = ["Spherical", "Oblate", "Prolate", "Triaxial", None][int(rng.integers(0, 5))]
+            elif column.startswith("logprob_"):
+                row[column] = None  # a run with --no-baselines
             else:
                 row[column] = float(rng.random())
         row[f"l{layers[1]}_hall_reconstruction_error"] = row[f"l{layers[1]}_fact_reconstruction_error"] + 1.0

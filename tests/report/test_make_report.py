@@ -60,5 +60,8 @@ def test_report_of_a_real_run(tmp_path):
     report = make_report(out, bootstrap=100)
     layers = json.loads((out / "manifest.json").read_text())["layers"]
     frame = pl.read_csv(out / "detection.csv")
-    assert frame.height == len(numeric_metrics(layers)) * (frame["domain"].n_unique())
+    geometry = frame.filter(pl.col("family") == "geometry")
+    assert geometry.height == len(numeric_metrics(layers)) * (frame["domain"].n_unique())
+    # A default run has baselines: the log-probabilities are ranked beside the geometry.
+    assert set(frame.filter(pl.col("family") == "baseline")["metric"]) == {"logprob_sum", "logprob_mean"}
     assert set(frame["domain"]) == {*report.domains, "all"} and report.samples == 12
