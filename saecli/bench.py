@@ -116,7 +116,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     size = job["size"]
     sequential = size == SEQUENTIAL
     loaded = load_preset(job["preset"], device=job["device"], dtype=job["dtype"])
-    samples = load_samples(job["data"], domains=job.get("domains"), limit=job["limit"])
+    samples = load_samples(job["data"], domains=job.get("domains"), limit=job["limit"], columns=job.get("columns"))
     if loaded.device == "cuda":
         torch.cuda.synchronize()
         model_memory = torch.cuda.memory_allocated()
@@ -339,6 +339,7 @@ def sweep(
     domains: list[str] | None = None,
     include_sequential: bool = True,
     baselines: str = "on",
+    columns: str | None = None,
     on_start: Callable[[int | str], None] | None = None,
     on_done: Callable[[SizeResult], None] | None = None,
 ) -> Sweep:
@@ -347,12 +348,13 @@ def sweep(
     from saecli.data import load_samples
 
     check_options(sizes=sizes, repeats=repeats, limit=limit)
-    load_samples(data, domains=domains, limit=limit)  # bad data is one error here, not a failure in every worker
+    load_samples(data, domains=domains, limit=limit, columns=columns)  # bad data is one error here, not a failure in every worker
     chosen = find_preset(preset)
     device, _ = resolve_device(device, live_facts())
     dtype = dtype or chosen.model.dtype
     job = {"preset": preset, "data": data, "domains": domains, "limit": limit, "repeats": repeats,
-           "device": device, "dtype": dtype, "seed": seed, "noise_std": noise_std, "baselines": baselines}
+           "device": device, "dtype": dtype, "seed": seed, "noise_std": noise_std, "baselines": baselines,
+           "columns": columns}
     order: list[int | str] = ([SEQUENTIAL] if include_sequential else []) + list(sizes)
     results = []
     for size in order:

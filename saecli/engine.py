@@ -448,18 +448,20 @@ class Engine:
 
     def _logprobs(self, resid: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
         """``log p(token | preceding)`` from the last block's residual at each scored position, as the
-        model's own head computes it (final norm, unembedding, logit soft-cap), in float64 [m]."""
+        model's own head computes it (final norm, unembedding ``x W_U + b_U``, logit soft-cap), in
+        float64 [m]: the target's logit minus the log-sum-exp of all (the full log-softmax over the
+        vocabulary is never written out). Positions scored twice (a prompt's last position predicts
+        both continuations' first tokens) are unembedded once."""
         from transformer_lens.utilities.activation_functions import apply_softcap
 
         model = self.model
-        x = resid.unsqueeze(0)
-        if model.cfg.normalization_type is not None:
-            x = model.ln_final(x)
-        logits = apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)[0]
+        unique, slot = torch.unique(resid, dim=0, return_inverse=True)
+        x = model.ln_final(unique.unsqueeze(0))[0] if model.cfg.normalization_type is not None else unique
+        logits = apply_softcap(x @ model.unembed.W_U + model.unembed.b_U, model.cfg.output_logits_soft_cap)
         logits = logits if logits.dtype == torch.float64 else logits.float()
-        logprob = torch.log_softmax(logits, dim=-1)
-        index = torch.tensor(list(targets), device=logprob.device).unsqueeze(-1)
-        return logprob.gather(-1, index)[:, 0].to(torch.float64)
+        index = torch.tensor(list(targets), device=logits.device)
+        picked = logits[slot, index]
+        return (picked - torch.logsumexp(logits, dim=-1)[slot]).to(torch.float64)
 
     def _shared_prompt(self, toks: list[SampleTokens]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], Scored]:
         """For samples whose prompt tokens start both F and H: one pass over the prompts that keeps

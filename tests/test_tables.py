@@ -264,3 +264,20 @@ def test_resume_refuses_other_columns(tmp_path, loaded64):
 def test_a_missing_table_is_named(tmp_path):
     with pytest.raises(SaecliError, match="data path does not exist: .*nope.csv"):
         load_samples(tmp_path / "nope.csv", columns="prompt=q")
+
+
+def test_compare_and_bench_take_columns(tmp_path):
+    from typer.testing import CliRunner
+
+    from saecli.cli import app
+
+    table = tmp_path / "pairs [1].csv"
+    table.write_text('question,best_answer,wrong\n"The capital of France is","Paris","Rome"\n"Water boils at","100 °C","50 °C"\n')
+    mapping = "prompt=question,fact=best_answer,hallucination=wrong"
+    cli = CliRunner()
+    result = cli.invoke(app, ["compare", "--data", str(table), "--columns", mapping, "--sizes", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["batch_sizes"]["2"]["samples"] == 2
+    # Without the mapping the table is refused before bench creates or measures anything.
+    result = cli.invoke(app, ["bench", "--data", str(table), "--sizes", "2", "--out", str(tmp_path / "bench")])
+    assert result.exit_code == 2 and "--columns" in result.stderr and not (tmp_path / "bench").exists()

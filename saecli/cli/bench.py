@@ -28,6 +28,7 @@ from saecli.bench import (
     sweep,
 )
 from saecli.cli.app import (
+    ColumnsOpt,
     ConfigOpt,
     DataOpt,
     DeviceOpt,
@@ -44,7 +45,7 @@ from saecli.cli.app import (
     stderr,
     stdout,
 )
-from saecli.config import DEFAULT_PRESET, find_preset
+from saecli.config import DEFAULT_PRESET, check_option, find_preset
 from saecli.errors import SaecliError
 
 Baselines = Enum("Baselines", {mode: mode for mode in BASELINE_MODES}, type=str)  # type: ignore[misc]
@@ -75,6 +76,7 @@ def bench(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     data: DataOpt = None,
+    columns: ColumnsOpt = None,
     # --limit and --repeats are checked by saecli.bench.check_options (one line), not by typer (a usage box).
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", help="Samples per pass [default: 4 × the largest size, at most the data].", show_default=False)
@@ -130,7 +132,7 @@ def bench(
                 preset=name, sizes=size_list, data=str(data) if data else None, limit=n, repeats=repeats,
                 device=device.value if device else "auto", dtype=dtype.value if dtype else None,
                 domains=[d for d in domains.split(",") if d] if domains else None, include_sequential=sequential,
-                baselines=baselines.value, on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
+                baselines=baselines.value, columns=check_option("columns", columns, "--columns"), on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
                 on_done=lambda r: stderr.print(_line(r)),
             )  # fmt: skip
     except BaseException:

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from saecli.cli.app import (
+    ColumnsOpt,
     ConfigOpt,
     DataOpt,
     DeviceOpt,
@@ -29,7 +30,7 @@ from saecli.cli.app import (
     stdout,
 )
 from saecli.compare import Comparison, check_comparable, compare_frames, compare_live
-from saecli.config import DEFAULT_PRESET, find_preset, resolve_run_config
+from saecli.config import DEFAULT_PRESET, check_option, find_preset, resolve_run_config
 from saecli.errors import SaecliError
 from saecli.io import read_run
 
@@ -104,6 +105,7 @@ def compare(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     data: DataOpt = None,
+    columns: ColumnsOpt = None,
     limit: LimitOpt = None,
     domains: DomainsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size to check (>= 1).")] = 16,
@@ -142,6 +144,7 @@ def compare(
         name = preset_arg(preset, config) or DEFAULT_PRESET
         run_config = resolve_run_config(
             find_preset(name), preset=name, data=str(data) if data else None, limit=limit, domains=domains,
+            columns=check_option("columns", columns, "--columns"),
             seed=seed, noise_std=noise_std, device=device.value if device else None, dtype=dtype.value,
         )
         size_list = parse_sizes(sizes) if sizes else [batch_size]
