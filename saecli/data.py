@@ -5,7 +5,6 @@ run manifest (:func:`dataset_identity`)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -16,6 +15,7 @@ from typing import Any
 from saecli import hfdata, tables
 from saecli.config import INT64_MAX, INT64_MIN, assets_dir, check_domains, check_limit, columns_mapping
 from saecli.errors import SaecliError
+from saecli.io import file_sha256
 
 DOMAINS = ("entity", "temporal", "logical", "adversarial")
 
@@ -296,14 +296,6 @@ def load_samples(
     return samples
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dataset_identity(path: str | Path | None, columns: str | dict[str, str] | None = None) -> dict[str, Any]:
     """What the run manifest records of the data: its format, where it is, the SHA-256 of each file
     read (an ``hf:`` dataset: its name, config, split and revision) and the column mapping used."""
@@ -315,12 +307,12 @@ def dataset_identity(path: str | Path | None, columns: str | dict[str, str] | No
         source, fmt = table
         rows = _table_of(source, fmt)
         mapping = tables.resolve_mapping(rows.columns, str(source), given=given, domain=source.stem)
-        return {"format": fmt, "path": str(source), "sha256": _sha256(source), "columns": mapping.describe()}
+        return {"format": fmt, "path": str(source), "sha256": file_sha256(source), "columns": mapping.describe()}
     source = _expand(Path(path)) if path is not None else builtin_benchmark_path()
     files = _files_of(source)
     fmt = "builtin" if path is None else "folder" if source.is_dir() else source.suffix.lstrip(".") or "json"
     return {
         "format": fmt,
         "path": str(source) if path is not None else source.name,
-        "files": [{"path": file.name, "sha256": _sha256(file)} for file, _ in files],
+        "files": [{"path": file.name, "sha256": file_sha256(file)} for file, _ in files],
     }

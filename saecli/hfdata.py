@@ -17,7 +17,6 @@ PyYAML only to read a dataset card.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 from saecli.config import HF_PREFIX
 from saecli.errors import SaecliError
+from saecli.io import file_sha256
 from saecli.tables import (
     Choice,
     Column,
@@ -344,14 +344,6 @@ def load(text: str, given: dict[str, str] | None) -> tuple[Table, ColumnMap]:
     return table, mapping(located, table.columns, given)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def identity(text: str, given: dict[str, str] | None) -> dict[str, Any]:
     """What the manifest records of an ``hf:`` dataset: its name, config, split, revision, the
     SHA-256 of each file read and the mapping used."""
@@ -367,7 +359,7 @@ def identity(text: str, given: dict[str, str] | None) -> dict[str, Any]:
         "config": located.config,
         "split": located.split,
         "revision": located.revision,
-        "files": [{"path": rel, "sha256": _sha256(located.snapshot / rel)} for rel in located.files],
+        "files": [{"path": rel, "sha256": file_sha256(located.snapshot / rel)} for rel in located.files],
         "builtin_mapping": located.builtin is not None,
         "columns": mapping(located, columns, given).describe(),
     }

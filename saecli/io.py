@@ -3,6 +3,7 @@ written atomically and read literally (a path is never a pattern); the merge of 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -69,6 +70,15 @@ def read_parquet(path: Path) -> pl.DataFrame:
     handle is always the one file."""
     with open(path, "rb") as handle:
         return pl.read_parquet(handle)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks through a handle (the path is literal)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, write: Any) -> None:

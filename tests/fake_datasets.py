@@ -12,14 +12,12 @@ Imported by the tests (``from fake_datasets import ...``: pytest puts this folde
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from fake_hub import add_repo
 
 TRUTHFULQA = "truthfulqa/truthful_qa"
 HALUEVAL = "pminervini/HaluEval"
@@ -184,11 +182,6 @@ configs:
 """
 
 
-def commit_for(repo_id: str) -> str:
-    """A fixed 40-hex revision per repo, the same on every run."""
-    return hashlib.sha1(repo_id.encode()).hexdigest()
-
-
 def parquet_bytes(frame: pl.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
@@ -197,24 +190,7 @@ def parquet_bytes(frame: pl.DataFrame) -> bytes:
 
 def add_dataset(cache: Path, repo_id: str, files: dict[str, bytes | str], *, refs: bool = True) -> Path:
     """Put ``files`` (repo path → content) into ``cache`` as the hub client does; the snapshot folder."""
-    repo_dir = cache / f"datasets--{repo_id.replace('/', '--')}"
-    commit = commit_for(repo_id)
-    snapshot = repo_dir / "snapshots" / commit
-    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
-    if refs:
-        (repo_dir / "refs").mkdir(exist_ok=True)
-        (repo_dir / "refs" / "main").write_text(commit)
-    for rel, content in files.items():
-        data = content.encode() if isinstance(content, str) else content
-        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = snapshot / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            link.symlink_to(os.path.relpath(blob, link.parent))
-        except OSError:
-            shutil.copyfile(blob, link)
-    return snapshot
+    return add_repo(cache, "datasets", repo_id, files, refs=refs)
 
 
 def standard_cache(cache: Path) -> Path:

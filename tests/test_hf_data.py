@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_datasets import HALUEVAL, TRUTHFULQA, commit_for, custom_dataset, standard_cache
+from fake_datasets import HALUEVAL, TRUTHFULQA, custom_dataset, standard_cache
+from fake_hub import commit_for
 from typer.testing import CliRunner
 
 from saecli.cli import app

@@ -13,15 +13,14 @@ saecli's "not cached" check must name what is missing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from fake_hub import add_repo
 
 import saecli
 from saecli.config import find_preset
@@ -42,38 +41,10 @@ MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("Ġ"
 # --- the cache layout --------------------------------------------------------------------------
 
 
-def _commit_for(repo_id: str) -> str:
-    """A fixed 40-hex "commit" per repo, so the cache (and the test) is the same on every run."""
-    return hashlib.sha1(repo_id.encode()).hexdigest()
-
-
 def _add_to_cache(cache: Path, repo_id: str, staged: Path) -> Path:
-    """Put the files under ``staged`` into ``cache`` as the hub client would after a download.
-
-    Layout (huggingface_hub's): content in ``blobs/<sha256>``, the snapshot as relative symlinks
-    ``snapshots/<commit>/<path>`` -> ``../../blobs/<sha256>``, and ``refs/main`` holding the commit,
-    which is how an offline lookup of revision "main" finds the snapshot. Symlinks are what a real
-    cache has on Linux and macOS; where they cannot be made the file is copied (as huggingface_hub
-    itself does on Windows without developer mode).
-    """
-    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = _commit_for(repo_id)
-    snapshot = repo_dir / "snapshots" / commit
-    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-    for src in sorted(p for p in staged.rglob("*") if p.is_file()):
-        rel = src.relative_to(staged)
-        data = src.read_bytes()
-        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = snapshot / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            link.symlink_to(os.path.relpath(blob, link.parent))
-        except OSError:
-            shutil.copyfile(blob, link)
-    return snapshot
+    """Put the files under ``staged`` into ``cache`` as the hub client would after a download."""
+    files = {str(p.relative_to(staged)): p.read_bytes() for p in sorted(staged.rglob("*")) if p.is_file()}
+    return add_repo(cache, "models", repo_id, files)
 
 
 # --- the fake repositories -----------------------------------------------------------------------
