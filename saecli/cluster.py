@@ -15,15 +15,21 @@ Ray is optional (``pip install 'saecli[ray]'``) and imported only here, only whe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from saecli.config import Preset, RunConfig
 from saecli.errors import SaecliError
+from saecli.models import PresetInfo
+
+if TYPE_CHECKING:
+    from saecli.engine import BatchResult
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +193,47 @@ def plan(info: ClusterInfo, options: RayOptions) -> Plan:
 # -- the worker ----------------------------------------------------------------------------------
 
 
-class Worker:
-    """A Ray actor (made remote in :func:`_actor_class`): loads the preset once, then analyses chunks."""
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A started worker: the preset it loaded (what the manifest records) and where it runs."""
 
-    def __init__(self, preset: Any, *, device: str, dtype: str | None, seed: int, noise_std: float, threads: int, truncate: bool,
-                 baselines: bool = True):
+    preset: PresetInfo
+    node: str
+    host: str
+    pid: int
+    gpu_ids: list[str]
+    threads: int
+
+
+@dataclass(frozen=True)
+class WorkerProblem:
+    """A user's problem on a worker's node (the preset's files missing, a bad SAE): raised on the
+    driver as the one-line error it is, not as "the actor died"."""
+
+    message: str
+    hint: str | None
+    exit_code: int
+    host: str
+
+    def raise_it(self) -> None:
+        raise SaecliError(f"on Ray worker host {self.host}: {self.message}", hint=self.hint, exit_code=self.exit_code)
+
+
+@dataclass(frozen=True)
+class WorkerTotals:
+    """What a worker did over its life: for the manifest's stages and peak memory."""
+
+    samples: int
+    busy_seconds: float
+    stages: dict[str, float]
+    peak_memory: dict[str, Any]
+
+
+class Worker:
+    """A Ray actor (made remote in :func:`_actor_class`): loads the preset once, then analyses
+    chunks with the run's configuration, taken whole."""
+
+    def __init__(self, preset: Preset, config: RunConfig, *, threads: int):
         import torch
 
         from saecli.engine import Engine
@@ -199,68 +241,52 @@ class Worker:
 
         torch.set_num_threads(threads)
         self.threads = threads
-        self.truncate = truncate
         self.samples_done = 0
         self.busy_seconds = 0.0
-        # A user's problem on this node (the preset's files missing, a bad SAE) is reported by
-        # describe(): an exception here would reach the driver only as "the actor died".
-        self.problem: tuple[str, str | None, int] | None = None
+        # A user's problem on this node is reported by describe(): an exception here would reach
+        # the driver only as "the actor died".
+        self.problem: WorkerProblem | None = None
         try:
             check_preset_files(preset)
-            self.loaded = load_preset(preset, device=device, dtype=dtype)
-            self.engine = Engine(self.loaded, seed=seed, noise_std=noise_std, baselines=baselines)
+            self.loaded = load_preset(preset, device=config.device, dtype=config.dtype)
+            self.engine = Engine(self.loaded, config)
         except SaecliError as exc:
-            self.problem = (exc.message, exc.hint, exc.exit_code)
+            self.problem = WorkerProblem(exc.message, exc.hint, exc.exit_code, socket.gethostname())
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> WorkerInfo | WorkerProblem:
         """What the manifest records of the loaded preset, and where this worker runs."""
         import ray
 
         if self.problem is not None:
-            message, hint, code = self.problem
-            return {"problem": message, "hint": hint, "exit_code": code, "host": socket.gethostname()}
-        loaded = self.loaded
-        return {
-            "layers": loaded.layers, "hooks": loaded.hooks, "identities": loaded.identities, "dtype": loaded.dtype,
-            "sae_dtype": loaded.sae_dtype, "device": loaded.device, "device_reason": loaded.device_reason,
-            "load_seconds": loaded.load_seconds, "node": ray.get_runtime_context().get_node_id(),
-            "host": socket.gethostname(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "threads": self.threads,
-            "neuronpedia_ids": loaded.neuronpedia_ids,
-        }  # fmt: skip
+            return self.problem
+        return WorkerInfo(preset=self.loaded.info, node=ray.get_runtime_context().get_node_id(), host=socket.gethostname(),
+                          pid=os.getpid(), gpu_ids=[str(g) for g in ray.get_gpu_ids()], threads=self.threads)  # fmt: skip
 
     def tokenize(self, samples: Sequence[Any]) -> list[Any]:
-        return self.engine.tokenize(samples, truncate=self.truncate)
+        return self.engine.tokenize(samples)
 
     def auto_batch_size(self, samples: Sequence[Any]) -> Any:
         from saecli.autobatch import find_batch_size
 
-        return find_batch_size(self.loaded, list(samples), seed=self.engine.seed, noise_std=self.engine.noise_std)
+        return find_batch_size(self.loaded, list(samples), self.engine.config)
 
-    def analyze(self, samples: Sequence[Any], toks: Sequence[Any], batch_size: int) -> dict[str, Any]:
-        """Rows of a chunk (its own batches, out-of-memory backoff inside as in a plain run)."""
+    def analyze(self, samples: Sequence[Any], toks: Sequence[Any], batch_size: int) -> tuple[BatchResult, float]:
+        """A chunk's batches (out-of-memory backoff inside, as in a plain run) as one result whose
+        ``indices`` are positions in ``samples``, and the seconds it took."""
+        from saecli.engine import BatchResult
+
         started = time.perf_counter()
-        before = len(self.engine.backoffs)
-        rows, tokens, forwarded, forwarded_real, kept = [], 0, 0, 0, []
-        for batch in self.engine.run(samples, batch_size=batch_size, toks=toks):
-            rows += batch.rows
-            if batch.residuals is not None:
-                kept.append(batch.residuals)
-            tokens += batch.tokens
-            forwarded += batch.forwarded_tokens
-            forwarded_real += batch.forwarded_real_tokens
+        result = BatchResult.concat(list(self.engine.run(samples, batch_size=batch_size, toks=toks)))
         seconds = time.perf_counter() - started
         self.samples_done += len(samples)
         self.busy_seconds += seconds
-        from saecli.io import Residuals
+        return result, seconds
 
-        return {"rows": rows, "tokens": tokens, "forwarded_tokens": forwarded, "forwarded_real_tokens": forwarded_real, "seconds": seconds,
-                "backoffs": self.engine.backoffs[before:], "residuals": Residuals.concat(kept) if kept else None}  # fmt: skip
-
-    def totals(self) -> dict[str, Any]:
+    def totals(self) -> WorkerTotals:
         from saecli.memory import peak_memory
 
-        return {"samples": self.samples_done, "busy_seconds": self.busy_seconds, "stages": dict(self.engine.timer.seconds),
-                "peak_memory": peak_memory(self.loaded.device)}
+        return WorkerTotals(samples=self.samples_done, busy_seconds=self.busy_seconds, stages=dict(self.engine.timer.seconds),
+                            peak_memory=peak_memory(self.loaded.device))  # fmt: skip
 
     def pid(self) -> int:
         return os.getpid()
@@ -284,10 +310,10 @@ def get(refs: Any, **kwargs: Any) -> Any:
         raise
 
 
-def _raise_problem(described: dict[str, Any]) -> None:
-    if "problem" in described:
-        raise SaecliError(f"on Ray worker host {described['host']}: {described['problem']}", hint=described["hint"],
-                          exit_code=described["exit_code"])
+def _started(described: WorkerInfo | WorkerProblem) -> WorkerInfo:
+    if isinstance(described, WorkerProblem):
+        described.raise_it()
+    return described
 
 
 def _actor_class() -> Any:
@@ -298,27 +324,14 @@ def _actor_class() -> Any:
 
 
 @dataclass
-class ChunkDone:
-    """A finished chunk: the input positions of its samples and their rows (what the runner writes)."""
-
-    indices: list[int]
-    rows: list[dict[str, Any]]
-    tokens: int
-    backoffs: list[dict[str, Any]]
-    forwarded_tokens: int = 0
-    forwarded_real_tokens: int = 0
-    residuals: Any = None
-    """The chunk's :class:`saecli.io.Residuals` (with baselines on)."""
-
-
-@dataclass
 class Pool:
     """The workers of one run, and what they did (for the manifest)."""
 
     plan: Plan
-    make_args: dict[str, Any]
+    preset: Preset
+    config: RunConfig
     actors: list[Any] = field(default_factory=list)
-    described: dict[int, dict[str, Any]] = field(default_factory=dict)
+    described: dict[int, WorkerInfo] = field(default_factory=dict)
     chunks_done: dict[int, int] = field(default_factory=dict)
     samples_done: dict[int, int] = field(default_factory=dict)
     busy_seconds: dict[int, float] = field(default_factory=dict)
@@ -328,13 +341,9 @@ class Pool:
     ids: dict[Any, int] = field(default_factory=dict)
 
     @classmethod
-    def start(
-        cls, plan: Plan, *, preset: Any, device: str, dtype: str | None, seed: int, noise_std: float, truncate: bool, baselines: bool = True
-    ) -> Pool:
+    def start(cls, plan: Plan, preset: Preset, config: RunConfig) -> Pool:
         """Start the workers and wait until each has loaded the preset (its errors are the run's)."""
-        threads = plan.cpus_per_worker
-        pool = cls(plan, {"preset": preset, "device": device, "dtype": dtype, "seed": seed, "noise_std": noise_std,
-                          "threads": threads, "truncate": truncate, "baselines": baselines})  # fmt: skip
+        pool = cls(plan, preset, config)
         for _ in range(plan.workers):
             pool._spawn()
         pool._describe_all()
@@ -345,24 +354,23 @@ class Pool:
         env = {k: v for k, v in os.environ.items() if k.startswith("SAECLI_")}
         if env:  # the driver's saecli settings (test fault points) hold on the workers too
             options["runtime_env"] = {"env_vars": env}
-        actor = _actor_class().options(**options).remote(**self.make_args)
+        actor = _actor_class().options(**options).remote(self.preset, self.config, threads=self.plan.cpus_per_worker)
         self.ids[actor] = self.next_id
         self.next_id += 1
         self.actors.append(actor)
         return actor
 
     def _describe_all(self) -> None:
-        for actor, info in zip(self.actors, get([a.describe.remote() for a in self.actors]), strict=True):
-            _raise_problem(info)
-            self.described[self.ids[actor]] = info
+        for actor, described in zip(self.actors, get([a.describe.remote() for a in self.actors]), strict=True):
+            self.described[self.ids[actor]] = _started(described)
 
     def first(self) -> Any:
         return self.actors[0]
 
     def run(self, samples: Sequence[Any], toks: Sequence[Any], chunks: list[list[int]], batch_size: int,
-            on_busy: Any = None) -> Iterator[ChunkDone]:  # fmt: skip
+            on_busy: Any = None) -> Iterator[BatchResult]:  # fmt: skip
         """Hand chunks (lists of positions in ``samples``) to idle workers; yield each as it finishes
-        (in finishing order). A chunk whose worker dies goes back in the queue for another worker,
+        (in finishing order), its ``indices`` positions in ``samples``. A chunk whose worker dies goes back in the queue for another worker,
         and a fresh worker takes the dead one's place."""
         ray = import_ray()
         from ray.exceptions import RayActorError
@@ -386,7 +394,7 @@ class Pool:
             ref = ready[0]
             actor, number = running.pop(ref)
             try:
-                out = get(ref)
+                result, seconds = get(ref)
             except RayActorError as exc:
                 self._replace(actor, exc)
                 queue.append(number)
@@ -397,12 +405,10 @@ class Pool:
             wid = self.ids[actor]
             self.chunks_done[wid] = self.chunks_done.get(wid, 0) + 1
             self.samples_done[wid] = self.samples_done.get(wid, 0) + len(chunks[number])
-            self.busy_seconds[wid] = self.busy_seconds.get(wid, 0.0) + out["seconds"]
+            self.busy_seconds[wid] = self.busy_seconds.get(wid, 0.0) + seconds
             idle.append(actor)
             hand_out()
-            yield ChunkDone(indices=list(chunks[number]), rows=out["rows"], tokens=out["tokens"], backoffs=out["backoffs"],
-                            forwarded_tokens=out["forwarded_tokens"], forwarded_real_tokens=out["forwarded_real_tokens"],
-                            residuals=out.get("residuals"))
+            yield dataclasses.replace(result, indices=[chunks[number][i] for i in result.indices])
 
     def _replace(self, actor: Any, exc: BaseException) -> None:
         """Drop a dead worker; start a fresh one where the alive nodes still have room for it."""
@@ -423,9 +429,7 @@ class Pool:
             self.replaced += 1
             fresh = self._spawn()
             try:
-                described = get(fresh.describe.remote(), timeout=REPLACE_TIMEOUT)
-                _raise_problem(described)
-                self.described[self.ids[fresh]] = described
+                self.described[self.ids[fresh]] = _started(get(fresh.describe.remote(), timeout=REPLACE_TIMEOUT))
             except (RayActorError, GetTimeoutError):
                 log.warning("the replacement worker could not start; going on with %d worker(s)", len(self.actors) - 1)
                 self.actors.remove(fresh)
@@ -444,13 +448,13 @@ class Pool:
         """Seconds per stage, summed over the workers still alive."""
         total: dict[str, float] = {}
         for t in get([a.totals.remote() for a in self.actors]):
-            for stage, seconds in t["stages"].items():
+            for stage, seconds in t.stages.items():
                 total[stage] = total.get(stage, 0.0) + seconds
         return total
 
     def peaks(self) -> list[dict[str, Any]]:
         """Each live worker's peak memory (its own process and device)."""
-        return [t["peak_memory"] for t in get([a.totals.remote() for a in self.actors])]
+        return [t.peak_memory for t in get([a.totals.remote() for a in self.actors])]
 
     def record(self, info: ClusterInfo) -> dict[str, Any]:
         """The cluster part of the manifest."""
@@ -458,8 +462,8 @@ class Pool:
         for wid, described in sorted(self.described.items()):
             samples, busy = self.samples_done.get(wid, 0), self.busy_seconds.get(wid, 0.0)
             workers.append({
-                "worker": wid, "node": described["node"], "host": described["host"], "device": described["device"],
-                "gpu_ids": described["gpu_ids"], "threads": described["threads"], "samples": samples,
+                "worker": wid, "node": described.node, "host": described.host, "device": described.preset.device,
+                "gpu_ids": described.gpu_ids, "threads": described.threads, "samples": samples,
                 "chunks": self.chunks_done.get(wid, 0), "busy_seconds": round(busy, 4),
                 "samples_per_second": round(samples / busy, 4) if busy > 0 else None,
             })  # fmt: skip
@@ -495,26 +499,10 @@ def chunk_plan(order: list[int], batch_size: int, workers: int) -> list[list[int
     return [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
 
 
-@dataclass
-class _Loaded:
-    """What the driver knows of the preset the workers loaded (the fields a manifest records)."""
-
-    preset: Any
-    layers: list[int]
-    hooks: dict[int, str]
-    identities: dict[str, Any]
-    dtype: str
-    sae_dtype: str
-    device: str
-    device_reason: str
-    load_seconds: float
-    neuronpedia_ids: dict[int, str | None] = field(default_factory=dict)
-
-
 class RayBackend:
     """The analysis on a Ray cluster (the runner's backend: the same calls as its local one)."""
 
-    def __init__(self, options: RayOptions, preset: Any, config: Any):
+    def __init__(self, options: RayOptions, preset: Preset, config: RunConfig):
         from saecli.engine import StageTimer
 
         self.info_cluster = connect(options)
@@ -523,18 +511,13 @@ class RayBackend:
         self.pool: Pool | None = None
         started = time.perf_counter()
         try:
-            self.pool = Pool.start(self.plan, preset=preset, device=config.device, dtype=config.dtype, seed=config.seed,
-                                   noise_std=config.noise_std, truncate=config.truncate, baselines=config.baselines)  # fmt: skip
+            self.pool = Pool.start(self.plan, preset, config)
         except BaseException:
             self.close()
             raise
-        first = self.pool.described[0]
-        self.info = _Loaded(
-            preset=preset, layers=first["layers"], hooks={int(k): v for k, v in first["hooks"].items()},
-            identities=first["identities"], dtype=first["dtype"], sae_dtype=first["sae_dtype"], device=first["device"],
-            device_reason=f"{first['device_reason']} (on each Ray worker)", load_seconds=time.perf_counter() - started,
-            neuronpedia_ids={int(k): v for k, v in (first.get("neuronpedia_ids") or {}).items()},
-        )  # fmt: skip
+        first = self.pool.described[0].preset
+        self.info = dataclasses.replace(first, device_reason=f"{first.device_reason} (on each Ray worker)",
+                                        load_seconds=time.perf_counter() - started)  # fmt: skip
         self.timer = StageTimer()
         self.backoffs: list[dict[str, Any]] = []
 
@@ -545,10 +528,8 @@ class RayBackend:
     def auto_batch_size(self, samples: list[Any]) -> Any:
         return get(self.pool.first().auto_batch_size.remote(samples))
 
-    def batches(self, samples: list[Any], toks: list[Any], batch_size: int, progress: Any) -> Iterator[ChunkDone]:
-        from saecli.engine import Engine
-
-        order = [i for batch in Engine.plan(toks, batch_size) for i in batch]
+    def batches(self, samples: Sequence[Any], toks: Sequence[Any], batch_size: int, progress: Any) -> Iterator[BatchResult]:
+        order = [i for batch in plan_batches(toks, batch_size) for i in batch]
         chunks = chunk_plan(order, batch_size, len(self.pool.actors))
 
         def busy(running: int, workers: int) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from saecli.columns import ID_COLUMNS
+from saecli.config import RunConfig
 from saecli.errors import SaecliError
 
 # Manifest fields that must agree for two runs to be comparable at all.
@@ -209,7 +210,7 @@ class LiveComparison:
 
 
 def compare_live(
-    config: Any,
+    config: RunConfig,
     sizes: list[int],
     *,
     atol: float = 1e-6,
@@ -222,9 +223,12 @@ def compare_live(
     sequential reference in float64 first (its model freed before the other loads) and report the
     drift of every run against it."""
     from saecli.data import load_samples
+    from saecli.device import live_facts, resolve_device, set_torch_threads
     from saecli.models import load_preset
 
     samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
+    if resolve_device(config.device, live_facts())[0] == "cpu":
+        set_torch_threads(config.threads)
     exact = None
     if config.dtype not in (None, "float64"):
         loaded = load_preset(config.preset, device=config.device, dtype="float64")
@@ -257,8 +261,9 @@ def compare_live(
     return LiveComparison(dtype=loaded.dtype, device=loaded.device, results=results, drift=drift)
 
 
-def _frame(samples: list[Any], loaded: Any, config: Any, label: str, progress: Any, **kwargs: Any) -> pl.DataFrame:
-    """The result table of one engine run of ``samples`` (``analyze``'s keyword arguments)."""
+def _frame(samples: list[Any], loaded: Any, config: RunConfig, label: str, progress: Any, **kwargs: Any) -> pl.DataFrame:
+    """The result table of one engine run of ``samples``: ``config`` whole, with ``kwargs`` (the
+    batch size, or ``sequential``) on top."""
     from saecli.engine import analyze
     from saecli.io import rows_to_frame
 
@@ -270,5 +275,5 @@ def _frame(samples: list[Any], loaded: Any, config: Any, label: str, progress: A
         if progress is not None:
             progress(label, done, len(samples))
 
-    rows = analyze(samples, loaded, seed=config.seed, noise_std=config.noise_std, on_batch=on_batch, **kwargs)
+    rows = analyze(samples, loaded, config, on_batch=on_batch, **kwargs)
     return rows_to_frame(list(rows), loaded.layers)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from saecli.errors import SaecliError
 
@@ -157,3 +157,24 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
         return cores, f"{cores} usable cores (their load could not be read)"
     threads = max(1, min(cores, int(idle + 0.5)))
     return threads, f"{idle:.1f} of {cores} usable cores idle at the start"
+
+
+def set_torch_threads(requested: int | None) -> dict[str, Any]:
+    """Give torch the CPU threads :func:`choose_threads` picks (``--threads`` when given), and say
+    what the manifest (or bench.json) records. The one place every path that runs the engine on a
+    CPU (run, bench, compare, doctor's probe) sets them."""
+    import torch
+
+    threads, reason = choose_threads(requested)
+    torch.set_num_threads(threads)
+    return {"used": threads, "reason": reason}
+
+
+def synchronize(device: str) -> None:
+    """Wait for the accelerator's queued work (so that a timer stops when the work is done)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()

@@ -143,11 +143,16 @@ def peak_memory(device: str) -> dict[str, int | None]:
 
 
 def allocated_bytes(device: str) -> int:
-    """Memory in use now: allocated on CUDA, this process's resident memory otherwise."""
+    """Memory in use now, measured as :func:`device_peak` measures the peak: allocated on CUDA, the
+    driver's allocation on MPS, this process's resident memory on a CPU."""
     if device == "cuda":
         import torch
 
         return int(torch.cuda.memory_allocated())
+    if device == "mps":
+        import torch
+
+        return int(torch.mps.driver_allocated_memory())
     return current_rss()
 
 

@@ -36,6 +36,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PresetInfo:
+    """What a run records of a loaded preset, without its weights: the manifest's fields. A local
+    run takes it from its :class:`LoadedPreset`; a Ray worker sends it to the driver, which never
+    loads the model."""
+
+    preset: Preset
+    layers: list[int]
+    hooks: dict[int, str]
+    identities: dict[str, Any]
+    dtype: str
+    sae_dtype: str
+    device: str
+    device_reason: str
+    load_seconds: float
+    neuronpedia_ids: dict[int, str | None]
+
+
 @dataclass
 class LoadedPreset:
     """A preset ready to analyse: ``.model``, ``.saes`` (layer → SAE) and ``.layers``."""
@@ -65,6 +83,12 @@ class LoadedPreset:
             value = getattr(getattr(sae.cfg, "metadata", None), "neuronpedia_id", None)
             out[layer] = value if isinstance(value, str) and value else None
         return out
+
+    @property
+    def info(self) -> PresetInfo:
+        return PresetInfo(preset=self.preset, layers=list(self.layers), hooks=dict(self.hooks), identities=self.identities,
+                          dtype=self.dtype, sae_dtype=self.sae_dtype, device=self.device, device_reason=self.device_reason,
+                          load_seconds=self.load_seconds, neuronpedia_ids=self.neuronpedia_ids)  # fmt: skip
 
 
 def missing_from_cache(preset: Preset) -> list[tuple[str, str]]:

@@ -8,33 +8,33 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 import saecli
 from saecli import io
+from saecli.backend import Backend, LocalBackend, Progress
 from saecli.config import RunConfig, find_preset, split_domains
 from saecli.data import builtin_benchmark_path, dataset_identity, load_samples
-from saecli.device import choose_threads
 from saecli.errors import RunInterrupted, SaecliError
 from saecli.faults import crash_point
 from saecli.hub import package_versions
 from saecli.memory import is_out_of_memory as is_oom
-from saecli.memory import oom_message, peak_memory
-from saecli.models import LoadedPreset, check_preset_files, load_preset
+from saecli.memory import oom_message
+from saecli.models import LoadedPreset, PresetInfo, check_preset_files, load_preset
 from saecli.rundir import claim_run_dir, clear_outputs
+
+if TYPE_CHECKING:
+    from saecli.cluster import RayOptions
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[..., None]
-"""Called with (samples done, samples total) after each batch; on Ray also with ``busy=(workers
-busy, workers)`` whenever work is handed out."""
 
 
 @dataclass
@@ -47,7 +47,7 @@ class RunResult:
 
 
 def start_manifest(
-    config: RunConfig, loaded: LoadedPreset, ident: dict[str, Any], *, n_samples: int, data_source: str, batch_size: int,
+    config: RunConfig, loaded: PresetInfo, ident: dict[str, Any], *, n_samples: int, data_source: str, batch_size: int,
     backoffs: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The manifest of a run as it starts (status ``running``; ``finished_ids`` grows with each part
@@ -70,7 +70,7 @@ def start_manifest(
         "model": loaded.identities.get("model"),
         "saes": {
             str(layer): {"identity": loaded.identities["saes"].get(str(layer)), "hook": loaded.hooks[layer],
-                         "neuronpedia_id": (getattr(loaded, "neuronpedia_ids", None) or {}).get(layer)}
+                         "neuronpedia_id": loaded.neuronpedia_ids.get(layer)}
             for layer in loaded.layers
         },
         "baselines": config.baselines,
@@ -173,6 +173,13 @@ def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: P
             )
 
 
+def remaining(samples: list[Any], finished: Iterable[str]) -> list[int]:
+    """Positions of the samples not among the ``finished`` ids. The ids are collected once: a set
+    built per sample made resuming quadratic (2.7 s at 8,000 samples)."""
+    done = set(finished)
+    return [i for i, sample in enumerate(samples) if sample.id not in done]
+
+
 @contextmanager
 def _writing(run_dir: Path, done: int, manifest: dict[str, Any]) -> Iterator[None]:
     """A failed write (disk full, a folder made read-only, a quota) ends the run with one line; the
@@ -197,7 +204,7 @@ def execute(
     progress: Progress | None = None,
     loaded: LoadedPreset | None = None,
     resume: Path | None = None,
-    ray: Any = None,
+    ray: RayOptions | None = None,
 ) -> RunResult:
     """Run the analysis described by ``config`` and write its run folder; with ``ray`` (a
     :class:`saecli.cluster.RayOptions`) on the workers of a Ray cluster, the driver alone writing.
@@ -227,56 +234,6 @@ def execute(
             raise
 
 
-class LocalBackend:
-    """The analysis in this process: the preset loaded here, one engine."""
-
-    def __init__(self, loaded: LoadedPreset, config: RunConfig):
-        from saecli.engine import Engine  # torch is imported only when there is work to do
-
-        self.info = loaded
-        self.config = config
-        self.threads = _set_threads(config.threads) if loaded.device == "cpu" else None
-        self.engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std, baselines=config.baselines)
-        self.timer = self.engine.timer
-
-    def tokenize(self, samples: list[Any]) -> list[Any]:
-        return self.engine.tokenize(samples, truncate=self.config.truncate)
-
-    def auto_batch_size(self, samples: list[Any]) -> Any:
-        from saecli.autobatch import find_batch_size
-
-        return find_batch_size(self.info, samples, seed=self.config.seed, noise_std=self.config.noise_std)
-
-    def batches(self, samples: list[Any], toks: list[Any], batch_size: int, progress: Progress | None) -> Iterator[Any]:
-        return self.engine.run(samples, batch_size=batch_size, sequential=self.config.mode == "sequential", toks=toks)
-
-    @property
-    def backoffs(self) -> list[dict[str, Any]]:
-        return self.engine.backoffs
-
-    def stages(self) -> dict[str, float]:
-        return dict(self.timer.seconds)
-
-    def peak(self) -> dict[str, Any]:
-        return peak_memory(self.info.device)
-
-    def record(self) -> dict[str, Any]:
-        return {"threads": self.threads} if self.threads else {}
-
-    def close(self) -> None:
-        pass
-
-
-def _set_threads(requested: int | None) -> dict[str, Any]:
-    """Give torch the CPU threads :func:`saecli.device.choose_threads` picks; what the manifest records."""
-    import torch
-
-    threads, reason = choose_threads(requested)
-    torch.set_num_threads(threads)
-    log.info("%d CPU thread(s): %s", threads, reason)
-    return {"used": threads, "reason": reason}
-
-
 def _execute_claimed(
     config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], *, loaded: LoadedPreset | None,
     progress: Progress | None, resuming: bool, ray: Any,
@@ -291,7 +248,7 @@ def _execute_claimed(
     if ray is not None:
         from saecli.cluster import RayBackend
 
-        backend: Any = RayBackend(ray, preset, config)
+        backend: Backend = RayBackend(ray, preset, config)
     else:
         backend = LocalBackend(loaded or load_preset(preset, device=config.device, dtype=config.dtype), config)
     try:
@@ -301,7 +258,7 @@ def _execute_claimed(
 
 
 def _analyse(
-    config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], backend: Any, *, previous: dict[str, Any] | None,
+    config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], backend: Backend, *, previous: dict[str, Any] | None,
     progress: Progress | None,
 ) -> RunResult:
     info = backend.info
@@ -342,7 +299,7 @@ def _analyse(
     finished = [sid for frame in frames for sid in frame["sample_id"].to_list() if sid in position]
     if len(set(finished)) != len(finished):
         raise SaecliError(f"{run_dir}: the part files hold a sample twice", hint="start a new run", exit_code=1)
-    todo = [i for i in range(len(samples)) if samples[i].id not in set(finished)]
+    todo = remaining(samples, finished)
     state["finished_ids"] = finished
     part_number = max((int(p.stem.split("-")[1]) for p in io.part_files(run_dir)), default=0)
     done, n_tokens = len(finished), 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saecli import config
-from saecli.cli.app import Device, DType
+from saecli.cli.options import Device, DType
 from saecli.device import (
     DEVICES,
     DTYPE_BYTES,

@@ -1,12 +1,10 @@
-"""The Typer application, its shared options, and the one place where errors become messages."""
+"""The Typer application, its command class, the one `--json` printer, and the one place where errors become messages (the shared options live in :mod:`saecli.cli.options`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import click
@@ -17,7 +15,6 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 import saecli
-from saecli.device import DEVICES, DTYPES
 from saecli.errors import SaecliError
 
 stderr = Console(stderr=True)
@@ -69,9 +66,27 @@ def _fill_optional_values(args: list[str]) -> list[str]:
     return out
 
 
+def _plain_flags(params: list[Any]) -> list[Any]:
+    """On/off flags take no value: no ``<bool>`` after them in the help."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(typer.core.TyperCommand):
+    """Every saecli command: the help shows a flag without a value type."""
+
+    def get_params(self, ctx: click.Context) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+
 class _Group(typer.core.TyperGroup):
     """The one boundary where errors become messages: a SaecliError or a usage error is one line on
     stderr and its exit code; anything else is a bug, shown in full with a request to report it."""
+
+    def get_params(self, ctx: click.Context) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, _fill_optional_values(args))
@@ -116,6 +131,11 @@ app = typer.Typer(
 )
 
 
+def command(**kwargs: Any) -> Any:
+    """``@command()`` registers a saecli command (``app.command`` with saecli's command class)."""
+    return app.command(cls=Command, **kwargs)
+
+
 def _version(value: bool) -> None:
     if value:
         stdout.print(f"saecli {saecli.__version__}")
@@ -135,105 +155,6 @@ def _root(
         handlers=[RichHandler(console=stderr, show_path=False, show_time=False)],
         force=True,
     )
-
-
-# The choices of --device and --dtype: saecli.device's vocabulary, the one the presets and the API accept.
-Device = StrEnum("Device", {name: name for name in DEVICES})
-DType = StrEnum("DType", {name: name for name in DTYPES})
-
-
-# Options shared by several commands, declared once.
-PresetOpt = Annotated[
-    str | None,
-    typer.Option("--preset", "-p", help="Preset name: tiny (embedded, default), gemma-2-2b, gpt2-small, ...", show_default=False),
-]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="A preset TOML file (instead of --preset).", show_default=False)
-]
-DataOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data", "-d", show_default=False,
-        help="JSON list, JSONL file, or a folder of them (HB-1000 layout supported); a CSV, TSV or Parquet table; or "
-        "hf:NAME[:CONFIG][:SPLIT], a Hugging Face dataset in the local cache (TruthfulQA, HaluEval mapped built in). "
-        "Default: the built-in benchmark.",
-    ),
-]  # fmt: skip
-ColumnsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--columns", show_default=False, metavar="TARGET=COLUMN,...",
-        help="Which column of a --data table or hf: dataset holds each field, e.g. prompt=question,fact=best_answer,"
-        "hallucination=wrong (targets: id, prompt, fact, hallucination, domain, topic, complexity) "
-        "[default: the columns named like the fields, or the dataset's built-in mapping].",
-    ),
-]  # fmt: skip
-LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", help="Analyse only the first N samples (N >= 1).", show_default=False)]
-DomainsOpt = Annotated[
-    str | None, typer.Option("--domains", help="Comma-separated domains to keep, e.g. entity,logical.", show_default=False)
-]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the stability noise [default: 0].", show_default=False)]
-NoiseOpt = Annotated[
-    float | None, typer.Option("--noise-std", help="σ of the stability noise, finite and >= 0 [default: 0.1].", show_default=False)
-]
-DeviceOpt = Annotated[
-    Device | None, typer.Option("--device", help="auto prefers cuda, then mps, then cpu [default: auto].", show_default=False)
-]
-DTypeOpt = Annotated[
-    DType | None,
-    typer.Option("--dtype", help="Model dtype [default: the preset's, float32]. float64 makes the run exact to 1e-9.", show_default=False),
-]
-OutOpt = Annotated[
-    Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<UTC time>-<preset>].", show_default=False)
-]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an existing, non-empty --out folder.")]
-ThreadsOpt = Annotated[
-    int | None,
-    typer.Option("--threads", help="torch CPU threads [default: as many as there are idle cores at the start].", show_default=False),
-]
-RayOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--ray", metavar="[ADDRESS]", show_default=False,
-        help="Run on Ray: alone, join RAY_ADDRESS or start a local instance; or join ADDRESS (auto, HOST:6379, ray://HOST:10001).",
-    ),
-]  # fmt: skip
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of the table (run: the manifest).")]
-
-
-def preset_arg(preset: str | None, config: Path | None) -> str | None:
-    if preset is not None and config is not None:
-        raise SaecliError("give either --preset or --config, not both")
-    return str(config) if config is not None else preset
-
-
-def parse_counts(text: str, option: str = "--sizes", example: str = "1,8,32") -> list[int]:
-    """``1,8,32`` → [1, 8, 32] for ``option``; anything else is a one-line error naming it."""
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        counts = []
-    if not counts or any(count < 1 for count in counts):
-        raise SaecliError(f"{option} must be positive whole numbers separated by commas, e.g. {example} (got {text!r})")
-    return counts
-
-
-def parse_sizes(text: str) -> list[int]:
-    """``--sizes 1,8,32`` → [1, 8, 32]."""
-    return parse_counts(text)
-
-
-def parse_batch_size(text: str | None) -> int | str | None:
-    """``16`` → 16, ``auto`` → "auto"; anything else is a one-line error."""
-    if text is None or text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SaecliError(f"--batch-size must be a whole number >= 1 or 'auto' (got {text!r})")
-    return value
 
 
 def main() -> None:

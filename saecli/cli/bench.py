@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,8 @@ from saecli.bench import (
     BASELINE_MODES,
     CSV_FILE,
     DEFAULT_RAY_BATCH,
+    DEFAULT_RAY_WORKERS,
+    DEFAULT_SIZES,
     JSON_FILE,
     MAX_REPEATS,
     SEQUENTIAL,
@@ -23,29 +26,30 @@ from saecli.bench import (
     check_options,
     check_ray_options,
     prepare_out_dir,
-    ray_sweep,
     save,
-    sweep,
 )
-from saecli.cli.app import (
+from saecli.bench.sweep import sweep
+from saecli.cli.app import command, emit_json, stderr, stdout
+from saecli.cli.options import (
     ColumnsOpt,
     ConfigOpt,
     DataOpt,
     DeviceOpt,
     DomainsOpt,
     DTypeOpt,
-    JsonOpt,
+    NoiseOpt,
     PresetOpt,
     RayOpt,
-    app,
-    emit_json,
+    RunFlags,
+    SeedOpt,
+    ThreadsOpt,
+    TruncateOpt,
+    WorkerCpusOpt,
+    json_option,
+    out_option,
     parse_counts,
-    parse_sizes,
-    preset_arg,
-    stderr,
-    stdout,
+    resolve_run,
 )
-from saecli.config import DEFAULT_PRESET, check_option, find_preset
 from saecli.errors import SaecliError
 
 Baselines = Enum("Baselines", {mode: mode for mode in BASELINE_MODES}, type=str)  # type: ignore[misc]
@@ -67,11 +71,12 @@ def _x(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
-@app.command()
+@command()
 def bench(
     sizes: Annotated[
-        str | None, typer.Option("--sizes", help="Batch sizes to measure, comma-separated [default: 1,4,8,16,32; with --ray one size, 16].",
-                                 show_default=False)
+        str | None,
+        typer.Option("--sizes", help=f"Batch sizes to measure, comma-separated [default: {','.join(map(str, DEFAULT_SIZES))}; "
+                     f"with --ray one size, {DEFAULT_RAY_BATCH}].", show_default=False),
     ] = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
@@ -79,60 +84,69 @@ def bench(
     columns: ColumnsOpt = None,
     # --limit and --repeats are checked by saecli.bench.check_options (one line), not by typer (a usage box).
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", help="Samples per pass [default: 4 × the largest size, at most the data].", show_default=False)
+        int | None, typer.Option("--limit", "-n", help="Samples per pass [default: the preset's, else 4 × the largest size (with --ray × "
+                                 "the most workers), at most the data].", show_default=False)
     ] = None,
     domains: DomainsOpt = None,
     repeats: Annotated[int, typer.Option("--repeats", help=f"Timed passes per size (1 to {MAX_REPEATS}); the median is reported.")] = 3,
+    seed: SeedOpt = None,
+    noise_std: NoiseOpt = None,
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
-    sequential: Annotated[bool, typer.Option("--sequential/--no-sequential", help="Also measure the sequential reference.")] = True,
+    truncate: TruncateOpt = False,
+    threads: ThreadsOpt = None,
+    sequential: Annotated[
+        bool | None,
+        typer.Option("--sequential/--no-sequential", help="Also measure the sequential reference [default: on; off with --ray].",
+                     show_default=False),
+    ] = None,
     baselines: Annotated[
         Baselines,
         typer.Option("--baselines", help="Time the analysis with the log-probability baselines and residuals (as `run`), "
                      "without them (`run --no-baselines`), or both (the second after, in the same process)."),
     ] = Baselines.both,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Folder for bench.json and bench.csv [default: bench/<UTC time>-<preset>].", show_default=False)
-    ] = None,
-    json_: JsonOpt = False,
+    out: Annotated[Path | None, out_option("bench/<UTC time>-<preset>", "Folder for bench.json and bench.csv")] = None,
+    json_: Annotated[bool, json_option("the sweep (bench.json's document)")] = False,
     ray: RayOpt = None,
     workers: Annotated[
-        str | None, typer.Option("--workers", help="With --ray: numbers of Ray workers to measure, comma-separated [default: 1,2].", show_default=False)
+        str | None,
+        typer.Option("--workers", metavar="N,M,...", show_default=False,
+                     help=f"With --ray: numbers of Ray workers to measure, comma-separated [default: {','.join(map(str, DEFAULT_RAY_WORKERS))}]."),
     ] = None,
-    worker_cpus: Annotated[
-        int | None, typer.Option("--worker-cpus", help="With --ray: CPUs (and torch threads) per worker on a cluster without GPUs [default: 1].",
-                                 show_default=False)
-    ] = None,
+    worker_cpus: WorkerCpusOpt = None,
 ) -> None:
     """Sweep batch sizes, each in a fresh process: time (median of --repeats after a warm-up),
     samples/s, tokens/s, speedups, peak memory and the time per stage; then recommend a size.
     With --ray: the whole analysis on each number of --workers instead (one batch size), with
     throughput, scaling efficiency and peak memory per worker.
 
+    Every run option of `run` that applies (--columns, --domains, --seed, --noise-std, --truncate,
+    --threads, ...) and the preset's [defaults] apply here too; bench.json records the resolved
+    configuration.
+
     Example: `saecli bench --sizes 1,4,8,16,32`, `saecli bench --preset gpt2-small-shape --limit 64`,
     `saecli bench --ray --workers 1,2,4`.
     """
+    # --baselines both|on|off: "both" measures the run's setting (on unless the preset says off) and then off.
+    flags = RunFlags.pick({**locals(), "baselines": {"on": True, "off": False}.get(baselines.value)})
     if ray is not None:
-        _bench_ray(ray, workers=workers, worker_cpus=worker_cpus, sizes=sizes, preset=preset, config=config, data=data, limit=limit,
-                   domains=domains, repeats=repeats, device=device, dtype=dtype, out=out, json_=json_)  # fmt: skip
+        _bench_ray(ray, flags, workers=workers, worker_cpus=worker_cpus, sizes=sizes, sequential=sequential, repeats=repeats,
+                   baselines=baselines.value, out=out, json_=json_)  # fmt: skip
         return
     if workers is not None or worker_cpus is not None:
         raise SaecliError("--workers and --worker-cpus need --ray", hint="e.g. saecli bench --ray --workers 1,2")
-    size_list = parse_sizes(sizes or "1,4,8,16,32")
+    size_list = parse_counts(sizes, "--sizes") if sizes is not None else list(DEFAULT_SIZES)
     check_options(sizes=size_list, repeats=repeats, limit=limit)
-    name = preset_arg(preset, config) or DEFAULT_PRESET
-    chosen = find_preset(name)
-    n = limit or 4 * max(size_list)
+    chosen, run_config = resolve_run(flags)
+    run_config = dataclasses.replace(run_config, limit=run_config.limit or 4 * max(size_list))
     target = prepare_out_dir(out, chosen.name)  # before measuring: a folder that refuses files loses nothing
     if chosen.synthetic:
         stderr.print(f"[yellow]note:[/] {chosen.name} has random weights: it measures cost; its metrics mean nothing.")
     try:
         with stderr.status("") as status:
             result = sweep(
-                preset=name, sizes=size_list, data=str(data) if data else None, limit=n, repeats=repeats,
-                device=device.value if device else "auto", dtype=dtype.value if dtype else None,
-                domains=[d for d in domains.split(",") if d] if domains else None, include_sequential=sequential,
-                baselines=baselines.value, columns=check_option("columns", columns, "--columns"), on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
+                run_config, sizes=size_list, repeats=repeats, include_sequential=sequential is not False, baselines=baselines.value,
+                on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
                 on_done=lambda r: stderr.print(_line(r)),
             )  # fmt: skip
     except BaseException:
@@ -182,20 +196,24 @@ def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
         stdout.print(f"saved: {saved / JSON_FILE}, {saved / CSV_FILE}", highlight=False, soft_wrap=True)
 
 
-def _bench_ray(address: str, *, workers: str | None, worker_cpus: int | None, sizes: str | None, preset: str | None,
-               config: Path | None, data: Path | None, limit: int | None, domains: str | None, repeats: int, device: object,
-               dtype: object, out: Path | None, json_: bool) -> None:  # fmt: skip
+def _bench_ray(address: str, flags: RunFlags, *, workers: str | None, worker_cpus: int | None, sizes: str | None,
+               sequential: bool | None, repeats: int, baselines: str, out: Path | None, json_: bool) -> None:  # fmt: skip
     """``bench --ray``: the same analysis on each number of Ray workers."""
-    from saecli.cluster import import_ray
-    from saecli.runner import execute
+    from saecli.bench.ray import ray_sweep
+    from saecli.cluster import DEFAULT_WORKER_CPUS, RayOptions, import_ray
 
-    worker_list = parse_counts(workers or "1,2", "--workers", "1,2,4")
-    size_list = parse_sizes(sizes) if sizes is not None else [DEFAULT_RAY_BATCH]
-    check_ray_options(workers=worker_list, sizes=size_list, repeats=repeats, limit=limit)
+    worker_list = parse_counts(workers, "--workers", "1,2,4") if workers is not None else list(DEFAULT_RAY_WORKERS)
+    size_list = parse_counts(sizes, "--sizes") if sizes is not None else [DEFAULT_RAY_BATCH]
+    check_ray_options(workers=worker_list, sizes=size_list, repeats=repeats, limit=flags.limit)
+    if sequential:
+        raise SaecliError("bench --ray measures the batched analysis; the sequential reference runs on one machine",
+                          hint="drop --sequential, or bench without --ray")  # fmt: skip
+    options = RayOptions(address=None if address == "local" else address,
+                         worker_cpus=worker_cpus if worker_cpus is not None else DEFAULT_WORKER_CPUS)  # fmt: skip
     import_ray()  # a missing Ray is one line before anything else
-    name = preset_arg(preset, config) or DEFAULT_PRESET
-    chosen = find_preset(name)
-    n = limit or 4 * size_list[0] * max(worker_list)
+    chosen, run_config = resolve_run(flags)
+    run_config = dataclasses.replace(run_config, batch_size=size_list[0],
+                                     limit=run_config.limit or 4 * size_list[0] * max(worker_list))  # fmt: skip
     target = prepare_out_dir(out, chosen.name)
     if chosen.synthetic:
         stderr.print(f"[yellow]note:[/] {chosen.name} has random weights: it measures cost; its metrics mean nothing.")
@@ -206,13 +224,8 @@ def _bench_ray(address: str, *, workers: str | None, worker_cpus: int | None, si
 
     try:
         with stderr.status("starting Ray") as status:
-            result = ray_sweep(
-                preset=name, workers=worker_list, batch_size=size_list[0], data=str(data) if data else None, limit=n, repeats=repeats,
-                device=device.value if device else "auto", dtype=dtype.value if dtype else None,
-                address=None if address == "local" else address, worker_cpus=worker_cpus,
-                domains=[d for d in domains.split(",") if d] if domains else None, on_start=started,
-                on_done=lambda r: stderr.print(_ray_line(r)), execute=execute,
-            )  # fmt: skip
+            result = ray_sweep(run_config, workers=worker_list, repeats=repeats, ray=options, baselines=baselines, on_start=started,
+                               on_done=lambda r: stderr.print(_ray_line(r)))  # fmt: skip
     except BaseException:
         target.discard()
         raise
@@ -246,14 +259,17 @@ def _print_ray(result: RaySweep, json_: bool, *, saved: Path | None) -> None:
     table = Table(title=f"saecli bench --ray: {result.preset}, {result.samples} samples, batch {result.batch_size}, "
                         f"{result.device} {result.dtype}, median of {result.repeats}",
                   caption=f"Ray {result.ray_version}, {nodes} node{'s' if nodes != 1 else ''}, {result.worker_cpus} CPU(s) per worker without GPUs")  # fmt: skip
-    for column in ("workers", "s", "samples/s", "×1 worker", "efficiency", "GiB/worker"):
+    both = any(r.samples_per_second_no_baselines for r in result.results)
+    columns = ("workers", "s", "samples/s", *(("no-bl/s",) if both else ()), "×1 worker", "efficiency", "GiB/worker")
+    for column in columns:
         table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for r in result.results:
         if not r.ok:
-            table.add_row(str(r.workers), "[red]failed[/]", *[""] * 4)
+            table.add_row(str(r.workers), "[red]failed[/]", *[""] * (len(columns) - 2))
             continue
         table.add_row(
-            str(r.workers), f"{r.seconds_median:.3f}", f"{r.samples_per_second:.1f}", _x(r.speedup_vs_1_worker),
+            str(r.workers), f"{r.seconds_median:.3f}", f"{r.samples_per_second:.1f}",
+            *((_num(r.samples_per_second_no_baselines),) if both else ()), _x(r.speedup_vs_1_worker),
             "–" if r.efficiency is None else f"{r.efficiency:.0%}", _gib(r.peak_memory_per_worker),
         )  # fmt: skip
     stdout.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Annotated
@@ -10,27 +11,27 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from saecli.cli.app import (
+from saecli.cli.app import command, emit_json, stderr, stdout
+from saecli.cli.options import (
+    BaselinesOpt,
     ColumnsOpt,
     ConfigOpt,
     DataOpt,
     DeviceOpt,
     DomainsOpt,
     DType,
-    JsonOpt,
     LimitOpt,
     NoiseOpt,
     PresetOpt,
+    RunFlags,
     SeedOpt,
-    app,
-    emit_json,
-    parse_sizes,
-    preset_arg,
-    stderr,
-    stdout,
+    ThreadsOpt,
+    TruncateOpt,
+    json_option,
+    parse_counts,
+    resolve_run,
 )
 from saecli.compare import Comparison, check_comparable, compare_frames, compare_live
-from saecli.config import DEFAULT_PRESET, check_option, find_preset, resolve_run_config
 from saecli.errors import SaecliError
 from saecli.io import read_run
 
@@ -97,7 +98,7 @@ def _check_options(*, atol: float, rtol: float, noise_std: float | None, batch_s
         raise SaecliError(f"--batch-size must be a whole number >= 1 (got {batch_size})")
 
 
-@app.command()
+@command()
 def compare(
     runs: Annotated[
         list[Path] | None, typer.Argument(help="Two run folders to compare. Without them: run sequential and batched now.", show_default=False)
@@ -108,7 +109,7 @@ def compare(
     columns: ColumnsOpt = None,
     limit: LimitOpt = None,
     domains: DomainsOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size to check (>= 1).")] = 16,
+    size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size to check (>= 1).")] = 16,
     sizes: Annotated[
         str | None, typer.Option("--sizes", help="Several batch sizes to check, e.g. 1,8,32 (overrides --batch-size).", show_default=False)
     ] = None,
@@ -116,21 +117,26 @@ def compare(
     noise_std: NoiseOpt = None,
     device: DeviceOpt = None,
     dtype: Annotated[
-        DType,
-        typer.Option("--dtype", help="float64 checks the algorithm; below it, each run is also measured against a float64 reference "
-                     "(its drift per column)."),
-    ] = DType.float64,
+        DType | None,
+        typer.Option("--dtype", show_default=False, help="float64 checks the algorithm; below it, each run is also measured against a "
+                     "float64 reference (its drift per column) [default: float64]."),
+    ] = None,
+    truncate: TruncateOpt = False,
+    baselines: BaselinesOpt = None,
+    threads: ThreadsOpt = None,
     # Bounds are checked by _check_options (one line), not by typer (a usage box; its range lets inf through).
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance for numeric columns (finite, >= 0).")] = 1e-6,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance for numeric columns (finite, >= 0).")] = 0.0,
-    json_: JsonOpt = False,
+    json_: Annotated[bool, json_option("the comparison")] = False,
 ) -> None:
     """Check that batched and sequential results agree (exit 0) or show where they do not (exit 1).
 
     Numeric columns pass when |a − b| ≤ atol + rtol·|a|; integer and categorical columns must be equal.
+    Every run option of `run` that applies, and the preset's [defaults], apply to both runs.
     Example: `saecli compare --sizes 1,8,32`, `saecli compare runs/A runs/B`.
     """
-    _check_options(atol=atol, rtol=rtol, noise_std=noise_std, batch_size=batch_size)
+    flags = RunFlags.pick(locals())
+    _check_options(atol=atol, rtol=rtol, noise_std=noise_std, batch_size=size)
     drift: dict[str, Comparison] = {}
     if runs:
         if len(runs) != 2:
@@ -141,13 +147,8 @@ def compare(
         results = {"runs": compare_frames(frame_a, frame_b, atol=atol, rtol=rtol, label_a=str(runs[0]), label_b=str(runs[1]))}
         document = {"passed": results["runs"].passed, **results["runs"].to_dict()}
     else:
-        name = preset_arg(preset, config) or DEFAULT_PRESET
-        run_config = resolve_run_config(
-            find_preset(name), preset=name, data=str(data) if data else None, limit=limit, domains=domains,
-            columns=check_option("columns", columns, "--columns"),
-            seed=seed, noise_std=noise_std, device=device.value if device else None, dtype=dtype.value,
-        )
-        size_list = parse_sizes(sizes) if sizes else [batch_size]
+        size_list = parse_counts(sizes, "--sizes") if sizes is not None else [size]
+        _, run_config = resolve_run(flags, dtype="float64")
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr) as bar:
             tasks: dict[str, int] = {}
 
@@ -159,7 +160,7 @@ def compare(
             live = compare_live(run_config, size_list, atol=atol, rtol=rtol, progress=progress)
         results = live.results
         drift = live.drift
-        document = live.to_dict()
+        document = {**live.to_dict(), "config": dataclasses.asdict(run_config)}
     if json_:
         emit_json(document)
     else:

@@ -8,19 +8,26 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saecli.cli.app import (
+from saecli.cli.app import command, emit_json, stderr, stdout
+from saecli.cli.options import (
+    BaselinesOpt,
+    BatchSizeOpt,
+    ColumnsOpt,
     ConfigOpt,
     DataOpt,
     DeviceOpt,
+    DomainsOpt,
     DTypeOpt,
-    JsonOpt,
+    LimitOpt,
+    NoiseOpt,
     PresetOpt,
     RayOpt,
-    app,
-    emit_json,
-    preset_arg,
-    stderr,
-    stdout,
+    RunFlags,
+    SeedOpt,
+    ThreadsOpt,
+    TruncateOpt,
+    json_option,
+    resolve_run,
 )
 from saecli.doctor import Report, diagnose
 from saecli.memory import GiB
@@ -28,21 +35,33 @@ from saecli.memory import GiB
 _STATUS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
 
 
-@app.command()
+@command()
 def doctor(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
     data: DataOpt = None,
+    columns: ColumnsOpt = None,
+    limit: LimitOpt = None,
+    domains: DomainsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    seed: SeedOpt = None,
+    noise_std: NoiseOpt = None,
+    truncate: TruncateOpt = False,
+    baselines: BaselinesOpt = None,
+    threads: ThreadsOpt = None,
     probe: Annotated[
         bool, typer.Option("--probe", help="Also load the preset and find the largest batch that fits by trying it (as `run --batch-size auto`).")
     ] = False,
     ray: RayOpt = None,
-    json_: JsonOpt = False,
+    json_: Annotated[bool, json_option("the checks, the memory estimate and the resolved configuration")] = False,
 ) -> None:
     """Check versions, devices, the preset's cache entries and its memory needs before a long run,
     or explain an out-of-memory error after one. Exit code 1 when a check fails.
+
+    The run options (--data, --columns, --batch-size, ...) and the preset's [defaults] resolve as
+    for `run`: doctor checks the run those options describe.
 
     With --ray [ADDRESS]: also whether the Ray cluster can be reached and, on each node, its CPUs,
     GPUs and free memory, its saecli version and the preset's files.
@@ -50,7 +69,8 @@ def doctor(
     Example: `saecli doctor`, `saecli doctor --preset gemma-2-2b --dtype bfloat16`, `saecli doctor --probe`,
     `saecli doctor --ray auto`.
     """
-    args = {"device": device.value if device else "auto", "dtype": dtype.value if dtype else None, "data": str(data) if data else None}
+    _, run_config = resolve_run(RunFlags.pick(locals()))
+    args: dict[str, str] = {}
     if ray is not None:
         from saecli.cluster import import_ray
 
@@ -59,9 +79,9 @@ def doctor(
     waiting = " and ".join(w for w, asked in (("probing batch sizes (loads the preset)", probe), ("checking the Ray cluster", ray is not None)) if asked)
     if waiting and not json_:
         with stderr.status(waiting):
-            report = diagnose(preset_arg(preset, config), probe=probe, **args)
+            report = diagnose(run_config, probe=probe, **args)
     else:
-        report = diagnose(preset_arg(preset, config), probe=probe, **args)
+        report = diagnose(run_config, probe=probe, **args)
     if json_:
         emit_json(report.to_dict())
     else:

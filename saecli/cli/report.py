@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from saecli.cli.app import app, emit_json, stdout
+from saecli.cli.app import command, emit_json, stdout
+from saecli.cli.options import json_option
 from saecli.report import FOLDS_DEFAULT, MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
 from saecli.report.summary import baseline_sentence
 
@@ -48,7 +49,7 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
         stdout.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `saecli run` (holds metrics.parquet and manifest.json).", show_default=False)],
     # Bounds are checked by make_report (one line, also for the Python API), not by typer (a usage box).
@@ -63,7 +64,7 @@ def report(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the report files here instead of into RUN_DIR.", show_default=False)
     ] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print the detection document as JSON on stdout instead of the table.")] = False,
+    json_: Annotated[bool, json_option("the detection document")] = False,
 ) -> None:
     """Which metric tells hallucinations from facts: AUROC per metric and domain, with bootstrap intervals.
 

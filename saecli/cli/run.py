@@ -3,40 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from saecli.cli.app import (
+from saecli.cli.app import command, emit_json, stderr, stdout
+from saecli.cli.options import (
+    BaselinesOpt,
+    BatchSizeOpt,
     ColumnsOpt,
     ConfigOpt,
     DataOpt,
-    Device,
     DeviceOpt,
     DomainsOpt,
-    DType,
     DTypeOpt,
-    ForceOpt,
-    JsonOpt,
     LimitOpt,
     NoiseOpt,
-    OutOpt,
     PresetOpt,
     RayOpt,
+    RunFlags,
     SeedOpt,
     ThreadsOpt,
-    app,
-    emit_json,
-    parse_batch_size,
-    preset_arg,
-    stderr,
-    stdout,
+    TruncateOpt,
+    WorkerCpusOpt,
+    json_option,
+    out_option,
+    parse_counts,
+    resolve_run,
 )
-from saecli.config import DEFAULT_PRESET, check_option, find_preset, resolve_run_config
 from saecli.errors import RunInterrupted, SaecliError
-from saecli.runner import RunResult, domain_summary, execute, resume_config
+from saecli.runner import RunResult, domain_summary, execute
 
 
 def _progress() -> Progress:
@@ -78,56 +76,19 @@ def _render(result: RunResult, as_json: bool) -> None:
 
 
 def _run(
-    mode: str,
-    *,
-    preset: str | None,
-    config: Path | None,
-    data: Path | None,
-    limit: int | None,
-    domains: str | None,
-    batch_size: str | None,
-    columns: str | None = None,
-    seed: int | None,
-    noise_std: float | None,
-    device: Device | None,
-    dtype: DType | None,
-    out: Path | None,
-    force: bool,
-    resume: Path | None,
-    truncate: bool,
-    report: bool,
-    as_json: bool,
-    baselines: bool | None = None,
-    threads: int | None = None,
-    ray: str | None = None,
-    workers: int | None = None,
-    worker_cpus: int | None = None,
+    mode: str, flags: RunFlags, *, out: Path | None, force: bool, resume: Path | None, report: bool, as_json: bool,
+    ray: str | None = None, workers: str | None = None, worker_cpus: int | None = None,
 ) -> None:
-    """What ``run`` and ``sequential`` share: flags → RunConfig, one call to the runner, render."""
-    preset_name = preset_arg(preset, config)
-    # None means "not given": the preset's defaults (or, on --resume, the run's own settings) stand.
-    flags: dict[str, Any] = {
-        "preset": preset_name,
-        "data": str(data) if data is not None else None,
-        "columns": check_option("columns", columns, "--columns"),
-        "limit": limit,
-        "domains": domains,
-        "batch_size": parse_batch_size(batch_size),
-        "seed": seed,
-        "noise_std": noise_std,
-        "device": device.value if device is not None else None,
-        "dtype": dtype.value if dtype is not None else None,
-        "mode": mode,
-        "truncate": True if truncate else None,
-        "baselines": baselines,
-        "threads": threads,
-    }
+    """What ``run`` and ``sequential`` share: flags → RunConfig (:func:`resolve_run`), one call to the runner, render."""
     ray_options = None
     if ray is not None:
         from saecli.cluster import DEFAULT_WORKER_CPUS, RayOptions, import_ray
 
         import_ray()  # a missing Ray is one line before anything else
-        ray_options = RayOptions(address=None if ray == "local" else ray, workers=workers,
+        count = parse_counts(workers, "--workers", "2") if workers is not None else None
+        if count is not None and len(count) != 1:
+            raise SaecliError(f"run --workers is one number of Ray workers (got {workers!r})", hint="sweep worker counts with `saecli bench --ray --workers 1,2,4`")
+        ray_options = RayOptions(address=None if ray == "local" else ray, workers=count[0] if count else None,
                                  worker_cpus=worker_cpus if worker_cpus is not None else DEFAULT_WORKER_CPUS)  # fmt: skip
     elif workers is not None or worker_cpus is not None:
         raise SaecliError("--workers and --worker-cpus need --ray", hint="e.g. saecli run --ray --workers 2")
@@ -136,11 +97,7 @@ def _run(
             raise SaecliError("--resume continues the given folder; do not also pass --out")
         if force:
             raise SaecliError("--resume continues the given folder; --force would replace it: give only one of them")
-        run_config = resume_config(resume, **flags)
-        chosen = find_preset(run_config.preset)
-    else:
-        chosen = find_preset(preset_name or DEFAULT_PRESET)
-        run_config = resolve_run_config(chosen, **{**flags, "preset": preset_name or DEFAULT_PRESET})
+    chosen, run_config = resolve_run(flags, mode=mode, resume=resume)
     with _progress() as progress:
         task = progress.add_task(f"loading {chosen.name}", total=None, rate="–")
 
@@ -189,16 +146,18 @@ def _run(
 ResumeOpt = Annotated[
     Path | None, typer.Option("--resume", help="Continue an interrupted run folder (its own settings are kept).", show_default=False)
 ]
-TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut texts longer than the model's context from the left.")]
-BaselinesOpt = Annotated[
-    bool | None,
-    typer.Option("--baselines/--no-baselines", help="Score the continuations' log-probabilities and keep the residual vectors "
-                 "(residuals.safetensors) for the report's baselines and probes [default: on]; off is faster.", show_default=False),
-]
 ReportOpt = Annotated[bool, typer.Option("--report", help="Also write the report (dashboard.png, detection.csv, summary.md).")]
+OutOpt = Annotated[Path | None, out_option("runs/<UTC time>-<preset>", "Run folder")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an existing, non-empty --out folder (replacing only saecli's own files).")]
+JsonOpt = Annotated[bool, json_option("the run's manifest")]
+WorkersOpt = Annotated[
+    str | None,
+    typer.Option("--workers", metavar="N", help="With --ray: Ray workers [default: one per GPU; without GPUs one per --worker-cpus CPUs].",
+                 show_default=False),
+]  # fmt: skip
 
 
-@app.command()
+@command()
 def run(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
@@ -206,10 +165,7 @@ def run(
     columns: ColumnsOpt = None,
     limit: LimitOpt = None,
     domains: DomainsOpt = None,
-    batch_size: Annotated[
-        str | None,
-        typer.Option("--batch-size", "-b", help="Samples per batch, or 'auto' for the largest that fits (probed) [default: 16].", show_default=False),
-    ] = None,
+    batch_size: BatchSizeOpt = None,
     seed: SeedOpt = None,
     noise_std: NoiseOpt = None,
     device: DeviceOpt = None,
@@ -223,25 +179,19 @@ def run(
     json_: JsonOpt = False,
     threads: ThreadsOpt = None,
     ray: RayOpt = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Ray workers [default: one per GPU; without GPUs one per --worker-cpus CPUs].", show_default=False)
-    ] = None,
-    worker_cpus: Annotated[
-        int | None, typer.Option("--worker-cpus", help="CPUs (and torch threads) per Ray worker on a cluster without GPUs [default: 1].", show_default=False)
-    ] = None,
+    workers: WorkersOpt = None,
+    worker_cpus: WorkerCpusOpt = None,
 ) -> None:
     """Analyse the benchmark in batches and write **metrics.parquet** and **manifest.json**.
 
     Example: `saecli run --batch-size 16`, `saecli run --preset gemma-2-2b --data ../shared/data/hb`,
     `saecli run --ray auto` (every GPU of a Ray cluster).
     """
-    _run("batched", preset=preset, config=config, data=data, columns=columns, limit=limit, domains=domains, batch_size=batch_size,
-         seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
-         resume=resume, truncate=truncate, report=report, threads=threads, ray=ray, workers=workers, worker_cpus=worker_cpus,
-         baselines=baselines)
+    _run("batched", RunFlags.pick(locals()), out=out, force=force, resume=resume, report=report, as_json=json_, ray=ray,
+         workers=workers, worker_cpus=worker_cpus)  # fmt: skip
 
 
-@app.command()
+@command()
 def sequential(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
@@ -266,7 +216,5 @@ def sequential(
 
     Slow by design; `saecli compare` checks `run` against it.
     """
-    _run("sequential", preset=preset, config=config, data=data, columns=columns, limit=limit, domains=domains, batch_size=None,
-         seed=seed, noise_std=noise_std, device=device, dtype=dtype, out=out, force=force, as_json=json_,
-         resume=resume, truncate=truncate, report=report, threads=threads, baselines=baselines)
+    _run("sequential", RunFlags.pick(locals()), out=out, force=force, resume=resume, report=report, as_json=json_)
 

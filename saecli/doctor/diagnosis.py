@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from saecli.config import DEFAULT_PRESET, find_preset
+from saecli.config import DEFAULT_PRESET, RunConfig, find_preset, resolve_run_config
 from saecli.doctor.checks import (
     Check,
     check_cpu,
@@ -47,6 +47,8 @@ class Report:
     environment: Environment
     cluster: ClusterFacts | None = None
     """``doctor --ray``: the Ray cluster and what each node has."""
+    config: dict[str, Any] | None = None
+    """The resolved run configuration checked (what ``run`` with the same options would record)."""
 
     @property
     def ok(self) -> bool:
@@ -61,25 +63,26 @@ class Report:
 
 
 def diagnose(
-    preset: str | None = None,
+    config: RunConfig | str | None = None,
     *,
-    device: str = "auto",
-    dtype: str | None = None,
-    data: str | None = None,
     probe: bool = False,
     env: Environment | None = None,
     facts: PresetFacts | None = None,
     ray: str | None = None,
     cluster: ClusterFacts | None = None,
 ) -> Report:
-    """Run every check (and the probe when asked, and the Ray cluster's with ``ray``: an address,
+    """Check the run ``config`` describes (a preset name stands for that preset's defaults): every
+    check (and the probe when asked, and the Ray cluster's with ``ray``: an address,
     or ``local`` for RAY_ADDRESS or a local instance). ``env``, ``facts`` and ``cluster`` replace
     what would be gathered, for tests."""
-    name = preset or DEFAULT_PRESET
+    if not isinstance(config, RunConfig):
+        name = config or DEFAULT_PRESET
+        config = resolve_run_config(find_preset(name), preset=name)
+    name, device = config.preset, config.device
     chosen = find_preset(name)
     env = env or gather_environment()
-    facts = facts or gather_preset(chosen, data)
-    dtype = dtype or chosen.model.dtype
+    facts = facts or gather_preset(chosen, config)
+    dtype = config.dtype or chosen.model.dtype
     picked, reason = device_choice(env, device)
     checks = [check_platform(env), check_versions(env), check_torch(env), check_cuda(env, device), check_mps(env, device),
               check_cpu(env), check_device(env, device, dtype), check_preset(facts)]
@@ -93,14 +96,15 @@ def diagnose(
         if env.torch_error:
             probed = ProbeResult(ok=False, error="not run: torch does not import")
         else:
-            probed = run_probe(name, device=device, dtype=dtype, data=data)
+            probed = run_probe(config)
         checks.append(check_probe(probed, facts.default_batch))
     if ray is not None or cluster is not None:
         if cluster is None:
             cluster = gather_cluster(None if ray == "local" else ray, chosen)
         checks += check_cluster(cluster, _own_version())
     return Report(preset=chosen.name, device=picked, device_reason=reason, dtype=dtype, checks=checks, estimate=estimate,
-                  probe=probed, oom_hints=oom_hints(env, name, picked, dtype, estimate), environment=env, cluster=cluster)
+                  probe=probed, oom_hints=oom_hints(env, name, picked, dtype, estimate), environment=env, cluster=cluster,
+                  config=asdict(config))
 
 
 def _own_version() -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from saecli.config import Preset, resolve_location
+from saecli.config import Preset, RunConfig, resolve_location, resolve_run_config
 from saecli.doctor.facts import first_line
 from saecli.doctor.shapes import KNOWN_SHAPES, ModelShape, SAEShape
 from saecli.errors import SaecliError
@@ -112,18 +112,19 @@ def _tokens_of_longest(samples: list[Any], tokenizer_file: Path | None) -> tuple
     return math.ceil(max(len(t) for t in texts) / 3) + 1, False
 
 
-def gather_preset(preset: Preset, data: str | None = None, *, check_hub: bool = True) -> PresetFacts:
+def gather_preset(preset: Preset, config: RunConfig | None = None, *, check_hub: bool = True) -> PresetFacts:
     """What the preset needs and what of it is on this machine: local files, Hugging Face cache
     entries (and the command that fetches each missing one), the model's and SAEs' shapes, and the
-    longest text of the data in tokens. Loads no model."""
+    longest text in tokens of the data ``config`` selects (None: the preset's defaults). Loads no model."""
     from saecli.data import load_samples
 
     spec = preset.model
     kind: Literal["local", "hub", "random"] = "random" if spec.random_init else "local" if spec.path is not None else "hub"
-    default = preset.defaults.get("batch_size", 16)
+    config = config if config is not None else resolve_run_config(preset, preset=preset.name)
+    default = config.batch_size
     facts = PresetFacts(
         name=preset.name, source=preset.source, kind=kind, dtype=spec.dtype,
-        # A preset whose default is "auto" probes its own size: any safe size is then fine.
+        # A run whose batch size is "auto" probes its own size: any safe size is then fine.
         default_batch=default if isinstance(default, int) else 1, synthetic=preset.synthetic,
     )
     tokenizer_file: Path | None = None
@@ -202,7 +203,7 @@ def gather_preset(preset: Preset, data: str | None = None, *, check_hub: bool = 
             facts.hub = hub_status()
         except Exception as exc:  # noqa: BLE001
             facts.problems.append(f"cannot ask the hub client: {first_line(exc)}")
-    samples = load_samples(data)
+    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
     facts.n_samples = len(samples)
     facts.longest_tokens, facts.tokens_exact = _tokens_of_longest(samples, tokenizer_file)
     return facts

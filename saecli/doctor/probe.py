@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from saecli.config import RunConfig
 from saecli.doctor.checks import Check
 from saecli.doctor.facts import first_line
 from saecli.errors import SaecliError
@@ -36,7 +37,7 @@ class ProbeResult:
     hint: str | None = None
 
 
-def run_probe(preset: str, *, device: str = "auto", dtype: str | None = None, data: str | None = None) -> ProbeResult:
+def run_probe(config: RunConfig) -> ProbeResult:
     """Load the preset and find the largest batch that fits by trying it: ``find_batch_size``, the
     code of ``run --batch-size auto``. Failures (not cached, nothing fits) become the result."""
     try:
@@ -45,9 +46,11 @@ def run_probe(preset: str, *, device: str = "auto", dtype: str | None = None, da
         from saecli.models import load_preset
     except Exception as exc:  # noqa: BLE001 - a broken install shows as a failed probe
         return ProbeResult(ok=False, error=f"cannot import the engine: {first_line(exc)}", hint="see the torch and versions rows")
-    samples = load_samples(data)
+    from saecli.device import set_torch_threads
+
+    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
     try:
-        loaded = load_preset(preset, device=device, dtype=dtype)
+        loaded = load_preset(config.preset, device=config.device, dtype=config.dtype)
     except SaecliError as exc:
         return ProbeResult(ok=False, error=exc.message, hint=exc.hint)
     except Exception as exc:  # noqa: BLE001
@@ -56,10 +59,12 @@ def run_probe(preset: str, *, device: str = "auto", dtype: str | None = None, da
                                hint="the weights do not fit: --dtype bfloat16 (CUDA), or --device cpu")
         raise
     result = ProbeResult(ok=False, device=loaded.device, dtype=loaded.dtype, load_seconds=round(loaded.load_seconds, 2))
+    if loaded.device == "cpu":
+        set_torch_threads(config.threads)
     if loaded.device in ("cuda", "cpu"):
         result.loaded_bytes = allocated_bytes(loaded.device)
     try:
-        auto = find_batch_size(loaded, samples)
+        auto = find_batch_size(loaded, samples, config)
     except SaecliError as exc:
         result.error, result.hint = exc.message, exc.hint
         return result
