@@ -6,7 +6,10 @@ handing chunks of samples to idle workers, again to another (or a fresh) worker 
 What does not: writing results (the driver's runner writes every part file and the manifest through
 the same resume machinery as a plain run), the analysis itself (:mod:`saecli.engine`).
 
-Results per chunk are rows of numbers (kilobytes); activations never leave a worker. Chunks are
+Results per chunk are rows of numbers (kilobytes) and, with baselines on, the chunk's
+:class:`saecli.residuals.Residuals`: the residual vectors each SAE read (d_model floats per sample,
+layer and kind) and their sparse SAE feature activations, which travel to the driver for
+``residuals.safetensors``; with ``--no-baselines`` activations never leave a worker. Chunks are
 cut from the same length order the plain run batches in, at multiples of the batch size, so each
 worker forms exactly the batches a plain run forms: results are identical row for row.
 

@@ -17,8 +17,6 @@ from saecli.config import INT64_MAX, INT64_MIN, assets_dir, check_domains, check
 from saecli.errors import SaecliError
 from saecli.io import file_sha256
 
-DOMAINS = ("entity", "temporal", "logical", "adversarial")
-
 # HB-1000 (neural-polygraph) ships one file per suite; the record's own "domain" is a topic.
 HB_FILES = {
     "bench_entity_swaps.json": "entity",

@@ -97,7 +97,6 @@ def resolve_device(requested: str, facts: DeviceFacts) -> tuple[str, str]:
 
 # -- CPU threads ------------------------------------------------------------------------------------
 
-MAX_THREADS = 1024
 IDLE_SAMPLE_SECONDS = 0.25
 """How long the start of a CPU run watches the cores to see how many are idle."""
 

@@ -37,9 +37,9 @@ from saecli.data import Sample
 from saecli.device import torch_dtype
 from saecli.errors import SaecliError
 from saecli.faults import oom_point
-from saecli.io import Residuals, residual_key
 from saecli.memory import is_out_of_memory
 from saecli.models import LoadedPreset
+from saecli.residuals import Residuals, residual_key
 
 log = logging.getLogger(__name__)
 

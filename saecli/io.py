@@ -1,5 +1,9 @@
 """Run-folder files: `metrics.parquet`, `manifest.json` and the part files of an unfinished run, each
-written atomically and read literally (a path is never a pattern); the merge of the parts."""
+written atomically and read literally (a path is never a pattern); the merge of the parts; the name
+of every file saecli writes into a run folder (so cleanup and ``--force`` know them).
+
+Does not belong here: the contents of ``residuals.safetensors`` and of the residual parts
+(``saecli.residuals``, which writes them through :func:`atomic_write`)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import os
 import shlex
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,9 @@ METRICS_FILE = "metrics.parquet"
 MANIFEST_FILE = "manifest.json"
 PARTS_DIR = "parts"
 """Finished samples of an unfinished run, one Parquet file per batch; merged and removed at the end."""
+RESIDUALS_FILE = "residuals.safetensors"
+"""The residual-stream vectors and SAE feature activations of a run (``saecli.residuals``; ``saecli
+report`` fits probes on them)."""
 REPORT_FILES = ("detection.csv", "dashboard.png", "summary.md", "probes.csv", "generalisation.csv", "features.csv")
 """What ``saecli report`` writes into a run folder (the last three only for a run with residuals)."""
 
@@ -163,25 +169,6 @@ def residual_part_path(run_dir: Path, number: int) -> Path:
     return run_dir / PARTS_DIR / f"part-{number:06d}.residuals.safetensors"
 
 
-def write_residual_part(residuals: Residuals, run_dir: Path, number: int) -> Path:
-    return write_residuals(residual_part_path(run_dir, number), residuals)
-
-
-def merge_residual_parts(run_dir: Path, sample_ids: Sequence[str]) -> Path:
-    """Write ``residuals.safetensors`` from the residuals of the finished parts, rows in the order
-    of ``sample_ids`` (a part whose table is missing was not finished: its residuals are ignored)."""
-    numbers = [int(p.stem.split("-")[1]) for p in part_files(run_dir)]
-    paths = [residual_part_path(run_dir, n) for n in numbers]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise SaecliError(
-            f"{run_dir}: the residuals of {len(missing)} finished part(s) are missing ({missing[0]})",
-            hint="start a new run (or run with --no-baselines)", exit_code=1,
-        )
-    merged = Residuals.concat([read_residuals(p) for p in paths]).select(list(sample_ids))
-    return write_residuals(run_dir / RESIDUALS_FILE, merged)
-
-
 def part_files(run_dir: Path) -> list[Path]:
     """The finished part files of an unfinished run, in the order they were written."""
     return sorted((run_dir / PARTS_DIR).glob("part-[0-9]*.parquet"))
@@ -239,202 +226,3 @@ def read_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
         return read_parquet(metrics), manifest
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise SaecliError(f"cannot read {metrics}: {exc}".splitlines()[0], hint="rerun `saecli run` into a fresh --out") from None
-
-
-# -- residuals.safetensors: the vectors the SAEs read, for probes fitted after the run --------------
-
-RESIDUALS_FILE = "residuals.safetensors"
-"""The residual-stream vectors and SAE feature activations of a run (``saecli report`` fits probes on them)."""
-RESIDUALS_SCHEMA = 1
-"""Version of the layout below, in the file's metadata (``schema``)."""
-RESIDUAL_KINDS = ("fact", "hall")
-
-
-def residual_key(layer: int, kind: str) -> str:
-    """``l{layer}_{kind}``: the key of one layer's vectors of one kind of text, e.g. ``l5_hall``."""
-    return f"l{layer}_{kind}"
-
-
-@dataclass
-class Residuals:
-    """What each layer's SAE read, one row per sample (rows in ``sample_ids`` order).
-
-    * ``dense[l{L}_{kind}]``: float32 [n, d_model], the residual at the text's last token that layer
-      L's SAE encodes (kind ``fact`` or ``hall``);
-    * ``features[l{L}_{kind}]``: ``scipy.sparse.csr_matrix`` float32 [n, d_sae[L]], the SAE feature
-      activations f of the same vector (only f > 0 stored).
-
-    Either dict may lack a layer (e.g. a run that kept only one of them), but a key it has must be
-    one of ``layers`` × (fact, hall), and every array has one row per sample.
-
-    On disk (``residuals.safetensors``, :func:`write_residuals`): a dense array is the tensor
-    ``dense.l{L}_{kind}``; a CSR matrix is three tensors ``features.l{L}_{kind}.indptr`` (int64),
-    ``.indices`` (int32) and ``.data`` (float32); the metadata holds ``format`` (``saecli-residuals``),
-    ``schema``, and as JSON ``layers``, ``sample_ids`` and ``d_sae`` (layer → width).
-    """
-
-    layers: list[int]
-    sample_ids: list[str]
-    dense: dict[str, Any] = field(default_factory=dict)  # str → np.ndarray
-    features: dict[str, Any] = field(default_factory=dict)  # str → scipy.sparse.csr_matrix
-    d_sae: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        return len(self.sample_ids)
-
-    def check(self, source: str = "residuals") -> None:
-        """Raise a SaecliError naming ``source`` when the arrays do not fit the ids and layers."""
-        keys = {residual_key(layer, kind) for layer in self.layers for kind in RESIDUAL_KINDS}
-        if len(set(self.sample_ids)) != len(self.sample_ids):
-            raise SaecliError(f"{source}: duplicate sample ids")
-        for name, table in (("dense", self.dense), ("features", self.features)):
-            for key, array in table.items():
-                if key not in keys:
-                    raise SaecliError(f"{source}: unexpected {name} key {key!r} (layers {self.layers})")
-                if len(array.shape) != 2 or array.shape[0] != self.n:
-                    raise SaecliError(f"{source}: {name} {key} has shape {tuple(array.shape)}, expected {self.n} rows")
-        for key, matrix in self.features.items():
-            layer = int(key[1:].split("_", 1)[0])
-            if layer not in self.d_sae:
-                raise SaecliError(f"{source}: features {key} but no d_sae for layer {layer}")
-            if matrix.shape[1] != self.d_sae[layer]:
-                raise SaecliError(f"{source}: features {key} have {matrix.shape[1]} columns, d_sae is {self.d_sae[layer]}")
-
-    @classmethod
-    def concat(cls, parts: Sequence[Residuals]) -> Residuals:
-        """The rows of ``parts`` one after the other (same layers, keys and widths; ids all distinct)."""
-        import numpy as np
-        import scipy.sparse as sp
-
-        if not parts:
-            raise SaecliError("no residuals to concatenate")
-        first = parts[0]
-        for part in parts[1:]:
-            if part.layers != first.layers or set(part.dense) != set(first.dense) or set(part.features) != set(first.features):
-                raise SaecliError("residual parts differ in layers or keys; they cannot be concatenated")
-            if part.d_sae != first.d_sae:
-                raise SaecliError(f"residual parts differ in SAE widths ({part.d_sae} vs {first.d_sae})")
-        out = cls(
-            layers=list(first.layers),
-            sample_ids=[sid for part in parts for sid in part.sample_ids],
-            dense={k: np.concatenate([p.dense[k] for p in parts], axis=0) for k in first.dense},
-            features={k: sp.vstack([p.features[k] for p in parts], format="csr", dtype=np.float32) for k in first.features},
-            d_sae=dict(first.d_sae),
-        )
-        out.check("concatenated residuals")
-        return out
-
-    def select(self, ids: Sequence[str]) -> Residuals:
-        """The rows of ``ids``, in that order; a SaecliError naming the ids this holds no row of."""
-        position = {sid: i for i, sid in enumerate(self.sample_ids)}
-        missing = [sid for sid in ids if sid not in position]
-        if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise SaecliError(f"the residuals hold no row for sample ids {shown}")
-        import numpy as np
-
-        rows = np.fromiter((position[sid] for sid in ids), dtype=np.int64, count=len(ids))
-        return Residuals(
-            layers=list(self.layers),
-            sample_ids=list(ids),
-            dense={k: v[rows] for k, v in self.dense.items()},
-            features={k: v[rows] for k, v in self.features.items()},
-            d_sae=dict(self.d_sae),
-        )
-
-
-def residuals_bytes(residuals: Residuals) -> bytes:
-    """The safetensors bytes of ``residuals`` (layout in :class:`Residuals`)."""
-    import numpy as np
-    import scipy.sparse as sp
-    from safetensors.numpy import save
-
-    residuals.check()
-    tensors: dict[str, Any] = {}
-    for key, array in residuals.dense.items():
-        tensors[f"dense.{key}"] = np.ascontiguousarray(array, dtype=np.float32)
-    for key, matrix in residuals.features.items():
-        csr = sp.csr_matrix(matrix, dtype=np.float32, copy=True)  # arrays from Ray are read-only
-        csr.sum_duplicates()
-        csr.eliminate_zeros()
-        tensors[f"features.{key}.indptr"] = np.ascontiguousarray(csr.indptr, dtype=np.int64)
-        tensors[f"features.{key}.indices"] = np.ascontiguousarray(csr.indices, dtype=np.int32)
-        tensors[f"features.{key}.data"] = np.ascontiguousarray(csr.data, dtype=np.float32)
-    metadata = {
-        "format": "saecli-residuals",
-        "schema": str(RESIDUALS_SCHEMA),
-        "layers": json.dumps([int(layer) for layer in residuals.layers]),
-        "sample_ids": json.dumps(list(residuals.sample_ids), ensure_ascii=False),
-        "d_sae": json.dumps({str(layer): int(width) for layer, width in residuals.d_sae.items()}),
-    }
-    return save(tensors, metadata=metadata)
-
-
-def write_residuals(path: Path, residuals: Residuals) -> Path:
-    """Write ``residuals`` to exactly ``path`` (a literal path), atomically (whole or absent)."""
-    path = Path(path)
-    data = residuals_bytes(residuals)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    return path
-
-
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON)."""
-    if len(data) < 8:
-        raise ValueError("too short for a safetensors header")
-    size = int.from_bytes(data[:8], "little")
-    if size > len(data) - 8:
-        raise ValueError("header longer than the file")
-    header = json.loads(data[8 : 8 + size].decode("utf-8"))
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    return header.get("__metadata__") or {}
-
-
-def read_residuals(path: Path) -> Residuals:
-    """The residuals at exactly ``path``; a one-line SaecliError for a missing, truncated or foreign file."""
-    import numpy as np
-    import scipy.sparse as sp
-    from safetensors.numpy import load
-
-    path = Path(path)
-    hint = "rerun `saecli run` (baselines on) to write it again, or move the file away to report without probes"
-    if not path.is_file():
-        raise SaecliError(f"no residuals file {path}", hint="`saecli run` writes it unless --no-baselines")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        meta = _safetensors_metadata(data)
-        tensors = load(data)
-        if meta.get("format") != "saecli-residuals":
-            raise ValueError("not a saecli residuals file (no format saecli-residuals in its metadata)")
-        if meta.get("schema") != str(RESIDUALS_SCHEMA):
-            raise ValueError(f"schema {meta.get('schema')!r}, this saecli reads {RESIDUALS_SCHEMA}")
-        layers = [int(layer) for layer in json.loads(meta["layers"])]
-        sample_ids = [str(sid) for sid in json.loads(meta["sample_ids"])]
-        d_sae = {int(layer): int(width) for layer, width in json.loads(meta["d_sae"]).items()}
-        dense = {name.removeprefix("dense."): array for name, array in tensors.items() if name.startswith("dense.")}
-        features = {}
-        for name in tensors:
-            if name.startswith("features.") and name.endswith(".indptr"):
-                key = name.removeprefix("features.").removesuffix(".indptr")
-                prefix = f"features.{key}"
-                layer = int(key[1:].split("_", 1)[0])
-                if layer not in d_sae:
-                    raise ValueError(f"no d_sae for layer {layer} in its metadata")
-                rows, cols = tensors[f"{prefix}.indptr"].size - 1, d_sae[layer]
-                features[key] = sp.csr_matrix(
-                    (tensors[f"{prefix}.data"].astype(np.float32), tensors[f"{prefix}.indices"], tensors[f"{prefix}.indptr"]),
-                    shape=(rows, cols),
-                )
-        residuals = Residuals(layers=layers, sample_ids=sample_ids, dense=dense, features=features, d_sae=d_sae)
-        residuals.check(str(path))
-    except SaecliError as exc:
-        raise SaecliError(exc.message, hint=hint) from None
-    except Exception as exc:  # noqa: BLE001 - safetensors, JSON, scipy: whatever a broken file raises
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SaecliError(f"{path} is not a readable saecli residuals file: {reason}", hint=hint) from None
-    return residuals

@@ -28,6 +28,7 @@ from saecli.hub import package_versions
 from saecli.memory import is_out_of_memory as is_oom
 from saecli.memory import oom_message
 from saecli.models import LoadedPreset, PresetInfo, check_preset_files, load_preset
+from saecli.residuals import merge_residual_parts, write_residual_part
 from saecli.rundir import claim_run_dir, clear_outputs
 
 if TYPE_CHECKING:
@@ -314,7 +315,7 @@ def _analyse(
                 part = io.rows_to_frame(batch.rows, info.layers)
                 part_number += 1
                 if batch.residuals is not None:  # before its table: a part's samples count as done once the table is there
-                    io.write_residual_part(batch.residuals, run_dir, part_number)
+                    write_residual_part(batch.residuals, run_dir, part_number)
                 io.write_part(part, run_dir, part_number)
                 crash_point("after_part")
                 state["finished_ids"] += part["sample_id"].to_list()
@@ -336,7 +337,7 @@ def _analyse(
     with backend.timer("write"), _writing(run_dir, done, state):
         frame = io.merge_parts(run_dir, info.layers, [s.id for s in samples])
         if config.baselines:
-            io.merge_residual_parts(run_dir, [s.id for s in samples])
+            merge_residual_parts(run_dir, [s.id for s in samples])
         io.write_metrics(frame, run_dir)
     crash_point("after_merge")
     state["backoffs"] = earlier_backoffs + backend.backoffs

@@ -10,7 +10,7 @@ with the same pieces.
 
 Does not belong here: checking the fields' values (``saecli.data.Sample`` does, and
 ``saecli.data`` words the error with the file, row and column), decoding a file's bytes
-(``saecli.data`` reads text files), finding datasets in the Hugging Face cache (``saecli.hfdata``).
+(``saecli.data`` reads text files), finding datasets in the Hugging Face cache (``saecli.hub``).
 Imports ``saecli.config`` (the mapping targets) and ``saecli.errors``; Polars only inside the
 Parquet reader.
 """

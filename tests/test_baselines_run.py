@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from saecli.cli import app
 from saecli.config import RunConfig
-from saecli.io import RESIDUALS_FILE, read_parquet, read_residuals
+from saecli.io import RESIDUALS_FILE, read_parquet
 from saecli.report import make_report
+from saecli.residuals import read_residuals
 from saecli.runner import execute
 
 runner = CliRunner()

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from saecli.data import DOMAINS, Sample, load_samples
+from saecli.data import Sample, load_samples
 from saecli.errors import SaecliError
 
 
 def test_builtin_benchmark_shape():
     samples = load_samples()
     assert len(samples) == 200
-    assert Counter(s.domain for s in samples) == {d: 50 for d in DOMAINS}
+    assert Counter(s.domain for s in samples) == {d: 50 for d in ("entity", "temporal", "logical", "adversarial")}
     assert len({s.id for s in samples}) == 200
     assert all(s.fact != s.hallucination for s in samples)
     assert samples[0].fact_text == f"{samples[0].prompt} {samples[0].fact}"

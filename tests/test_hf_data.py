@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from saecli.cli import app
 from saecli.data import dataset_identity, load_samples
 from saecli.errors import SaecliError
-from saecli.hfdata import hub_cache
+from saecli.hub import hub_cache
 
 
 @pytest.fixture

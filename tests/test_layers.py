@@ -42,6 +42,31 @@ def test_importing_them_loads_no_heavy_library():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("name", ["saecli.device", "saecli.config", "saecli.columns"])
+def test_the_package_root_imports_nothing_heavy(name):
+    """``import saecli.device`` runs ``saecli/__init__.py`` first: its API names are imported on first
+    use, so a low module loads neither polars, torch nor the data modules."""
+    heavy = ("polars", "torch", "numpy", "saecli.data", "saecli.models", "saecli.engine")
+    code = f"import sys, {name}; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_api_names_still_come_from_the_root():
+    from saecli.data import Sample, load_samples
+    from saecli.engine import analyze
+    from saecli.errors import SaecliError
+    from saecli.models import LoadedPreset, load_preset
+
+    assert (saecli.Sample, saecli.load_samples, saecli.SaecliError) == (Sample, load_samples, SaecliError)
+    assert (saecli.LoadedPreset, saecli.load_preset, saecli.analyze) == (LoadedPreset, load_preset, analyze)
+    assert isinstance(saecli.__version__, str) and saecli.SCHEMA_VERSION == 1
+    assert set(saecli.__all__) <= set(dir(saecli)) and "ModuleType" not in dir(saecli)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = saecli.nope
+
+
 def _is_module(dotted: str) -> bool:
     path = Path(saecli.__file__).parent.parent.joinpath(*dotted.split("."))
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()

@@ -73,7 +73,8 @@ def test_two_workers_equal_sequential_and_the_plain_run(tmp_path, ray_cluster, p
     frame = read_parquet(out / "metrics.parquet")
     assert frame.equals(plain)  # the same batches on the workers: identical, row for row
     assert compare_frames(reference, frame, atol=1e-9).passed
-    from saecli.io import RESIDUALS_FILE, read_residuals
+    from saecli.io import RESIDUALS_FILE
+    from saecli.residuals import read_residuals
 
     kept = read_residuals(out / RESIDUALS_FILE)  # the workers' residuals, merged by the driver in the table's order
     assert kept.sample_ids == frame["sample_id"].to_list() and all(m.nnz > 0 for m in kept.features.values())

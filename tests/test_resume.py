@@ -17,7 +17,8 @@ import saecli
 from saecli.cli import app
 from saecli.compare import compare_frames
 from saecli.config import RunConfig
-from saecli.io import RESIDUALS_FILE, Residuals, read_residuals, rows_to_frame
+from saecli.io import RESIDUALS_FILE, rows_to_frame
+from saecli.residuals import Residuals, read_residuals
 from saecli.runner import execute
 
 runner = CliRunner()

@@ -45,7 +45,7 @@ from typing import Any
 import polars as pl
 
 from saecli.errors import SaecliError
-from saecli.io import METRICS_FILE, RESIDUALS_FILE, Residuals, atomic_write, probe_write, read_residuals, read_run
+from saecli.io import METRICS_FILE, RESIDUALS_FILE, atomic_write, probe_write, read_run
 from saecli.report.dashboard import FACT_COLOR, HALL_COLOR, draw_dashboard
 from saecli.report.detection import (
     ALL,
@@ -72,6 +72,7 @@ from saecli.report.summary import (
     SUMMARY_FILE,
     summary_markdown,
 )
+from saecli.residuals import Residuals, read_residuals
 
 __all__ = [
     "ALL", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",

@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from saecli.io import RESIDUAL_KINDS, Residuals, residual_key
 from saecli.report.detection import ALL, PROBE, Detection, Metric
 from saecli.report.stats import auroc, bootstrap_aurocs, group_rng, percentile_interval
+from saecli.residuals import RESIDUAL_KINDS, Residuals, residual_key
 
 log = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ def planted_residuals(n, *, layers=LAYERS, domains=("entity", "logical", "tempor
     """
     import scipy.sparse as sp
 
-    from saecli.io import Residuals
+    from saecli.residuals import Residuals
 
     rng = np.random.default_rng(seed)
     sample_domains = [domains[i % len(domains)] for i in range(n)]
@@ -117,7 +117,7 @@ def baseline_run(path, *, n=60, layers=LAYERS, logprob_shift=0.0, residuals=True
     planted residuals. ``logprob_shift``: how much higher log p(fact) is than log p(hall) on average
     (noise SD 1). l{layers[1]}_reconstruction_error separates perfectly, as in :func:`synthetic_run`.
     ``neuronpedia``: layer → id for the manifest's SAEs."""
-    from saecli.io import write_residuals
+    from saecli.residuals import write_residuals
 
     rng = np.random.default_rng(seed + 1)
     res, sample_domains = planted_residuals(n, layers=layers, swap=swap, seed=seed)

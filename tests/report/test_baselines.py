@@ -9,8 +9,9 @@ import pytest
 
 from saecli.cli import app
 from saecli.errors import SaecliError
-from saecli.io import RESIDUALS_FILE, read_residuals, write_residuals
+from saecli.io import RESIDUALS_FILE
 from saecli.report import load_residuals, load_run, make_report
+from saecli.residuals import read_residuals, write_residuals
 
 from .helpers import LAYERS, PLANTED_FEATURE, baseline_run, one_line_error, runner, snapshot, synthetic_run
 

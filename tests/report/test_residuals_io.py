@@ -1,4 +1,4 @@
-"""saecli.io residuals.safetensors: the layout the engine writes and the report reads, read literally."""
+"""saecli.residuals: residuals.safetensors: the layout the engine writes and the report reads, read literally."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 from saecli.errors import SaecliError
-from saecli.io import RESIDUALS_FILE, Residuals, read_residuals, write_residuals
+from saecli.io import RESIDUALS_FILE
+from saecli.residuals import Residuals, read_residuals, write_residuals
 
 
 def small(ids=("a", "b", "c"), layers=(5, 12), d_model=4, d_sae=10, seed=0):
