@@ -134,7 +134,7 @@ def smaller_dtype(env: Environment, device: str, dtype: str) -> str | None:
 
 
 def check_memory(env: Environment, facts: PresetFacts, device: str | None, dtype: str) -> tuple[Check, MemoryEstimate | None]:
-    """The predicted largest safe batch size against the preset's default, with the flags to pass
+    """The predicted largest safe batch size against the run's batch size (the preset's default unless --batch-size), with the flags to pass
     when it does not fit."""
     if device is None:
         return Check("memory", "warn", "no estimate: no usable device"), None
@@ -172,7 +172,7 @@ def check_memory(env: Environment, facts: PresetFacts, device: str | None, dtype
             hint += f"; --dtype {smaller} halves the model's memory"
         if device == "cuda":
             hint += f"; {ALLOC_CONF} against fragmentation"
-        return Check("memory", "warn", detail + f", below the preset's default {facts.default_batch}", hint), est
+        return Check("memory", "warn", detail + f", below the run's batch size {facts.default_batch}", hint), est
     return Check("memory", "ok", detail), est
 
 

@@ -52,6 +52,7 @@ class PresetFacts:
     dtype: str
     """The preset's own model dtype."""
     default_batch: int
+    """The batch size of the run checked (the preset's default unless --batch-size; 1 for auto)."""
     synthetic: bool = False
     artifacts: list[Artifact] = field(default_factory=list)
     hub: HubStatus | None = None

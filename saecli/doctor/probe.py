@@ -78,6 +78,6 @@ def check_probe(probe: ProbeResult, default_batch: int) -> Check:
     tried = ", ".join(f"{p['size']}: {gib(p['peak_bytes'])}" if "peak_bytes" in p else f"{p['size']}: {p['outcome']}" for p in probe.probes)
     detail = f"loaded on {probe.device} ({probe.dtype}) in {probe.load_seconds}s; largest batch that fit: {probe.size} (peaks {tried}); {probe.reason}"
     if probe.size is not None and probe.size < default_batch:
-        return Check("probe", "warn", detail + f"; below the preset's default {default_batch}", f"pass --batch-size {probe.size}, or --batch-size auto")
+        return Check("probe", "warn", detail + f"; below the run's batch size {default_batch}", f"pass --batch-size {probe.size}, or --batch-size auto")
     return Check("probe", "ok", detail)
 
