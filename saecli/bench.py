@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,8 @@ class SizeResult:
     padding_fraction: float | None = None
     """The share of the forwarded positions that were padding."""
     forward_gflops: float | None = None
-    """Achieved GFLOP/s of the forward pass: :func:`saecli.flops.forward_flops` ÷ the ``forward`` stage's seconds."""
+    """Achieved GFLOP/s of the forward pass: :func:`saecli.flops.forward_flops` ÷ the seconds of the
+    ``forward`` stage and of the ``baselines`` stage (the unembedding at the scored positions)."""
     sae_gflops: float | None = None
     """Achieved GFLOP/s of SAE encode/decode: :func:`saecli.flops.sae_flops` ÷ the ``sae`` stage's seconds."""
     peak_gflops: float | None = None
@@ -108,6 +109,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from saecli import flops
+    from saecli.config import RunConfig
     from saecli.data import load_samples
     from saecli.device import torch_dtype
     from saecli.engine import Engine, StageTimer
@@ -128,16 +130,17 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     batch_size = 1 if sequential else int(size)
     mode = job.get("baselines", "on")
     result.baselines = mode != "off"
+    config = RunConfig(seed=job["seed"], noise_std=job["noise_std"], batch_size=batch_size, mode="sequential" if sequential else "batched",
+                       baselines=result.baselines)  # fmt: skip
     try:
-        warm = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], backoff=False, baselines=result.baselines)
-        for _ in warm.run(samples[: min(len(samples), max(batch_size, 2))], batch_size=batch_size, sequential=sequential):
+        warm = Engine(loaded, config, backoff=False)
+        for _ in warm.run(samples[: min(len(samples), max(batch_size, 2))]):
             pass
         times, stage_runs = [], []
         for _ in range(job["repeats"]):
-            engine = Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], timer=StageTimer(sync=True), backoff=False,
-                            baselines=result.baselines)
+            engine = Engine(loaded, config, timer=StageTimer(sync=True), backoff=False)
             started = time.perf_counter()
-            batches = list(engine.run(samples, batch_size=batch_size, sequential=sequential))
+            batches = list(engine.run(samples))
             if loaded.device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - started)
@@ -146,9 +149,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             plain = []
             for _ in range(job["repeats"]):
                 started = time.perf_counter()
-                for _ in Engine(loaded, seed=job["seed"], noise_std=job["noise_std"], backoff=False, baselines=False).run(
-                    samples, batch_size=batch_size, sequential=sequential
-                ):
+                for _ in Engine(loaded, replace(config, baselines=False), backoff=False).run(samples):
                     pass
                 if loaded.device == "cuda":
                     torch.cuda.synchronize()
@@ -196,9 +197,10 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     result.padding_fraction = round(1 - forwarded_real / forwarded, 4) if forwarded else None
     result.peak_gflops = round(mm_peak, 2) if mm_peak else None
     result.sae_peak_gflops = round(sae_peak, 2) if sae_peak else None
+    forward_seconds = stages.get("forward", 0.0) + stages.get("baselines", 0.0)  # forward_flops counts the unembedding too
     if stages.get("forward"):
-        result.forward_gflops = round(forward_flops / stages["forward"] / 1e9, 3)
-        result.forward_utilization = round(forward_flops / stages["forward"] / 1e9 / mm_peak, 4) if mm_peak else None
+        result.forward_gflops = round(forward_flops / forward_seconds / 1e9, 3)
+        result.forward_utilization = round(forward_flops / forward_seconds / 1e9 / mm_peak, 4) if mm_peak else None
     if stages.get("sae"):
         result.sae_gflops = round(sae_flops / stages["sae"] / 1e9, 3)
         result.sae_utilization = round(sae_flops / stages["sae"] / 1e9 / sae_peak, 4) if sae_peak else None

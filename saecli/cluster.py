@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saecli.errors import SaecliError
+from saecli.plan import chunk_plan, planned_order
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,6 @@ DEFAULT_WORKER_CPUS = 1
 """CPUs (and torch threads) per worker on a cluster without GPUs: one thread per worker keeps
 workers on one machine from spinning against each other (two PyTorch processes that each use every
 core were measured 40x slower than one)."""
-CHUNK_BATCHES = 4
-"""Batches per chunk handed to a worker: large enough to keep a worker busy between hand-outs,
-small enough that a dead worker's chunk is cheap to redo and that work spreads evenly."""
 MAX_REPLACEMENTS = 8
 """Dead workers replaced per run before giving up (a worker that dies on every chunk is a bug or a
 node that cannot run the preset, not bad luck)."""
@@ -194,6 +192,7 @@ class Worker:
                  baselines: bool = True):
         import torch
 
+        from saecli.config import RunConfig
         from saecli.engine import Engine
         from saecli.models import check_preset_files, load_preset
 
@@ -208,7 +207,8 @@ class Worker:
         try:
             check_preset_files(preset)
             self.loaded = load_preset(preset, device=device, dtype=dtype)
-            self.engine = Engine(self.loaded, seed=seed, noise_std=noise_std, baselines=baselines)
+            config = RunConfig(seed=seed, noise_std=noise_std, truncate=truncate, baselines=baselines)
+            self.engine = Engine(self.loaded, config)
         except SaecliError as exc:
             self.problem = (exc.message, exc.hint, exc.exit_code)
 
@@ -234,7 +234,7 @@ class Worker:
     def auto_batch_size(self, samples: Sequence[Any]) -> Any:
         from saecli.autobatch import find_batch_size
 
-        return find_batch_size(self.loaded, list(samples), seed=self.engine.seed, noise_std=self.engine.noise_std)
+        return find_batch_size(self.loaded, list(samples), self.engine.config)
 
     def analyze(self, samples: Sequence[Any], toks: Sequence[Any], batch_size: int) -> dict[str, Any]:
         """Rows of a chunk (its own batches, out-of-memory backoff inside as in a plain run)."""
@@ -486,15 +486,6 @@ class Pool:
         self.actors.clear()
 
 
-def chunk_plan(order: list[int], batch_size: int, workers: int) -> list[list[int]]:
-    """Cut the length order into chunks of whole batches (so each worker forms a plain run's batches)."""
-    per_chunk = batch_size * CHUNK_BATCHES
-    # Few samples on many workers: smaller chunks (still whole batches) so that every worker gets some.
-    while per_chunk > batch_size and len(order) < per_chunk * workers:
-        per_chunk -= batch_size
-    return [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
-
-
 @dataclass
 class _Loaded:
     """What the driver knows of the preset the workers loaded (the fields a manifest records)."""
@@ -546,9 +537,7 @@ class RayBackend:
         return get(self.pool.first().auto_batch_size.remote(samples))
 
     def batches(self, samples: list[Any], toks: list[Any], batch_size: int, progress: Any) -> Iterator[ChunkDone]:
-        from saecli.engine import Engine
-
-        order = [i for batch in Engine.plan(toks, batch_size) for i in batch]
+        order = planned_order(toks, batch_size)
         chunks = chunk_plan(order, batch_size, len(self.pool.actors))
 
         def busy(running: int, workers: int) -> None:

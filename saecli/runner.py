@@ -236,19 +236,19 @@ class LocalBackend:
         self.info = loaded
         self.config = config
         self.threads = _set_threads(config.threads) if loaded.device == "cpu" else None
-        self.engine = Engine(loaded, seed=config.seed, noise_std=config.noise_std, baselines=config.baselines)
+        self.engine = Engine(loaded, config)
         self.timer = self.engine.timer
 
     def tokenize(self, samples: list[Any]) -> list[Any]:
-        return self.engine.tokenize(samples, truncate=self.config.truncate)
+        return self.engine.tokenize(samples)
 
     def auto_batch_size(self, samples: list[Any]) -> Any:
         from saecli.autobatch import find_batch_size
 
-        return find_batch_size(self.info, samples, seed=self.config.seed, noise_std=self.config.noise_std)
+        return find_batch_size(self.info, samples, self.config)
 
     def batches(self, samples: list[Any], toks: list[Any], batch_size: int, progress: Progress | None) -> Iterator[Any]:
-        return self.engine.run(samples, batch_size=batch_size, sequential=self.config.mode == "sequential", toks=toks)
+        return self.engine.run(samples, batch_size=batch_size, toks=toks)
 
     @property
     def backoffs(self) -> list[dict[str, Any]]:
