@@ -111,8 +111,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from saecli import flops
     from saecli.config import RunConfig
     from saecli.data import load_samples
-    from saecli.device import torch_dtype
-    from saecli.engine import Engine, StageTimer
+    from saecli.engine import Engine
     from saecli.models import load_preset
 
     size = job["size"]
@@ -133,34 +132,18 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     config = RunConfig(seed=job["seed"], noise_std=job["noise_std"], batch_size=batch_size, mode="sequential" if sequential else "batched",
                        baselines=result.baselines)  # fmt: skip
     try:
-        warm = Engine(loaded, config, backoff=False)
-        for _ in warm.run(samples[: min(len(samples), max(batch_size, 2))]):
+        for _ in Engine(loaded, config, backoff=False).run(samples[: min(len(samples), max(batch_size, 2))]):  # warm-up
             pass
-        times, stage_runs = [], []
-        for _ in range(job["repeats"]):
-            engine = Engine(loaded, config, timer=StageTimer(sync=True), backoff=False)
-            started = time.perf_counter()
-            batches = list(engine.run(samples))
-            if loaded.device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-            stage_runs.append(dict(engine.timer.seconds))
+        times, stage_runs, batches, stop_at = _timed_runs(loaded, samples, config, job["repeats"])
         if mode == "both":  # the same passes without baselines, after (the peak memory is the heavier run's)
-            plain = []
-            for _ in range(job["repeats"]):
-                started = time.perf_counter()
-                for _ in Engine(loaded, replace(config, baselines=False), backoff=False).run(samples):
-                    pass
-                if loaded.device == "cuda":
-                    torch.cuda.synchronize()
-                plain.append(time.perf_counter() - started)
+            plain, _, _, _ = _timed_runs(loaded, samples, replace(config, baselines=False), job["repeats"], sync=False)
             result.samples_per_second_no_baselines = round(len(samples) / statistics.median(plain), 3)
         # Every repeat runs the same batches: the work is counted from the last one.
         tokens = sum(batch.tokens for batch in batches)
         forwarded = sum(batch.forwarded_tokens for batch in batches)
         forwarded_real = sum(batch.forwarded_real_tokens for batch in batches)
         shape = flops.ModelShape.of(loaded.model.cfg)
-        forward_flops = flops.forward_flops(shape, engine.stop_at, [p for batch in batches for p in batch.passes])
+        forward_flops = flops.forward_flops(shape, stop_at, [p for batch in batches for p in batch.passes])
         sae_rows: dict[int, tuple[int, int]] = {}
         for batch in batches:
             flops.add_rows(sae_rows, batch.sae_rows)
@@ -174,15 +157,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         result.oom, result.error = True, str(exc).splitlines()[0][:200]
         result.memory_detail = peak_memory(loaded.device)
         return asdict(result)
-    # The matrix-product peak, measured in this process after the timed passes (same device, same
-    # dtypes). One that fails (out of memory beside a large batch) leaves the utilizations empty.
-    try:
-        mm_peak: float | None = flops.measure_peak(loaded.device, torch_dtype(loaded.dtype))
-        same = loaded.sae_dtype == loaded.dtype
-        sae_peak = mm_peak if same else flops.measure_peak(loaded.device, torch_dtype(loaded.sae_dtype))
-    except Exception as exc:  # noqa: BLE001 - the sweep's measurements stand without it
-        log.warning("matrix-product peak not measured: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        mm_peak = sae_peak = None
+    mm_peak, sae_peak = _matmul_peaks(loaded)
     median = statistics.median(times)
     result.ok = True
     result.tokens = tokens
@@ -206,6 +181,45 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         result.sae_utilization = round(sae_flops / stages["sae"] / 1e9 / sae_peak, 4) if sae_peak else None
     result.memory_detail = memory
     return asdict(result)
+
+
+def _timed_runs(
+    loaded: Any, samples: list[Any], config: Any, repeats: int, *, sync: bool = True
+) -> tuple[list[float], list[dict[str, float]], list[Any], int]:
+    """``repeats`` timed runs of ``samples`` (stages synchronised with ``sync``): their seconds, their
+    stage seconds, the last run's batches (every run forms the same ones) and the engine's ``stop_at``."""
+    import torch
+
+    from saecli.engine import Engine, StageTimer
+
+    times, stage_runs, batches, stop_at = [], [], [], 0
+    for _ in range(repeats):
+        engine = Engine(loaded, config, timer=StageTimer(sync=sync), backoff=False)
+        started = time.perf_counter()
+        batches = list(engine.run(samples))
+        if loaded.device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+        stage_runs.append(dict(engine.timer.seconds))
+        stop_at = engine.stop_at
+    return times, stage_runs, batches, stop_at
+
+
+def _matmul_peaks(loaded: Any) -> tuple[float | None, float | None]:
+    """The matrix-product peak in the model's and in the SAEs' dtype, measured in this process after
+    the timed passes (same device). One that fails (out of memory beside a large batch) gives None
+    (the utilizations stay empty)."""
+    from saecli import flops
+    from saecli.device import torch_dtype
+
+    try:
+        mm_peak: float | None = flops.measure_peak(loaded.device, torch_dtype(loaded.dtype))
+        same = loaded.sae_dtype == loaded.dtype
+        sae_peak = mm_peak if same else flops.measure_peak(loaded.device, torch_dtype(loaded.sae_dtype))
+    except Exception as exc:  # noqa: BLE001 - the sweep's measurements stand without it
+        log.warning("matrix-product peak not measured: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        return None, None
+    return mm_peak, sae_peak
 
 
 @dataclass
