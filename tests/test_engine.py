@@ -60,6 +60,17 @@ def test_batched_equals_sequential_float64(loaded64, samples):
     assert _max_diff(batched, reference) <= 1e-9
 
 
+def test_analyze_options_apply_over_a_run_config(loaded64, samples):
+    config = RunConfig(noise_std=0.0, batch_size=4, baselines=False)
+    given = _by_id(analyze(samples[:6], loaded64, config))
+    assert given == _by_id(analyze(samples[:6], loaded64, noise_std=0.0, batch_size=4, baselines=False))
+    assert all(r["stability_fact"] == 1.0 and r["logprob_sum_fact"] is None for r in given.values())
+    over = _by_id(analyze(samples[:6], loaded64, config, baselines=True, sequential=True))
+    assert all(r["logprob_sum_fact"] is not None for r in over.values())
+    metric = [c for c in metric_columns(loaded64.layers) if not c.startswith("logprob")]
+    assert _max_diff({s: {c: r[c] for c in metric} for s, r in given.items()}, {s: {c: r[c] for c in metric} for s, r in over.items()}) <= 1e-9
+
+
 def test_rows_in_input_order_with_spec_columns(loaded64, samples):
     rows = list(analyze(samples[:9], loaded64, batch_size=4))
     assert [r["sample_id"] for r in rows] == [s.id for s in samples[:9]]
