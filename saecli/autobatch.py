@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from saecli.config import RunConfig
 from saecli.data import Sample
 from saecli.engine import Engine
 from saecli.errors import SaecliError
@@ -34,15 +35,15 @@ class AutoBatch:
 def find_batch_size(
     loaded: LoadedPreset,
     samples: Sequence[Sample],
+    config: RunConfig | None = None,
     *,
-    seed: int = 0,
-    noise_std: float = 0.1,
     margin: float = MEMORY_MARGIN,
     cap: int | None = None,
     available: int | None = None,
 ) -> AutoBatch:
-    """Probe batch sizes 1, 2, 4, ... on the longest samples; return the largest that fits."""
-    engine = Engine(loaded, seed=seed, noise_std=noise_std)
+    """Probe batch sizes 1, 2, 4, ... on the longest samples; return the largest that fits, with the
+    run's configuration (default: the defaults): its baselines change the memory a batch takes."""
+    engine = Engine(loaded, config)
     toks = engine.tokenize(samples)
     longest = sorted(range(len(samples)), key=lambda i: (-toks[i].length, i))
     device = loaded.device

@@ -21,7 +21,8 @@ from saecli.models import LoadedPreset, PresetInfo
 if TYPE_CHECKING:
     from saecli.autobatch import AutoBatch
     from saecli.data import Sample
-    from saecli.engine import BatchResult, StageTimer
+    from saecli.engine import BatchResult
+    from saecli.timer import StageTimer
 
 log = logging.getLogger(__name__)
 

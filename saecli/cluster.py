@@ -33,6 +33,7 @@ from saecli.models import PresetInfo
 
 if TYPE_CHECKING:
     from saecli.engine import BatchResult
+from saecli.plan import chunk_plan, planned_order
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,6 @@ DEFAULT_WORKER_CPUS = 1
 """CPUs (and torch threads) per worker on a cluster without GPUs: one thread per worker keeps
 workers on one machine from spinning against each other (two PyTorch processes that each use every
 core were measured 40x slower than one)."""
-CHUNK_BATCHES = 4
-"""Batches per chunk handed to a worker: large enough to keep a worker busy between hand-outs,
-small enough that a dead worker's chunk is cheap to redo and that work spreads evenly."""
 MAX_REPLACEMENTS = 8
 """Dead workers replaced per run before giving up (a worker that dies on every chunk is a bug or a
 node that cannot run the preset, not bad luck)."""
@@ -493,20 +491,13 @@ class Pool:
         self.actors.clear()
 
 
-def chunk_plan(order: list[int], batch_size: int, workers: int) -> list[list[int]]:
-    """Cut the length order into chunks of whole batches (so each worker forms a plain run's batches)."""
-    per_chunk = batch_size * CHUNK_BATCHES
-    # Few samples on many workers: smaller chunks (still whole batches) so that every worker gets some.
-    while per_chunk > batch_size and len(order) < per_chunk * workers:
-        per_chunk -= batch_size
-    return [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
 
 
 class RayBackend:
     """The analysis on a Ray cluster (the runner's backend: the same calls as its local one)."""
 
     def __init__(self, options: RayOptions, preset: Preset, config: RunConfig):
-        from saecli.engine import StageTimer
+        from saecli.timer import StageTimer
 
         self.info_cluster = connect(options)
         self.plan = plan(self.info_cluster, options)
@@ -532,7 +523,7 @@ class RayBackend:
         return get(self.pool.first().auto_batch_size.remote(samples))
 
     def batches(self, samples: Sequence[Any], toks: Sequence[Any], batch_size: int, progress: Any) -> Iterator[BatchResult]:
-        order = [i for batch in plan_batches(toks, batch_size) for i in batch]
+        order = planned_order(toks, batch_size)
         chunks = chunk_plan(order, batch_size, len(self.pool.actors))
 
         def busy(running: int, workers: int) -> None:

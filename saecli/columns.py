@@ -27,9 +27,16 @@ def paired_column(base: str, kind: str) -> str:
     return f"{base}_{kind}"
 
 
+def paired_columns(base: str) -> tuple[str, str, str]:
+    """The fact, hallucination and difference columns of a paired metric, e.g. ``entropy_fact``,
+    ``entropy_hall``, ``entropy_diff``."""
+    fact, hall = (paired_column(base, kind) for kind in KINDS)
+    return fact, hall, paired_column(base, "diff")
+
+
 def metric_columns(layers: Sequence[int]) -> list[str]:
     """The metric columns of a results table, in order."""
     cols = [layer_column(layer, kind, name) for layer in layers for kind in KINDS for name in LAYER_METRICS]
     for base in (*PAIRED_METRICS, *BASELINE_METRICS):
-        cols += [paired_column(base, kind) for kind in (*KINDS, "diff")]
+        cols += paired_columns(base)
     return cols

@@ -171,7 +171,7 @@ def count_near_threshold(loaded: Any, samples: list[Any], margin: float) -> dict
     counts: dict[str, int] = {}
     with torch.inference_mode():
         for sample, toks in zip(samples, engine.tokenize(samples), strict=False):
-            acts, _ = engine.residuals_sequential(toks)
+            acts = engine.forward.sequential(toks).acts
             total = 0
             for layer, hook in zip(engine.layers, engine.hooks, strict=False):
                 sae = loaded.saes[layer]

@@ -3,11 +3,13 @@ matrix-product peak to compare them with.
 
 A multiply-add counts 2 FLOPs; only the matrix products are counted (layer norms, activations,
 softmax, the SAE's threshold and top-k are left out: they are a few FLOPs per element, not per
-weight). The embedding is a lookup (0 FLOPs) and there is no unembedding: the engine stops after
-the deepest hooked block (``Engine.stop_at``), so only the blocks that run are counted.
+weight). The embedding is a lookup (0 FLOPs). Without baselines there is no unembedding: the pass
+stops after the deepest hooked block (``Engine.stop_at``), so only the blocks that run are counted.
+With baselines every block runs and the unembedding is counted at the positions it scored (each
+distinct position once, ``ForwardPass.scored``), not at every forwarded position.
 
 This module imports nothing of saecli's: the shapes and passes are read by attribute
-(``ForwardPass``: rows, width, past; a TransformerLens config; an SAE's ``cfg.d_in`` / ``cfg.d_sae``).
+(``ForwardPass``: rows, width, past, blocks, scored; a TransformerLens config; an SAE's ``cfg.d_in`` / ``cfg.d_sae``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class ModelShape:
     n_kv_heads: int
     d_mlp: int
     gated: bool
+    d_vocab: int = 0
+    """Logits the unembedding gives per position (``d_vocab_out``; 0: not known, nothing counted)."""
 
     @classmethod
     def of(cls, cfg: Any) -> ModelShape:
@@ -35,7 +39,9 @@ class ModelShape:
         ``n_key_value_heads``; no MLP when ``attn_only``)."""
         n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
         d_mlp = 0 if getattr(cfg, "attn_only", False) else int(cfg.d_mlp or 0)
-        return cls(int(cfg.d_model), int(cfg.n_heads), int(cfg.d_head), int(n_kv), d_mlp, bool(getattr(cfg, "gated_mlp", False)))
+        d_vocab = getattr(cfg, "d_vocab_out", -1)
+        d_vocab = int(d_vocab if d_vocab and d_vocab > 0 else cfg.d_vocab)
+        return cls(int(cfg.d_model), int(cfg.n_heads), int(cfg.d_head), int(n_kv), d_mlp, bool(getattr(cfg, "gated_mlp", False)), d_vocab)
 
     def token_flops(self) -> int:
         """FLOPs per forwarded position and block that do not depend on the context:
@@ -53,12 +59,17 @@ class ModelShape:
         values (pattern·v) over ``context`` key positions: 2·2·n_heads·d_head·context."""
         return 2 * 2 * self.n_heads * self.d_head * context
 
+    def unembed_flops(self) -> int:
+        """FLOPs per unembedded position: 2·d_model·d_vocab (``x W_U``)."""
+        return 2 * self.d_model * self.d_vocab
+
 
 def forward_flops(shape: ModelShape, blocks: int, passes: Iterable[Any]) -> int:
-    """FLOPs of forward passes through the first ``blocks`` blocks.
+    """FLOPs of forward passes through the first ``blocks`` blocks (or the pass's own ``blocks``).
 
     Per pass of ``rows`` sequences padded to ``width``, after ``past`` cached positions:
-    ``blocks · rows · width · (token_flops + attention_flops(past + width))``. Padding counts (it
+    ``blocks · rows · width · (token_flops + attention_flops(past + width))``, plus
+    ``scored · unembed_flops`` for the positions a pass with baselines unembedded. Padding counts (it
     is forwarded), and the attention context is the padded key length ``past + width`` for every
     position, not the real causal context: TransformerLens computes the whole score matrix and
     masks it (the masked half and the padding are computed, then thrown away). So this is the work
@@ -69,6 +80,7 @@ def forward_flops(shape: ModelShape, blocks: int, passes: Iterable[Any]) -> int:
     for p in passes:
         ran = getattr(p, "blocks", 0) or blocks  # a pass that scored log-probabilities ran every block
         total += ran * p.rows * p.width * (shape.token_flops() + shape.attention_flops(p.past + p.width))
+        total += getattr(p, "scored", 0) * shape.unembed_flops()
     return total
 
 

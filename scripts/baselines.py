@@ -61,9 +61,10 @@ import torch
 
 import saecli
 from saecli import geometry, metrics
+from saecli.columns import LAYER_METRICS, metric_columns
 from saecli.data import Sample
-from saecli.engine import LAYER_METRICS, metric_columns, noise_vector
 from saecli.models import LoadedPreset
+from saecli.sae_stage import noise_vector
 
 log = logging.getLogger("baselines")
 

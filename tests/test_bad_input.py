@@ -279,6 +279,10 @@ def test_long_text_runs_with_truncate(tmp_path):
         ({"samples": [GOOD]}, "analyze needs a list of saecli.Sample"),
         ({"samples": "abc"}, "analyze needs a list of saecli.Sample"),
         ({"preset": "tiny"}, "the engine needs a LoadedPreset"),
+        ({"bogus": 1}, "analyze got an unknown option 'bogus'"),
+        ({"config": {"seed": 1}}, "analyze's config must be a saecli.config.RunConfig"),
+        ({"sequential": True, "mode": "batched"}, "analyze got sequential=True and mode='batched'"),
+        ({"mode": "parallel"}, "mode must be one of batched, sequential, got 'parallel'"),
     ],
 )
 def test_python_api_checks_its_arguments_when_called(loaded64, samples, kwargs, message):

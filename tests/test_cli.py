@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import saecli
 from saecli.cli import app
-from saecli.engine import metric_columns
+from saecli.columns import metric_columns
 
 runner = CliRunner()
 

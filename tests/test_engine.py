@@ -7,8 +7,13 @@ import random
 import pytest
 import torch
 
+from saecli.columns import metric_columns
+from saecli.config import RunConfig
 from saecli.data import Sample
-from saecli.engine import Engine, SampleTokens, analyze, metric_columns, noise_vector
+from saecli.engine import Engine, analyze
+from saecli.forward import Forward
+from saecli.plan import SampleTokens, continuation_start, forwarded_positions, plan_batches
+from saecli.sae_stage import _decodes_linearly, noise_vector
 
 
 def _by_id(rows):
@@ -32,8 +37,8 @@ def test_padded_text_gives_same_residual_as_alone(loaded64):
     engine = Engine(loaded64)
     model = loaded64.model
     short, long = model.to_tokens("Paris")[0].tolist(), model.to_tokens("The capital of France is Paris")[0].tolist()
-    together = engine._forward([long, short], [(1, len(short) - 1)])[0]
-    alone = engine._forward([short], [(0, len(short) - 1)])[0]
+    together = engine.forward.one_pass([long, short], [(1, len(short) - 1)]).acts
+    alone = engine.forward.one_pass([short], [(0, len(short) - 1)]).acts
     for hook in together:
         assert torch.allclose(together[hook], alone[hook], atol=1e-12, rtol=0)
 
@@ -43,8 +48,8 @@ def test_padding_positions_would_differ(loaded64):
     engine = Engine(loaded64)
     short = loaded64.model.to_tokens("Paris")[0].tolist()
     long = loaded64.model.to_tokens("The capital of France is Paris")[0].tolist()
-    real = engine._forward([long, short], [(1, len(short) - 1)])[0]
-    padded = engine._forward([long, short], [(1, len(long) - 1)])[0]
+    real = engine.forward.one_pass([long, short], [(1, len(short) - 1)]).acts
+    padded = engine.forward.one_pass([long, short], [(1, len(long) - 1)]).acts
     hook = next(iter(real))
     assert not torch.allclose(real[hook], padded[hook], atol=1e-6)
 
@@ -53,6 +58,17 @@ def test_batched_equals_sequential_float64(loaded64, samples):
     batched = _by_id(analyze(samples, loaded64, batch_size=7))
     reference = _by_id(analyze(samples, loaded64, sequential=True))
     assert _max_diff(batched, reference) <= 1e-9
+
+
+def test_analyze_options_apply_over_a_run_config(loaded64, samples):
+    config = RunConfig(noise_std=0.0, batch_size=4, baselines=False)
+    given = _by_id(analyze(samples[:6], loaded64, config))
+    assert given == _by_id(analyze(samples[:6], loaded64, noise_std=0.0, batch_size=4, baselines=False))
+    assert all(r["stability_fact"] == 1.0 and r["logprob_sum_fact"] is None for r in given.values())
+    over = _by_id(analyze(samples[:6], loaded64, config, baselines=True, sequential=True))
+    assert all(r["logprob_sum_fact"] is not None for r in over.values())
+    metric = [c for c in metric_columns(loaded64.layers) if not c.startswith("logprob")]
+    assert _max_diff({s: {c: r[c] for c in metric} for s, r in given.items()}, {s: {c: r[c] for c in metric} for s, r in over.items()}) <= 1e-9
 
 
 def test_rows_in_input_order_with_spec_columns(loaded64, samples):
@@ -122,7 +138,7 @@ def test_resid_pre_is_read_from_previous_block(loaded64):
     engine = Engine(pre)
     assert engine.stop_at == max(loaded64.layers)  # the deepest block itself need not run
     tokens = loaded64.model.to_tokens("The capital of France is Paris")[0].tolist()
-    got = engine._forward([tokens], [(0, len(tokens) - 1)])[0]
+    got = engine.forward.one_pass([tokens], [(0, len(tokens) - 1)]).acts
     _, cache = loaded64.model.run_with_cache(torch.tensor([tokens]))
     for hook, value in got.items():
         assert torch.equal(value[0], cache[hook][0, -1])
@@ -140,7 +156,7 @@ def test_rotary_gqa_model_batched_equals_sequential(samples, window):
     from helpers import random_loaded
 
     # window 8 is shorter than the texts: the shared-prompt path must step aside (see
-    # Engine._cache_is_exact); 4096 (Gemma-2's) takes it.
+    # Forward._cache_is_exact); 4096 (Gemma-2's) takes it.
     # Gemma-like attention: rotary positions, grouped key/value heads, RMS norm, local windows.
     loaded = random_loaded(
         dtype="float64",
@@ -156,8 +172,8 @@ def test_rotary_gqa_model_batched_equals_sequential(samples, window):
 
 def test_shared_prompt_path_is_taken_for_large_batches(loaded64, samples, monkeypatch):
     calls = []
-    original = Engine._shared_prompt
-    monkeypatch.setattr(Engine, "_shared_prompt", lambda self, toks: calls.append(len(toks)) or original(self, toks))
+    original = Forward.shared_prompt
+    monkeypatch.setattr(Forward, "shared_prompt", lambda self, toks: calls.append(len(toks)) or original(self, toks))
     list(analyze(samples[:12], loaded64, batch_size=12))
     list(analyze(samples[:12], loaded64, batch_size=4))
     assert calls == [12]
@@ -218,28 +234,24 @@ def test_forwarded_tokens_shared_prompt(loaded64):
 
 
 def test_sequential_forwards_no_padding(loaded64, samples):
-    batches = list(Engine(loaded64).run(samples[:3], sequential=True))
+    batches = list(Engine(loaded64, RunConfig(mode="sequential")).run(samples[:3]))
     assert all(len(b.passes) == 3 and b.forwarded_tokens == b.forwarded_real_tokens == b.tokens for b in batches)
     assert all(b.padding_fraction == 0.0 for b in batches)
 
 
 def test_sparse_reconstruction_equals_sae_decode(loaded64, samples):
-    from saecli.engine import _decodes_linearly
-
     engine = Engine(loaded64)
     layer = engine.layers[1]
     sae = loaded64.saes[layer]
     assert _decodes_linearly(sae)
     toks = engine.tokenize(samples[:6])
     with torch.inference_mode():
-        x = engine._residuals_batched(toks)[0][engine.hooks[1]]
-        out = engine._layer(layer, x, first=False, noise=None)
+        x = engine.forward.batched(toks).acts[engine.hooks[1]]
+        out, _ = engine.sae.layer(layer, x, first=False, noise=None)
         assert torch.allclose(out.x_hat, sae.decode(sae.encode(x)), atol=1e-12, rtol=0)
 
 
 def test_sae_with_activation_normalisation_is_decoded_by_itself(loaded64, monkeypatch):
-    from saecli.engine import _decodes_linearly
-
     sae = next(iter(loaded64.saes.values()))
     monkeypatch.setattr(sae.cfg, "normalize_activations", "constant_norm_rescale")
     assert not _decodes_linearly(sae)
@@ -258,10 +270,8 @@ def _hb_like_tokens(n: int, seed: int = 0) -> list[SampleTokens]:
 
 @pytest.mark.parametrize("batch_size", [1, 5, 16, 32])
 def test_plan_covers_every_sample_once_short_batch_last(batch_size):
-    from saecli.engine import forwarded_positions
-
     toks = _hb_like_tokens(103)
-    batches = Engine.plan(toks, batch_size)
+    batches = plan_batches(toks, batch_size)
     assert sorted(i for b in batches for i in b) == list(range(103))
     assert all(len(b) == batch_size for b in batches[:-1]) and 0 < len(batches[-1]) <= batch_size
     full = [forwarded_positions([toks[i] for i in b]) for b in batches if len(b) == batch_size]
@@ -269,19 +279,15 @@ def test_plan_covers_every_sample_once_short_batch_last(batch_size):
 
 
 def test_plan_forwards_less_padding_than_sorting_by_length():
-    from saecli.engine import forwarded_positions
-
     toks = _hb_like_tokens(400, seed=3)
     by_length = sorted(range(len(toks)), key=lambda i: (-toks[i].length, i))
     old = sum(forwarded_positions([toks[i] for i in by_length[j : j + 16]]) for j in range(0, len(toks), 16))
-    new = sum(forwarded_positions([toks[i] for i in b]) for b in Engine.plan(toks, 16))
+    new = sum(forwarded_positions([toks[i] for i in b]) for b in plan_batches(toks, 16))
     assert new < 0.95 * old
 
 
 def _logprob_by_hand(model, prompt_ids, text_ids):
     """Σ and mean of log p(text token | preceding) over the continuation, from the model's full logits."""
-    from saecli.engine import continuation_start
-
     logits = model(torch.tensor([text_ids]))[0].to(torch.float64)
     logprob = torch.log_softmax(logits, -1)
     start = continuation_start(prompt_ids, text_ids)
@@ -305,7 +311,7 @@ def test_logprob_baselines_equal_the_models_own_logits(loaded64, samples, batch_
 
 def test_without_baselines_the_pass_stops_early_and_the_columns_are_null(loaded64, samples):
     with_baselines = Engine(loaded64)
-    without = Engine(loaded64, baselines=False)
+    without = Engine(loaded64, RunConfig(baselines=False))
     (a,) = list(with_baselines.run(samples[:4], batch_size=4))
     (b,) = list(without.run(samples[:4], batch_size=4))
     assert all(p.blocks == loaded64.model.cfg.n_layers for p in a.passes)
@@ -324,7 +330,7 @@ def test_residuals_kept_are_what_the_saes_read(loaded64, samples):
     toks = engine.tokenize([samples[i] for i in batch.indices])
     for t, sid in zip(toks, kept.sample_ids, strict=True):
         with torch.inference_mode():
-            alone, _ = engine.residuals_sequential(t)
+            alone = engine.forward.sequential(t).acts
         i = kept.sample_ids.index(sid)
         for layer, hook in zip(engine.layers, engine.hooks, strict=True):
             sae = loaded64.saes[layer]

@@ -217,3 +217,28 @@ def test_every_path_resolves_the_same_configuration(capture, options):
     reference = configs["run"]
     for name, config in configs.items():
         assert config == reference, (name, options)
+
+
+@pytest.mark.slow
+def test_every_path_records_the_same_configuration(ray_cluster, tmp_path):
+    """The same options on every path, run for real: the manifests, bench.json and compare --json
+    record one resolved configuration (mode and batch size aside, each path's own)."""
+    options = ["--limit", "4", "--seed", "3", "--noise-std", "0.2", "--domains", "entity, logical", "--dtype", "float64",
+               "--threads", "1", "--truncate"]  # fmt: skip
+    paths = {
+        "run": ["run", *options, "--batch-size", "2", "--out", str(tmp_path / "run"), "--json"],
+        "run --ray": ["run", "--ray", "--workers", "1", *options, "--batch-size", "2", "--out", str(tmp_path / "ray"), "--json"],
+        "bench": ["bench", *options, "--sizes", "2", "--repeats", "1", "--no-sequential", "--baselines", "on",
+                  "--out", str(tmp_path / "bench"), "--json"],  # fmt: skip
+        "bench --ray": ["bench", "--ray", "--workers", "1", *options, "--sizes", "2", "--repeats", "1", "--baselines", "on",
+                        "--out", str(tmp_path / "bench-ray"), "--json"],  # fmt: skip
+        "compare": ["compare", *options, "--batch-size", "2", "--json"],
+    }
+    recorded = {}
+    for name, args in paths.items():
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (name, result.output)
+        recorded[name] = {k: v for k, v in json.loads(result.stdout)["config"].items() if k not in ("mode", "batch_size")}
+    assert recorded["run"]["domains"] == ["entity", "logical"] and recorded["run"]["truncate"] is True
+    for name, config in recorded.items():
+        assert config == recorded["run"], name
