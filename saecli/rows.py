@@ -18,7 +18,7 @@ from saecli import metrics
 from saecli.columns import BASELINE_METRICS, KINDS, LAYER_METRICS, layer_column, metric_columns, paired_columns
 from saecli.data import Sample
 from saecli.forward import Scored
-from saecli.io import Residuals, residual_key
+from saecli.residuals import Residuals, residual_key
 from saecli.sae_stage import LayerOut
 
 FACT_MINUS_HALL = ("stability", "cross_layer_consistency")

@@ -9,8 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from saecli.autobatch import find_batch_size
-from saecli.bench import SEQUENTIAL, SizeResult, Sweep, measure, recommend
+from saecli.bench import SEQUENTIAL, SizeResult, Sweep, recommend
+from saecli.bench.measure import job, measure
 from saecli.cli import app
+from saecli.config import RunConfig
 from saecli.errors import SaecliError
 
 runner = CliRunner()
@@ -56,11 +58,10 @@ def test_auto_respects_memory_margin(loaded64, samples):
 @pytest.mark.slow
 def test_measure_records_oom(oom_above):
     oom_above(2)
-    job = {"preset": "tiny", "data": None, "limit": 8, "repeats": 1, "device": "cpu", "dtype": "float32",
-           "seed": 0, "noise_std": 0.1, "size": 4}
-    result = measure(job)
+    config = RunConfig(preset="tiny", limit=8, device="cpu", dtype="float32")
+    result = measure(job(config, 4, repeats=1, baselines="on"))
     assert result["oom"] is True and result["ok"] is False and "out of memory" in result["error"]
-    ok = measure({**job, "size": 2})
+    ok = measure(job(config, 2, repeats=1, baselines="on"))
     assert ok["ok"] and ok["samples"] == 8 and ok["samples_per_second"] > 0 and set(ok["stages"]) >= {"forward", "sae", "geometry"}
     _sane_flops(ok)
 
@@ -106,17 +107,17 @@ def test_bench_rejects_bad_sizes():
 @pytest.fixture
 def no_sweep(monkeypatch):
     """Fail the test if a size is measured."""
-    import saecli.bench
+    import saecli.bench.sweep
     import saecli.cli.bench
 
     def refuse(*args, **kwargs):
         raise AssertionError("the sweep ran")
 
     monkeypatch.setattr(saecli.cli.bench, "sweep", refuse)
-    monkeypatch.setattr(saecli.bench, "_run_worker", refuse)
+    monkeypatch.setattr(saecli.bench.sweep, "_run_worker", refuse)
 
 
-def _fake_sweep(**kwargs):
+def _fake_sweep(*args, **kwargs):
     results = [_result(SEQUENTIAL, 10.0, GiB), _result(1, 20.0, GiB), _result(4, 60.0, GiB)]
     for r in results:
         r.samples, r.seconds_median, r.tokens_per_second, r.stages = 8, 0.1, 900.0, {"forward": 0.05}
@@ -148,18 +149,18 @@ def test_bench_refuses_before_measuring(tmp_path, monkeypatch, no_sweep, args, m
 def test_bench_results_survive_a_full_disk(tmp_path, monkeypatch):
     import errno
 
-    import saecli.bench
+    import saecli.bench.results
     import saecli.cli.bench
 
     monkeypatch.setattr(saecli.cli.bench, "sweep", _fake_sweep)
-    real = saecli.bench.atomic_write
+    real = saecli.bench.results.atomic_write
 
     def full(path, write):
         if path.name == "bench.csv":  # bench.json fits, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, write)
 
-    monkeypatch.setattr(saecli.bench, "atomic_write", full)
+    monkeypatch.setattr(saecli.bench.results, "atomic_write", full)
     out = tmp_path / "b"
     result = runner.invoke(app, ["bench", "--out", str(out), "--json"])
     _one_line_error(result, 1, "bench.csv: No space left on device", "results are printed above", "free some space")
@@ -190,7 +191,7 @@ def test_default_bench_folders_never_collide(tmp_path, monkeypatch):
 def test_interrupted_bench_leaves_no_empty_folder(tmp_path, monkeypatch):
     import saecli.cli.bench
 
-    def interrupted(**kwargs):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
@@ -200,7 +201,7 @@ def test_interrupted_bench_leaves_no_empty_folder(tmp_path, monkeypatch):
 
 
 def test_sweep_checks_its_options(no_sweep):
-    from saecli.bench import sweep
+    from saecli.bench.sweep import sweep
 
     with pytest.raises(SaecliError, match="--repeats"):
-        sweep(preset="tiny", sizes=[1], data=None, limit=4, repeats=10**6, device="cpu", dtype=None)
+        sweep(RunConfig(limit=4, device="cpu"), sizes=[1], repeats=10**6)

@@ -268,7 +268,7 @@ def test_little_free_gpu_memory_predicts_a_small_batch_and_says_what_to_type():
     assert est.model_bytes == 163_087_441 * 4 and est.budget_bytes == int(0.8 * 2 * GiB)
     assert est.largest_safe == 2
     assert est.per_batch[2] <= est.budget_bytes < est.per_batch[4]
-    assert check.status == "warn" and "predicted largest safe batch 2" in check.detail and "default 16" in check.detail
+    assert check.status == "warn" and "predicted largest safe batch 2" in check.detail and "batch size 16" in check.detail
     assert "saecli run --preset gpt2-small --batch-size 2" in check.hint
     assert "--dtype bfloat16" in check.hint and "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in check.hint
 
