@@ -22,6 +22,11 @@ def layer_column(layer: int, kind: str, name: str) -> str:
     return f"l{layer}_{kind}_{name}"
 
 
+def layer_metric(layer: int, name: str) -> str:
+    """``l{layer}_{name}``, e.g. ``l2_gini``: a per-layer metric as the report ranks it (both texts)."""
+    return f"l{layer}_{name}"
+
+
 def paired_column(base: str, kind: str) -> str:
     """``{base}_{kind}``, e.g. ``entropy_fact`` or ``entropy_diff``."""
     return f"{base}_{kind}"

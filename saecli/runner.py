@@ -20,6 +20,7 @@ import polars as pl
 import saecli
 from saecli import io
 from saecli.backend import Backend, LocalBackend, Progress
+from saecli.columns import PAIRED_METRICS, layer_column, layer_metric, paired_column
 from saecli.config import RunConfig, find_preset, split_domains
 from saecli.data import builtin_benchmark_path, dataset_identity, load_samples
 from saecli.errors import RunInterrupted, SaecliError
@@ -358,17 +359,14 @@ def _analyse(
 
 def domain_summary(frame: pl.DataFrame, layers: list[int]) -> pl.DataFrame:
     """Per domain, the mean hall − fact difference of the headline metrics (and all domains)."""
-    headline = [f"l{layer}_{{}}_reconstruction_error" for layer in layers] + [
-        f"l{layers[0]}_{{}}_l0_norm",
-        "centroid_drift_{}",
-        "axis_twist_{}",
-        "stability_{}",
-        "entropy_{}",
-        "cross_layer_consistency_{}",
-    ]
+    headline = {layer_metric(layer, "reconstruction_error"): lambda kind, layer=layer: layer_column(layer, kind, "reconstruction_error")
+                for layer in layers}  # fmt: skip
+    headline[layer_metric(layers[0], "l0_norm")] = lambda kind: layer_column(layers[0], kind, "l0_norm")
+    for base in PAIRED_METRICS:
+        headline[base] = lambda kind, base=base: paired_column(base, kind)
     exprs = [
-        (pl.col(p.format("hall")).cast(pl.Float64) - pl.col(p.format("fact")).cast(pl.Float64)).mean().alias(p.replace("_{}", ""))
-        for p in headline
+        (pl.col(column("hall")).cast(pl.Float64) - pl.col(column("fact")).cast(pl.Float64)).mean().alias(name)
+        for name, column in headline.items()
     ]
     by_domain = frame.group_by("domain", maintain_order=True).agg(pl.len().alias("n"), *exprs)
     overall = frame.select(pl.lit("all").alias("domain"), pl.len().alias("n"), *exprs)

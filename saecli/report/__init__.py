@@ -72,7 +72,7 @@ from saecli.report.summary import (
     SUMMARY_FILE,
     summary_markdown,
 )
-from saecli.residuals import Residuals, read_residuals
+from saecli.residuals import Residuals, read_residuals, residual_key
 
 __all__ = [
     "ALL", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
@@ -195,7 +195,7 @@ def _probe_and_rank(report: Report, frame: pl.DataFrame, residuals: Residuals, m
         report.probes = probe_rows(outcome.fits, rows)
     report.generalisation = outcome.generalisation
     for layer in residuals.layers:
-        fact, hall = residuals.features.get(f"l{layer}_fact"), residuals.features.get(f"l{layer}_hall")
+        fact, hall = residuals.features.get(residual_key(layer, "fact")), residuals.features.get(residual_key(layer, "hall"))
         if fact is None or hall is None:
             continue
         report.features += rank_features(

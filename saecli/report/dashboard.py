@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from saecli.columns import KINDS, SHAPE_CLASSES
+from saecli.columns import KINDS, SHAPE_CLASSES, layer_column, layer_metric, paired_column
 from saecli.report.detection import ALL, BASELINE, GEOMETRY, PROBE, Detection, Report
 
 FACT_COLOR, HALL_COLOR = "#2b6cb0", "#c53030"
@@ -39,7 +39,7 @@ def _delta_heatmap(ax: Any, fig: Any, frame: pl.DataFrame, report: Report, base:
     grid = np.full((len(groups), len(report.layers)), math.nan)
     for i, d in enumerate(groups):
         for j, layer in enumerate(report.layers):
-            grid[i, j] = report.get(f"l{layer}_{base}", d).mean_diff
+            grid[i, j] = report.get(layer_metric(layer, base), d).mean_diff
     bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
     bound = bound or 1.0
     image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
@@ -56,7 +56,7 @@ def _delta_heatmap(ax: Any, fig: Any, frame: pl.DataFrame, report: Report, base:
             v = grid[i, j]
             if not math.isfinite(v):
                 continue
-            star = "*" if report.get(f"l{layer}_{base}", d).wilcoxon_p < 0.05 else ""
+            star = "*" if report.get(layer_metric(layer, base), d).wilcoxon_p < 0.05 else ""
             ax.text(j, i, f"{v:+.{decimals}f}{star}", ha="center", va="center", fontsize=10, color="white" if abs(v) > 0.6 * bound else "black")
     ax.set_title(f"{label}: mean Δ hall − fact\n(domain (n) × layer; * Wilcoxon p < 0.05)")
 
@@ -130,7 +130,7 @@ def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
     _delta_heatmap(fig.add_subplot(grid[0, 1]), fig, frame, report, "sphericity", "Sphericity c/a")
     ax = fig.add_subplot(grid[0, 2])
     _paired_boxes(
-        ax, [(f"layer {layer}", _values(frame, f"l{layer}_fact_l0_norm"), _values(frame, f"l{layer}_hall_l0_norm")) for layer in layers],
+        ax, [(f"layer {layer}", _values(frame, layer_column(layer, "fact", "l0_norm")), _values(frame, layer_column(layer, "hall", "l0_norm"))) for layer in layers],
         "active SAE features (L0)",
     )  # fmt: skip
     ax.set_title(f"L0 by layer, fact vs hall (all {report.samples} samples)")
@@ -158,19 +158,19 @@ def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
     ax.legend(loc="lower right", fontsize=9, markerscale=1.5)
 
     ax = fig.add_subplot(grid[1, 1])
-    _overlaid_hist(ax, _values(frame, "axis_twist_fact"), _values(frame, "axis_twist_hall"), "line angle(u_P, u_text) [degrees]", bins=np.linspace(0, 90, 31))
+    _overlaid_hist(ax, _values(frame, paired_column("axis_twist", "fact")), _values(frame, paired_column("axis_twist", "hall")), "line angle(u_P, u_text) [degrees]", bins=np.linspace(0, 90, 31))
     ax.set_title(f"Axis twist, layer {first}: distribution over {report.samples} samples")
 
     # Test 4: entropy.
     ax = fig.add_subplot(grid[1, 2])
-    _overlaid_hist(ax, _values(frame, "entropy_fact"), _values(frame, "entropy_hall"), "entropy −Σ p ln p of the top-50 active values [nats]")
+    _overlaid_hist(ax, _values(frame, paired_column("entropy", "fact")), _values(frame, paired_column("entropy", "hall")), "entropy −Σ p ln p of the top-50 active values [nats]")
     ax.set_title(f"Entropy, layer {first}: distribution over {report.samples} samples")
 
     # Test 3: stability, mean ± 95% CI per domain.
     ax = fig.add_subplot(grid[2, 0])
     x = np.arange(len(by_domain))
     for offset, kind, color in ((-0.2, "fact", FACT_COLOR), (0.2, "hall", HALL_COLOR)):
-        values = [_values(part, f"stability_{kind}") for _, part in by_domain]
+        values = [_values(part, paired_column("stability", kind)) for _, part in by_domain]
         means = [v.mean() if v.size else math.nan for v in values]
         errs = [1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0 for v in values]
         ax.errorbar(x + offset, means, yerr=errs, fmt="o", color=color, markersize=8, capsize=4, linewidth=2)
@@ -185,7 +185,7 @@ def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
     # Test 5: cross-layer consistency per domain.
     ax = fig.add_subplot(grid[2, 1])
     _paired_boxes(
-        ax, [(d, _values(part, "cross_layer_consistency_fact"), _values(part, "cross_layer_consistency_hall")) for d, part in by_domain],
+        ax, [(d, _values(part, paired_column("cross_layer_consistency", "fact")), _values(part, paired_column("cross_layer_consistency", "hall"))) for d, part in by_domain],
         f"cosine(x̂ layer {layers[1]}, x̂ layer {layers[2]})" if len(layers) > 2 else "cosine of reconstructions",
     )  # fmt: skip
     ax.set_title("Cross-layer consistency by domain")
@@ -300,7 +300,7 @@ def _shape_counts(ax: Any, frame: pl.DataFrame, layers: Sequence[int]) -> None:
     counts = np.zeros((len(classes), 2 * len(layers)))
     labels = []
     for j, (layer, kind) in enumerate((layer, kind) for layer in layers for kind in KINDS):
-        column = frame[f"l{layer}_{kind}_shape_class"].to_list()
+        column = frame[layer_column(layer, kind, "shape_class")].to_list()
         for i, cls in enumerate(classes):
             counts[i, j] = sum(1 for v in column if v == cls)
         labels.append(f"layer {layer}\n{kind}")

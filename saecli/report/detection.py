@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from saecli.columns import BASELINE_METRICS, KINDS, LAYER_NUMERIC, PAIRED_METRICS, layer_column, paired_column
+from saecli.columns import BASELINE_METRICS, KINDS, LAYER_NUMERIC, PAIRED_METRICS, layer_column, layer_metric, paired_column
 from saecli.errors import SaecliError
 from saecli.report.stats import (
     auroc,
@@ -71,7 +71,7 @@ def numeric_metrics(layers: Sequence[int]) -> list[Metric]:
     no shape class)."""
     fact, hall = KINDS
     out = [
-        Metric(f"l{layer}_{name}", layer_column(layer, fact, name), layer_column(layer, hall, name), layer, name)
+        Metric(layer_metric(layer, name), layer_column(layer, fact, name), layer_column(layer, hall, name), layer, name)
         for layer in layers
         for name in LAYER_NUMERIC
     ]

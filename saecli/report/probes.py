@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from saecli.columns import paired_column
 from saecli.report.detection import ALL, PROBE, Detection, Metric
 from saecli.report.stats import auroc, bootstrap_aurocs, group_rng, percentile_interval
 from saecli.residuals import RESIDUAL_KINDS, Residuals, residual_key
@@ -265,8 +266,9 @@ def scores_frame(fits: Sequence[ProbeFit], domains: Sequence[str]) -> tuple[pl.D
     columns: dict[str, Any] = {"domain": list(domains)}
     metrics = []
     for fit in fits:
-        columns[f"{fit.name}_fact"], columns[f"{fit.name}_hall"] = fit.fact, fit.hall
-        metrics.append(Metric(fit.name, f"{fit.name}_fact", f"{fit.name}_hall", fit.layer, fit.source, PROBE))
+        fact, hall = paired_column(fit.name, "fact"), paired_column(fit.name, "hall")
+        columns[fact], columns[hall] = fit.fact, fit.hall
+        metrics.append(Metric(fit.name, fact, hall, fit.layer, fit.source, PROBE))
     return pl.DataFrame(columns), metrics
 
 
