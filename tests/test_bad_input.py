@@ -153,7 +153,7 @@ CASES = [
     # Run options: one validator each, shared by flags, [defaults] and the Python API.
     # nan may be refused by the option's own range check or by RunConfig's: either way, one line.
     ("noise std nan", lambda t: ["run", "--noise-std", "nan"], "noise"),
-    ("noise std inf", lambda t: ["run", "--noise-std", "inf"], "noise_std must be a finite number >= 0, got inf"),
+    ("noise std inf", lambda t: ["run", "--noise-std", "inf"], "--noise-std must be a finite number >= 0, got inf"),
     ("seed beyond 64 bits", lambda t: ["run", "--seed", str(2**70)], "seed must be a whole number from -9223372036854775808"),
     ("domains only commas", lambda t: ["run", "--domains", ","], "domains must name at least one domain"),
     # Preset files: unreadable, or a value of the wrong type anywhere, named with the file and the key.
