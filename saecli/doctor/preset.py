@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from saecli.config import Preset, RunConfig, resolve_location, resolve_run_config
+from saecli.config import Preset, RunConfig, SAESpec, resolve_location, resolve_run_config
 from saecli.doctor.facts import first_line
 from saecli.doctor.shapes import KNOWN_SHAPES, ModelShape, SAEShape
 from saecli.errors import SaecliError
@@ -128,37 +128,60 @@ def gather_preset(preset: Preset, config: RunConfig | None = None, *, check_hub:
         # A run whose batch size is "auto" probes its own size: any safe size is then fine.
         default_batch=default if isinstance(default, int) else 1, synthetic=preset.synthetic,
     )
-    tokenizer_file: Path | None = None
-    if kind == "local":
+    tokenizer_file = _gather_model(preset, facts)
+    _gather_saes(preset, facts)
+    if kind == "hub" and check_hub:
+        try:
+            facts.hub = hub_status()
+        except Exception as exc:  # noqa: BLE001
+            facts.problems.append(f"cannot ask the hub client: {first_line(exc)}")
+    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
+    facts.n_samples = len(samples)
+    facts.longest_tokens, facts.tokens_exact = _tokens_of_longest(samples, tokenizer_file)
+    return facts
+
+
+def _gather_model(preset: Preset, facts: PresetFacts) -> Path | None:
+    """Fill ``facts`` with the model's artifacts and shape (by its kind); return its tokenizer file, if known."""
+    spec = preset.model
+    if facts.kind == "local":
         folder = resolve_location(spec.path, preset.base_dir)
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             facts.artifacts.append(Artifact(f"model {name}", str(folder / name), (folder / name).is_file()))
         cfg = _read_json(folder / "config.json")
         if cfg is not None:
             facts.model_shape, facts.shape_source = ModelShape.from_tl_config(cfg), str(folder / "config.json")
-        tokenizer_file = folder / "tokenizer.json"
-    elif kind == "random":
+        return folder / "tokenizer.json"
+    if facts.kind == "random":
         tokenizer_file = resolve_location(spec.tokenizer, preset.base_dir)
         facts.artifacts.append(Artifact("tokenizer", str(tokenizer_file), tokenizer_file.is_file()))
         facts.model_shape, facts.shape_source = ModelShape.from_tl_config(spec.config), "[model.config] of the preset"
-    else:
+        return tokenizer_file
+    return _gather_hub_model(preset, facts)
+
+
+def _gather_hub_model(preset: Preset, facts: PresetFacts) -> Path | None:
+    """Fill ``facts`` for a hub model: its cache entry and shape; return the cached tokenizer file, if any."""
+    spec = preset.model
+    try:
+        repo, where = model_repo(spec.name)
+    except SaecliError as exc:
+        facts.problems.append(exc.message)
+        return None
+    snapshot = cached_snapshot(repo)
+    facts.artifacts.append(Artifact(f"model {spec.name} ({repo}, from {where})", repo, snapshot is not None, repo=repo))
+    if spec.name in KNOWN_SHAPES:
+        facts.model_shape, facts.shape_source = KNOWN_SHAPES[spec.name], "saecli's table"
+    elif snapshot is not None and (cfg := _read_json(snapshot / "config.json")) is not None:
         try:
-            repo, where = model_repo(spec.name)
-        except SaecliError as exc:
-            facts.problems.append(exc.message)
-            repo, where = None, ""
-        if repo is not None:
-            snapshot = cached_snapshot(repo)
-            facts.artifacts.append(Artifact(f"model {spec.name} ({repo}, from {where})", repo, snapshot is not None, repo=repo))
-            if spec.name in KNOWN_SHAPES:
-                facts.model_shape, facts.shape_source = KNOWN_SHAPES[spec.name], "saecli's table"
-            elif snapshot is not None and (cfg := _read_json(snapshot / "config.json")) is not None:
-                try:
-                    facts.model_shape, facts.shape_source = ModelShape.from_hf_config(cfg), str(snapshot / "config.json")
-                except (KeyError, TypeError, ValueError):
-                    facts.problems.append(f"cannot read the shape of {repo} from its config.json")
-            if snapshot is not None:
-                tokenizer_file = snapshot / "tokenizer.json"
+            facts.model_shape, facts.shape_source = ModelShape.from_hf_config(cfg), str(snapshot / "config.json")
+        except (KeyError, TypeError, ValueError):
+            facts.problems.append(f"cannot read the shape of {repo} from its config.json")
+    return snapshot / "tokenizer.json" if snapshot is not None else None
+
+
+def _gather_saes(preset: Preset, facts: PresetFacts) -> None:
+    """Fill ``facts`` with each SAE's artifacts and shape (local files, random, or SAELens on the hub)."""
     directory_error: str | None = None  # None: SAELens's directory not read yet; "": read; else why it could not be
     d_model = facts.model_shape.d_model if facts.model_shape else None
     for sae in preset.saes:
@@ -175,38 +198,37 @@ def gather_preset(preset: Preset, config: RunConfig | None = None, *, check_hub:
             facts.saes.append(SAEShape(sae.layer, d_model or 0, int(sae.random["d_sae"]), str(sae.random["hook"])))
         else:
             if directory_error is None:
-                try:
-                    sae_directory()
-                    directory_error = ""
-                except Exception as exc:  # noqa: BLE001 - reported as a problem of the preset check
-                    directory_error = f"cannot read SAELens's release directory: {first_line(exc)}"
-                    facts.problems.append(directory_error)
-            if directory_error:
-                continue
-            try:
-                repo, folder_in_repo = sae_location(sae.release, sae.id)
-            except SaecliError as exc:
-                facts.problems.append(exc.message)
-                continue
-            snapshot = cached_snapshot(repo, folder_in_repo)
-            facts.artifacts.append(
-                Artifact(f"SAE {sae.release}/{sae.id}", f"{repo}/{folder_in_repo}", snapshot is not None, repo=repo, include=folder_in_repo)
-            )
-            cfg = _read_json(snapshot / folder_in_repo / "cfg.json") if snapshot is not None else None
-            if cfg is not None and "d_in" in cfg and "d_sae" in cfg:
-                facts.saes.append(_sae_shape_from_cfg(sae.layer, cfg))
-            else:
-                width = _width_from_id(sae.id) or {"gpt2-small-res-jb": 24576}.get(sae.release)
-                hook = sae.id if sae.id.startswith("blocks.") else f"blocks.{sae.layer}.hook_resid_post"
-                facts.saes.append(SAEShape(sae.layer, d_model or 0, width or 32 * (d_model or 0), hook, assumed=width is None))
-    if kind == "hub" and check_hub:
-        try:
-            facts.hub = hub_status()
-        except Exception as exc:  # noqa: BLE001
-            facts.problems.append(f"cannot ask the hub client: {first_line(exc)}")
-    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
-    facts.n_samples = len(samples)
-    facts.longest_tokens, facts.tokens_exact = _tokens_of_longest(samples, tokenizer_file)
-    return facts
+                directory_error = _read_sae_directory(facts)
+            if not directory_error:
+                _gather_hub_sae(sae, facts, d_model)
 
 
+def _read_sae_directory(facts: PresetFacts) -> str:
+    """Read SAELens's release directory once: "" when it could be read, else why not (also a problem in ``facts``)."""
+    try:
+        sae_directory()
+        return ""
+    except Exception as exc:  # noqa: BLE001 - reported as a problem of the preset check
+        directory_error = f"cannot read SAELens's release directory: {first_line(exc)}"
+        facts.problems.append(directory_error)
+        return directory_error
+
+
+def _gather_hub_sae(sae: SAESpec, facts: PresetFacts, d_model: int | None) -> None:
+    """Fill ``facts`` for one SAELens SAE: its cache entry and its shape (from its cfg.json, else assumed)."""
+    try:
+        repo, folder_in_repo = sae_location(sae.release, sae.id)
+    except SaecliError as exc:
+        facts.problems.append(exc.message)
+        return
+    snapshot = cached_snapshot(repo, folder_in_repo)
+    facts.artifacts.append(
+        Artifact(f"SAE {sae.release}/{sae.id}", f"{repo}/{folder_in_repo}", snapshot is not None, repo=repo, include=folder_in_repo)
+    )
+    cfg = _read_json(snapshot / folder_in_repo / "cfg.json") if snapshot is not None else None
+    if cfg is not None and "d_in" in cfg and "d_sae" in cfg:
+        facts.saes.append(_sae_shape_from_cfg(sae.layer, cfg))
+    else:
+        width = _width_from_id(sae.id) or {"gpt2-small-res-jb": 24576}.get(sae.release)
+        hook = sae.id if sae.id.startswith("blocks.") else f"blocks.{sae.layer}.hook_resid_post"
+        facts.saes.append(SAEShape(sae.layer, d_model or 0, width or 32 * (d_model or 0), hook, assumed=width is None))

@@ -113,19 +113,35 @@ def draw_dashboard(frame: pl.DataFrame, report: Report, path: Path) -> None:
 
 
 def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
+    """Lay out the dashboard's grid on ``fig`` and draw every panel into it."""
     extra = report.baselines or bool(report.probes) or bool(report.features)
     grid = fig.add_gridspec(4 if extra else 3, 4)
-    layers, first = report.layers, report.layers[0]
-    domains = list(report.domains)
+    layers = report.layers
     per_domain = ", ".join(f"{d} {n}" for d, n in report.domains.items())
     fig.suptitle(
         f"saecli report: preset {report.preset}, {report.samples} samples ({per_domain}); layers {', '.join(map(str, layers))}; "
         f"data {report.data_source}",
         fontsize=15, fontweight="bold",
     )  # fmt: skip
-    by_domain = [(d, frame.filter(pl.col("domain") == d)) for d in domains] + [(ALL, frame)]
+    by_domain = [(d, frame.filter(pl.col("domain") == d)) for d in report.domains] + [(ALL, frame)]
 
-    # Test 1: reconstruction error and sphericity Δ, L0 by layer.
+    _draw_layer_panels(fig, grid, frame, report)
+    _draw_sample_panels(fig, grid, frame, report)
+    _draw_domain_panels(fig, grid, frame, report, by_domain)
+
+    # Detection: the ranking and the per-domain AUROC of the top metrics.
+    _forest(fig.add_subplot(grid[0:2, 3]), report)
+    _auroc_by_domain(fig, fig.add_subplot(grid[2, 3]), report)
+
+    if extra:  # geometry against the baselines and probes; generalisation; the features that differ
+        _versus_baselines(fig.add_subplot(grid[3, 0:2]), report)
+        _generalisation(fig, fig.add_subplot(grid[3, 2]), report)
+        _top_features(fig.add_subplot(grid[3, 3]), report)
+
+
+def _draw_layer_panels(fig: Any, grid: Any, frame: pl.DataFrame, report: Report) -> None:
+    """Row 0 (test 1): reconstruction error and sphericity Δ heatmaps, L0 by layer."""
+    layers = report.layers
     _delta_heatmap(fig.add_subplot(grid[0, 0]), fig, frame, report, "reconstruction_error", "Reconstruction error ‖x − x̂‖")
     _delta_heatmap(fig.add_subplot(grid[0, 1]), fig, frame, report, "sphericity", "Sphericity c/a")
     ax = fig.add_subplot(grid[0, 2])
@@ -135,11 +151,28 @@ def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
     )  # fmt: skip
     ax.set_title(f"L0 by layer, fact vs hall (all {report.samples} samples)")
 
-    # Test 2: centroid drift, axis twist.
-    ax = fig.add_subplot(grid[1, 0])
+
+def _draw_sample_panels(fig: Any, grid: Any, frame: pl.DataFrame, report: Report) -> None:
+    """Row 1 (tests 2 and 4): centroid drift, axis twist and entropy of the first layer."""
+    first = report.layers[0]
+    _centroid_drift(fig.add_subplot(grid[1, 0]), frame, report)
+
+    # Test 2: axis twist.
+    ax = fig.add_subplot(grid[1, 1])
+    _overlaid_hist(ax, _values(frame, paired_column("axis_twist", "fact")), _values(frame, paired_column("axis_twist", "hall")), "line angle(u_P, u_text) [degrees]", bins=np.linspace(0, 90, 31))
+    ax.set_title(f"Axis twist, layer {first}: distribution over {report.samples} samples")
+
+    # Test 4: entropy.
+    ax = fig.add_subplot(grid[1, 2])
+    _overlaid_hist(ax, _values(frame, paired_column("entropy", "fact")), _values(frame, paired_column("entropy", "hall")), "entropy −Σ p ln p of the top-50 active values [nats]")
+    ax.set_title(f"Entropy, layer {first}: distribution over {report.samples} samples")
+
+
+def _centroid_drift(ax: Any, frame: pl.DataFrame, report: Report) -> None:
+    """Test 2: per-sample centroid drift, hall against fact, coloured by domain, with the diagonal."""
     fact, hall = (frame[f"centroid_drift_{k}"].cast(pl.Float64).to_numpy() for k in KINDS)
     palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
-    for i, d in enumerate(domains):
+    for i, d in enumerate(report.domains):
         mask = (frame["domain"] == d).to_numpy()
         ax.scatter(fact[mask], hall[mask], s=12, alpha=0.6, color=palette[i % len(palette)], label=d, edgecolors="none")
     finite = np.isfinite(fact) & np.isfinite(hall)
@@ -154,33 +187,16 @@ def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
     above = float(np.mean(hall[finite] > fact[finite])) if finite.any() else math.nan
     ax.set_xlabel("fact: angle(c_P, c_F) [degrees]")
     ax.set_ylabel("hallucination: angle(c_P, c_H) [degrees]")
-    ax.set_title(f"Centroid drift, layer {first} ({above:.0%} of samples above the diagonal)")
+    ax.set_title(f"Centroid drift, layer {report.layers[0]} ({above:.0%} of samples above the diagonal)")
     ax.legend(loc="lower right", fontsize=9, markerscale=1.5)
 
-    ax = fig.add_subplot(grid[1, 1])
-    _overlaid_hist(ax, _values(frame, paired_column("axis_twist", "fact")), _values(frame, paired_column("axis_twist", "hall")), "line angle(u_P, u_text) [degrees]", bins=np.linspace(0, 90, 31))
-    ax.set_title(f"Axis twist, layer {first}: distribution over {report.samples} samples")
 
-    # Test 4: entropy.
-    ax = fig.add_subplot(grid[1, 2])
-    _overlaid_hist(ax, _values(frame, paired_column("entropy", "fact")), _values(frame, paired_column("entropy", "hall")), "entropy −Σ p ln p of the top-50 active values [nats]")
-    ax.set_title(f"Entropy, layer {first}: distribution over {report.samples} samples")
-
-    # Test 3: stability, mean ± 95% CI per domain.
-    ax = fig.add_subplot(grid[2, 0])
-    x = np.arange(len(by_domain))
-    for offset, kind, color in ((-0.2, "fact", FACT_COLOR), (0.2, "hall", HALL_COLOR)):
-        values = [_values(part, paired_column("stability", kind)) for _, part in by_domain]
-        means = [v.mean() if v.size else math.nan for v in values]
-        errs = [1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0 for v in values]
-        ax.errorbar(x + offset, means, yerr=errs, fmt="o", color=color, markersize=8, capsize=4, linewidth=2)
-    ax.set_xticks(x, [f"{d}\n(n={part.height})" for d, part in by_domain])
-    ax.set_xlim(-0.6, len(by_domain) - 0.4)
-    ax.axvline(len(by_domain) - 1.5, color="black", linewidth=1)
-    ax.set_ylabel("Jaccard of top-10 features, clean vs noisy (mean)")
-    ax.set_title(f"Stability under noise, layer {first}: mean ± 95% CI")
-    ax.grid(axis="y", alpha=0.3)
-    _legend_kinds(ax, loc="best", fontsize=9)
+def _draw_domain_panels(
+    fig: Any, grid: Any, frame: pl.DataFrame, report: Report, by_domain: list[tuple[str, pl.DataFrame]]
+) -> None:
+    """Row 2 (tests 3, 5 and 1): stability and cross-layer consistency by domain, shape classes."""
+    layers = report.layers
+    _stability(fig.add_subplot(grid[2, 0]), by_domain, layers[0])
 
     # Test 5: cross-layer consistency per domain.
     ax = fig.add_subplot(grid[2, 1])
@@ -194,14 +210,22 @@ def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
     ax = fig.add_subplot(grid[2, 2])
     _shape_counts(ax, frame, layers)
 
-    # Detection: the ranking and the per-domain AUROC of the top metrics.
-    _forest(fig.add_subplot(grid[0:2, 3]), report)
-    _auroc_by_domain(fig, fig.add_subplot(grid[2, 3]), report)
 
-    if extra:  # geometry against the baselines and probes; generalisation; the features that differ
-        _versus_baselines(fig.add_subplot(grid[3, 0:2]), report)
-        _generalisation(fig, fig.add_subplot(grid[3, 2]), report)
-        _top_features(fig.add_subplot(grid[3, 3]), report)
+def _stability(ax: Any, by_domain: list[tuple[str, pl.DataFrame]], first: int) -> None:
+    """Test 3: stability under noise, mean ± 95% CI of fact and hall per domain (+ all)."""
+    x = np.arange(len(by_domain))
+    for offset, kind, color in ((-0.2, "fact", FACT_COLOR), (0.2, "hall", HALL_COLOR)):
+        values = [_values(part, paired_column("stability", kind)) for _, part in by_domain]
+        means = [v.mean() if v.size else math.nan for v in values]
+        errs = [1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0 for v in values]
+        ax.errorbar(x + offset, means, yerr=errs, fmt="o", color=color, markersize=8, capsize=4, linewidth=2)
+    ax.set_xticks(x, [f"{d}\n(n={part.height})" for d, part in by_domain])
+    ax.set_xlim(-0.6, len(by_domain) - 0.4)
+    ax.axvline(len(by_domain) - 1.5, color="black", linewidth=1)
+    ax.set_ylabel("Jaccard of top-10 features, clean vs noisy (mean)")
+    ax.set_title(f"Stability under noise, layer {first}: mean ± 95% CI")
+    ax.grid(axis="y", alpha=0.3)
+    _legend_kinds(ax, loc="best", fontsize=9)
 
 
 FAMILY_COLORS = {GEOMETRY: "#4a5568", BASELINE: "#d69e2e", PROBE: "#38a169"}
