@@ -8,14 +8,18 @@ samples, in one process:
 ``research``
     The one-text-at-a-time research algorithm, written the way the original notebooks do it: for
     each sample and each metric a FULL ``model.run_with_cache(text)`` (every hook cached, logits
-    computed, no ``names_filter``, no ``stop_at_layer``) — 13 forward passes per sample:
+    computed, no ``names_filter``, no ``stop_at_layer``) — 15 forward passes per sample:
     test 1 layer sensitivity F, H (2); test 2 misalignment P, F, H (3); test 3 noise stability F, H
     (2); test 4 entropy F, H (2); test 5 cross-layer consistency F, H once per layer of the pair
-    L2, L3 (4). Each activation is encoded/decoded by its SAE alone, and the inertia eigenproblem is
-    solved on the d_model × d_model covariance (``saecli.geometry.inertia_direct``) every time a
-    metric needs geometry (test 1 per layer and text, test 2 for P, F, H). It computes the same
-    columns as the engine with the same ``saecli.metrics`` functions, and is checked against
-    ``saecli.analyze(..., sequential=True)`` on the first samples (``--check``). It is deliberately
+    L2, L3 (4); the log-probability baselines F, H (2), each the full logits of the whole text
+    (``model(tokens)``) and a ``log_softmax`` over the vocabulary, summed and averaged over the
+    continuation's tokens (those after the text's longest common prefix with the prompt's tokens,
+    token 1 on at least). Each activation is encoded/decoded by its SAE alone, and the inertia
+    eigenproblem is solved on the d_model × d_model covariance (``saecli.geometry.inertia_direct``)
+    every time a metric needs geometry (test 1 per layer and text, test 2 for P, F, H). It computes
+    the same columns as the engine (``saecli.columns.metric_columns``, the baselines included) with
+    the same ``saecli.metrics`` functions, and is checked against ``saecli.analyze(...,
+    sequential=True)`` on the first samples (``--check``). It is deliberately
     not optimised: it is the baseline.
 ``forward``
     The plain batched forward passes of the three texts alone, as the research "parallel" scripts
@@ -61,7 +65,7 @@ import torch
 
 import saecli
 from saecli import geometry, metrics
-from saecli.columns import LAYER_METRICS, metric_columns
+from saecli.columns import BASELINE_METRICS, KINDS, LAYER_METRICS, PAIRED_METRICS, layer_column, metric_columns, paired_column
 from saecli.data import Sample
 from saecli.models import LoadedPreset
 from saecli.sae_stage import noise_vector
@@ -71,9 +75,20 @@ log = logging.getLogger("baselines")
 ALGORITHMS = ("research", "forward", "engine")
 
 
+# -- the engine: every call of saecli's engine in this script goes through here -------------------
+def engine_rows(
+    samples: Sequence[Sample], loaded: LoadedPreset, *, batch_size: int, seed: int, noise_std: float, sequential: bool = False
+) -> list[dict[str, Any]]:
+    """saecli's rows for the samples, in input order (batched, or the sequential reference)."""
+    options: dict[str, Any] = {"seed": seed, "noise_std": noise_std}
+    if sequential:
+        options["sequential"] = True
+    return list(saecli.analyze(samples, loaded, batch_size=batch_size, **options))
+
+
 # -- research: one text at a time, a full cache per metric ----------------------------------------
 class Research:
-    """The research algorithm: 13 full forward passes per sample, SAE and direct geometry per read."""
+    """The research algorithm: 15 full forward passes per sample, SAE and direct geometry per read."""
 
     def __init__(self, loaded: LoadedPreset, *, seed: int = 0, noise_std: float = 0.1):
         self.loaded = loaded
@@ -90,6 +105,25 @@ class Research:
         self.passes += 1
         _logits, cache = self.model.run_with_cache(text)
         return cache
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.model.to_tokens(text)[0].tolist()
+
+    def _continuation_logprobs(self, prompt: str, text: str) -> tuple[float, float]:
+        """Sum and mean of ``log p(token | preceding)`` over the text's continuation tokens: the full
+        logits of the whole text (``model(tokens)``), a log-softmax over the vocabulary."""
+        prompt_ids, ids = self._tokens(prompt), self._tokens(text)
+        common = 0
+        while common < min(len(prompt_ids), len(ids)) and prompt_ids[common] == ids[common]:
+            common += 1
+        start = max(1, min(common, len(ids) - 1))  # the first token is never scored; the last always is
+        self.passes += 1
+        logits = self.model(torch.tensor([ids], device=self.loaded.device))
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        logprobs = torch.log_softmax(logits[0], dim=-1).to(torch.float64)
+        picked = [float(logprobs[position - 1, ids[position]]) for position in range(start, len(ids))]
+        total = math.fsum(picked)
+        return total, total / len(picked)
 
     def _read(self, cache: Any, layer: int) -> torch.Tensor:
         """The residual at the layer's SAE hook, last token ([1, d_model], in the SAE's dtype)."""
@@ -128,7 +162,7 @@ class Research:
         cols: dict[str, Any] = {}
         with torch.inference_mode():
             # Test 1: layer sensitivity (F, H; every layer).
-            for kind in ("fact", "hall"):
+            for kind in KINDS:
                 cache = self._cache(texts[kind])
                 for layer in self.layers:
                     x = self._read(cache, layer)
@@ -143,7 +177,7 @@ class Research:
                         "dimensionality": float(metrics.dimensionality(inertia.eigenvalues)[0]),
                     }
                     for name in LAYER_METRICS:
-                        cols[f"l{layer}_{kind}_{name}"] = values[name]
+                        cols[layer_column(layer, kind, name)] = values[name]
                 del cache
 
             # Test 2: semantic misalignment (P, F, H; layer L1).
@@ -154,13 +188,13 @@ class Research:
                 inertia = self._inertia(first, enc)
                 centroid[kind], axis[kind] = inertia.centroid, inertia.axis
                 del cache
-            for kind in ("fact", "hall"):
-                cols[f"centroid_drift_{kind}"] = float(metrics.angle_degrees(centroid["prompt"], centroid[kind])[0])
-                cols[f"axis_twist_{kind}"] = float(metrics.line_angle_degrees(axis["prompt"], axis[kind])[0])
+            for kind in KINDS:
+                cols[paired_column("centroid_drift", kind)] = float(metrics.angle_degrees(centroid["prompt"], centroid[kind])[0])
+                cols[paired_column("axis_twist", kind)] = float(metrics.line_angle_degrees(axis["prompt"], axis[kind])[0])
 
             # Test 3: stability under noise added to the cached residual (F, H; layer L1).
             sae = self.loaded.saes[first]
-            for kind in ("fact", "hall"):
+            for kind in KINDS:
                 cache = self._cache(texts[kind])
                 x = self._read(cache, first)
                 enc = self._encode(first, x)
@@ -169,29 +203,38 @@ class Research:
                 noisy_values, noisy_indices = f_noisy.topk(metrics.TOP_STABILITY, dim=-1)
                 top = metrics.top_indices(enc["indices"], enc["mask"])
                 top_noisy = metrics.top_indices(noisy_indices, noisy_values > 0)
-                cols[f"stability_{kind}"] = float(metrics.jaccard(top, top_noisy)[0])
+                cols[paired_column("stability", kind)] = float(metrics.jaccard(top, top_noisy)[0])
                 del cache
 
             # Test 4: entropy of the clean features (F, H; layer L1).
-            for kind in ("fact", "hall"):
+            for kind in KINDS:
                 cache = self._cache(texts[kind])
                 enc = self._encode(first, self._read(cache, first))
-                cols[f"entropy_{kind}"] = float(metrics.entropy(enc["values"], enc["mask"])[0])
+                cols[paired_column("entropy", kind)] = float(metrics.entropy(enc["values"], enc["mask"])[0])
                 del cache
 
             # Test 5: cross-layer consistency (F, H; a pass per layer of the pair L2, L3).
-            for kind in ("fact", "hall"):
+            for kind in KINDS:
                 x_hat = {}
                 for layer in (second, third):
                     cache = self._cache(texts[kind])
                     x_hat[layer] = self._encode(layer, self._read(cache, layer))["x_hat"]
                     del cache
-                cols[f"cross_layer_consistency_{kind}"] = float(metrics.cosine_similarity(x_hat[second], x_hat[third])[0])
+                cols[paired_column("cross_layer_consistency", kind)] = float(
+                    metrics.cosine_similarity(x_hat[second], x_hat[third])[0]
+                )
 
-        for base in ("centroid_drift", "axis_twist", "stability", "entropy", "cross_layer_consistency"):
-            fact, hall = cols[f"{base}_fact"], cols[f"{base}_hall"]
-            # The spec's sign: stability and consistency are fact − hall, the rest hall − fact.
-            cols[f"{base}_diff"] = fact - hall if base in ("stability", "cross_layer_consistency") else hall - fact
+            # Baselines: log p(continuation | prompt) of F and H, from the full logits of each text.
+            for kind in KINDS:
+                total, mean = self._continuation_logprobs(sample.prompt, texts[kind])
+                cols[paired_column("logprob_sum", kind)], cols[paired_column("logprob_mean", kind)] = total, mean
+
+        for base in (*PAIRED_METRICS, *BASELINE_METRICS):
+            fact, hall = cols[paired_column(base, "fact")], cols[paired_column(base, "hall")]
+            # The spec's sign: stability, consistency and the log-probabilities are fact − hall, the
+            # rest hall − fact.
+            fact_minus_hall = base in ("stability", "cross_layer_consistency", *BASELINE_METRICS)
+            cols[paired_column(base, "diff")] = fact - hall if fact_minus_hall else hall - fact
         row.update({c: cols[c] for c in metric_columns(self.layers)})
         return row
 
@@ -376,21 +419,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             passes, seconds = timed(lambda: run_forward(loaded, samples, args.batch_size), device)
             n, extra = len(samples), {"forward_passes": passes}
         else:
+            options = {"batch_size": args.batch_size, "seed": args.seed, "noise_std": args.noise_std}
             if warm:
-                list(saecli.analyze(warm, loaded, batch_size=args.batch_size, seed=args.seed, noise_std=args.noise_std))
-            _rows, seconds = timed(
-                lambda: list(
-                    saecli.analyze(samples, loaded, batch_size=args.batch_size, seed=args.seed, noise_std=args.noise_std)
-                ),
-                device,
-            )
+                engine_rows(warm, loaded, **options)
+            _rows, seconds = timed(lambda o=options: engine_rows(samples, loaded, **o), device)
             n, extra = len(samples), {}
         results.append({"algorithm": algorithm, "samples": n, "seconds": seconds, "samples_per_s": n / seconds, **extra})
         log.info("%s: %d samples in %.3f s (%.3f samples/s)", algorithm, n, seconds, n / seconds)
 
     if research_rows and args.check > 0:
         subset = all_samples[: min(args.check, len(research_rows))]
-        reference = list(saecli.analyze(subset, loaded, sequential=True, seed=args.seed, noise_std=args.noise_std))
+        reference = engine_rows(subset, loaded, batch_size=1, seed=args.seed, noise_std=args.noise_std, sequential=True)
         tol = 1e-8 if loaded.dtype == "float64" else 1e-4
         check = compare_rows(research_rows[: len(subset)], reference, metric_columns(loaded.layers), tol)
 

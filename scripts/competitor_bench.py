@@ -6,6 +6,7 @@ For each competitor (none; a busy loop on one core; a second PyTorch process doi
 
     python scripts/competitor_bench.py --limit 200 --batch-size 16
     python scripts/competitor_bench.py --preset gpt2-small-shape --limit 64
+    python scripts/competitor_bench.py --competitors idle,torch --repeats 1   # a subset
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _torch_loop(stop: multiprocessing.synchronize.Event) -> None:
 
 
 COMPETITORS = {"idle": None, "busy loop (1 core)": _busy_loop, "PyTorch matmuls (1 core)": _torch_loop}
+KEYS = {"idle": "idle", "busy": "busy loop (1 core)", "torch": "PyTorch matmuls (1 core)"}
+"""The names ``--competitors`` takes, for the entries of COMPETITORS."""
 
 
 def run(args: argparse.Namespace, threads: int | None) -> tuple[float, dict]:
@@ -56,10 +59,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--competitors", default=",".join(KEYS), help=f"comma-separated subset of {','.join(KEYS)}")
     args = parser.parse_args()
+    chosen = [k.strip() for k in args.competitors.split(",") if k.strip()]
+    unknown = [k for k in chosen if k not in KEYS]
+    if unknown or not chosen:
+        parser.error(f"--competitors: unknown {unknown or 'empty'}; choose from {','.join(KEYS)}")
     cores = os.cpu_count() or 1
     print(f"{args.preset}, {args.limit} samples, batch {args.batch_size}, {cores} cores; samples/s (threads used)")
-    for name, target in COMPETITORS.items():
+    for name, target in ((KEYS[k], COMPETITORS[KEYS[k]]) for k in KEYS if k in chosen):
         stop = multiprocessing.Event()
         proc = multiprocessing.Process(target=target, args=(stop,)) if target else None
         if proc:
