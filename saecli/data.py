@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from saecli import hfdata, tables
-from saecli.config import INT64_MAX, INT64_MIN, assets_dir, check_domains, check_limit, columns_mapping
+from saecli.config import assets_dir
 from saecli.errors import SaecliError
 from saecli.io import file_sha256
+from saecli.validation import INT64_MAX, INT64_MIN, check_domains, check_limit, columns_mapping
 
 # HB-1000 (neural-polygraph) ships one file per suite; the record's own "domain" is a topic.
 HB_FILES = {

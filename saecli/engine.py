@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from saecli import flops
-from saecli.config import RunConfig, check_batch_size
+from saecli.config import RunConfig
 from saecli.data import Sample
 from saecli.errors import SaecliError
 from saecli.faults import oom_point
@@ -39,6 +39,7 @@ from saecli.residuals import Residuals
 from saecli.rows import assemble_rows, kept_residuals
 from saecli.sae_stage import LayerOut, SaeStage, stability_noise
 from saecli.timer import StageTimer
+from saecli.validation import check_batch_size
 
 log = logging.getLogger(__name__)
 

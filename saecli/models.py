@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from saecli.config import Preset, SAESpec, check_option, find_preset, resolve_location
+from saecli.config import Preset, SAESpec, find_preset, resolve_location
 from saecli.device import dtype_problem, live_facts, resolve_device, sae_dtype_for, torch_dtype
 from saecli.errors import SaecliError
 from saecli.hub import cached_snapshot, fetch_commands, is_offline, model_repo, sae_location
 from saecli.memory import is_out_of_memory
+from saecli.validation import check_option
 
 if TYPE_CHECKING:
     from sae_lens import SAE

@@ -21,7 +21,7 @@ import saecli
 from saecli import io
 from saecli.backend import Backend, LocalBackend, Progress
 from saecli.columns import PAIRED_METRICS, layer_column, layer_metric, paired_column
-from saecli.config import RunConfig, find_preset, split_domains
+from saecli.config import RunConfig, find_preset
 from saecli.data import builtin_benchmark_path, dataset_identity, load_samples
 from saecli.errors import RunInterrupted, SaecliError
 from saecli.faults import crash_point
@@ -31,9 +31,11 @@ from saecli.memory import oom_message
 from saecli.models import LoadedPreset, PresetInfo, check_preset_files, load_preset
 from saecli.residuals import merge_residual_parts, write_residual_part
 from saecli.rundir import claim_run_dir, clear_outputs
+from saecli.validation import split_domains
 
 if TYPE_CHECKING:
     from saecli.cluster import RayOptions
+    from saecli.engine import BatchResult
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +250,7 @@ def _execute_claimed(
     if preset.synthetic:
         log.warning("preset %s has random weights: its metrics mean nothing (benchmarking only)", preset.name)
     if ray is not None:
-        from saecli.cluster import RayBackend
+        from saecli.workers import RayBackend
 
         backend: Backend = RayBackend(ray, preset, config)
     else:
@@ -263,26 +265,69 @@ def _analyse(
     config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], backend: Backend, *, previous: dict[str, Any] | None,
     progress: Progress | None,
 ) -> RunResult:
+    """Start the manifest, analyse what is not finished yet (part by part), merge, finish."""
     info = backend.info
     ident = identity(config, info.layers, info.dtype, samples)
     if previous is not None:
         _check_resumable(previous, ident, run_dir)
     toks = backend.tokenize(samples)
+    state, batch_size = _start(config, run_dir, samples, backend, ident, previous=previous)
+    finished = _finished_so_far(run_dir, samples, info.layers)
+    state["finished_ids"] = finished
+    work = _Work(done=len(finished), part_number=max((int(p.stem.split("-")[1]) for p in io.part_files(run_dir)), default=0),
+                 earlier_backoffs=list(state["backoffs"]))  # fmt: skip
+    if progress is not None:
+        progress(work.done, len(samples))
+    todo = remaining(samples, finished)
+    started = time.perf_counter()
+    try:
+        for batch in backend.batches([samples[i] for i in todo], [toks[i] for i in todo], batch_size, progress):
+            crash_point("batch_done")
+            with backend.timer("write"), _writing(run_dir, work.done, state):
+                _write_part(batch, run_dir, state, work, info.layers)
+                state["backoffs"] = work.earlier_backoffs + backend.backoffs
+                io.write_manifest(state, run_dir)
+            if progress is not None:
+                progress(work.done, len(samples))
+    except Exception as exc:
+        if is_oom(exc):
+            raise oom_message(1, preset.name, info.device) from None
+        raise
+    return _finish(config, run_dir, samples, backend, state, work, time.perf_counter() - started, resumed=previous is not None)
+
+
+@dataclass
+class _Work:
+    """What the analysis has done so far in this process (for the progress, the parts and the manifest)."""
+
+    done: int
+    part_number: int
+    earlier_backoffs: list[dict[str, Any]]
+    """Out-of-memory backoffs of the run before it was resumed (this process's are the backend's)."""
+    tokens: int = 0
+    forwarded: int = 0
+    """Token positions forwarded (padded)."""
+    forwarded_real: int = 0
+    """The real tokens among them."""
+
+
+def _start(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backend, ident: dict[str, Any], *,
+           previous: dict[str, Any] | None) -> tuple[dict[str, Any], int]:  # fmt: skip
+    """The batch size (probed for ``auto``) and the manifest of the run as it starts, written after
+    clearing what the folder held: this run's own half-written files (resume) or an earlier run's
+    that --force replaces (its table first, so that an interruption never leaves an old
+    metrics.parquet under the new run's manifest)."""
     batch_size, auto = config.batch_size, None
     if config.mode == "batched" and batch_size == "auto":
         auto = backend.auto_batch_size(samples)
         batch_size = auto.size
     batch_size = batch_size if config.mode == "batched" else 1
-
     earlier_backoffs = list(previous.get("backoffs", [])) if previous else []
     data_source = str(config.data) if config.data else f"built-in ({builtin_benchmark_path().name})"
-    state = start_manifest(config, info, ident, n_samples=len(samples), data_source=data_source, batch_size=batch_size,
-                           backoffs=earlier_backoffs)
+    state = start_manifest(config, backend.info, ident, n_samples=len(samples), data_source=data_source, batch_size=batch_size,
+                           backoffs=earlier_backoffs)  # fmt: skip
     if auto is not None:
         state["batch_size_auto"] = {"chosen": auto.size, "reason": auto.reason, "probes": auto.probes}
-    # From here on the folder is written: what was there before is either this run's own (resume)
-    # or an earlier run's that --force replaces (its table goes first, so that an interruption
-    # never leaves an old metrics.parquet under the new run's manifest).
     with _writing(run_dir, 0, state):
         if previous is not None:
             for path in io.remove_temporaries(run_dir):
@@ -293,64 +338,54 @@ def _analyse(
         crash_point("before_manifest")
         io.write_manifest(state, run_dir)
     crash_point("after_manifest")
+    return state, batch_size
 
+
+def _finished_so_far(run_dir: Path, samples: list[Any], layers: list[int]) -> list[str]:
+    """The ids of this run's samples in readable part files (an unreadable part is analysed again)."""
     position = {s.id: i for i, s in enumerate(samples)}
-    frames, corrupted = io.read_parts(run_dir, info.layers)
+    frames, corrupted = io.read_parts(run_dir, layers)
     for path in corrupted:
         log.warning("part file %s was unreadable; its samples are analysed again", path.name)
     finished = [sid for frame in frames for sid in frame["sample_id"].to_list() if sid in position]
     if len(set(finished)) != len(finished):
         raise SaecliError(f"{run_dir}: the part files hold a sample twice", hint="start a new run", exit_code=1)
-    todo = remaining(samples, finished)
-    state["finished_ids"] = finished
-    part_number = max((int(p.stem.split("-")[1]) for p in io.part_files(run_dir)), default=0)
-    done, n_tokens = len(finished), 0
-    forwarded = forwarded_real = 0  # token positions forwarded (padded), and the real ones among them
-    if progress is not None:
-        progress(done, len(samples))
-    started = time.perf_counter()
-    try:
-        for batch in backend.batches([samples[i] for i in todo], [toks[i] for i in todo], batch_size, progress):
-            crash_point("batch_done")
-            with backend.timer("write"), _writing(run_dir, done, state):
-                part = io.rows_to_frame(batch.rows, info.layers)
-                part_number += 1
-                if batch.residuals is not None:  # before its table: a part's samples count as done once the table is there
-                    write_residual_part(batch.residuals, run_dir, part_number)
-                io.write_part(part, run_dir, part_number)
-                crash_point("after_part")
-                state["finished_ids"] += part["sample_id"].to_list()
-                state["backoffs"] = earlier_backoffs + backend.backoffs
-                io.write_manifest(state, run_dir)
-            done += len(batch.indices)
-            n_tokens += batch.tokens
-            forwarded += batch.forwarded_tokens
-            forwarded_real += batch.forwarded_real_tokens
-            if progress is not None:
-                progress(done, len(samples))
-    except Exception as exc:
-        if is_oom(exc):
-            raise oom_message(1, preset.name, info.device) from None
-        raise
-    analysis_seconds = time.perf_counter() - started
+    return finished
 
+
+def _write_part(batch: BatchResult, run_dir: Path, state: dict[str, Any], work: _Work, layers: list[int]) -> None:
+    """One finished batch as a part file (its residuals first: a part's samples count as done once
+    its table is there), and its work counted."""
+    part = io.rows_to_frame(batch.rows, layers)
+    work.part_number += 1
+    if batch.residuals is not None:
+        write_residual_part(batch.residuals, run_dir, work.part_number)
+    io.write_part(part, run_dir, work.part_number)
+    crash_point("after_part")
+    state["finished_ids"] += part["sample_id"].to_list()
+    work.done += len(batch.indices)
+    work.tokens += batch.tokens
+    work.forwarded += batch.forwarded_tokens
+    work.forwarded_real += batch.forwarded_real_tokens
+
+
+def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backend, state: dict[str, Any], work: _Work,
+            analysis_seconds: float, *, resumed: bool) -> RunResult:  # fmt: skip
+    """Merge the parts into metrics.parquet (and the residuals), write the final manifest, remove the parts."""
     crash_point("before_merge")
-    with backend.timer("write"), _writing(run_dir, done, state):
-        frame = io.merge_parts(run_dir, info.layers, [s.id for s in samples])
+    ids = [s.id for s in samples]
+    with backend.timer("write"), _writing(run_dir, work.done, state):
+        frame = io.merge_parts(run_dir, backend.info.layers, ids)
         if config.baselines:
-            merge_residual_parts(run_dir, [s.id for s in samples])
+            merge_residual_parts(run_dir, ids)
         io.write_metrics(frame, run_dir)
     crash_point("after_merge")
-    state["backoffs"] = earlier_backoffs + backend.backoffs
-    state.update(backend.record())
-    state["padding"] = {
-        "forwarded_tokens": forwarded,
-        "real_tokens": forwarded_real,
-        "fraction": round(1 - forwarded_real / forwarded, 4) if forwarded else 0.0,
-    }
-    manifest = finish_manifest(state, load_seconds=info.load_seconds, stages=backend.stages(), n_tokens=n_tokens,
-                               analysis_seconds=analysis_seconds, resumed=previous is not None, peak=backend.peak())
-    with _writing(run_dir, done, state):
+    state = {**state, "backoffs": work.earlier_backoffs + backend.backoffs, **backend.record()}
+    forwarded, real = work.forwarded, work.forwarded_real
+    state["padding"] = {"forwarded_tokens": forwarded, "real_tokens": real, "fraction": round(1 - real / forwarded, 4) if forwarded else 0.0}
+    manifest = finish_manifest(state, load_seconds=backend.info.load_seconds, stages=backend.stages(), n_tokens=work.tokens,
+                               analysis_seconds=analysis_seconds, resumed=resumed, peak=backend.peak())  # fmt: skip
+    with _writing(run_dir, work.done, state):
         io.write_manifest(manifest, run_dir)
     crash_point("after_final_manifest")
     io.remove_parts(run_dir)

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saecli.config import COLUMN_TARGETS
 from saecli.errors import SaecliError
+from saecli.validation import COLUMN_TARGETS
 
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 """File suffix (any case) → table format."""

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from saecli import config
+from saecli import config, validation
 from saecli.cli.options import Device, DType
 from saecli.device import (
     DEVICES,
@@ -61,7 +61,7 @@ def test_dtype_vocabulary():
 
 
 def test_one_vocabulary_for_cli_presets_and_api():
-    assert (config.DEVICES, config.DTYPES) == (DEVICES, DTYPES)
+    assert (validation.DEVICES, validation.DTYPES, config.DTYPES) == (DEVICES, DTYPES, DTYPES)
     assert [d.value for d in Device] == list(DEVICES) and [d.value for d in DType] == list(DTYPES)
 
 

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from saecli import cluster
+from saecli import cluster, workers
 from saecli import runner as run_module
 from saecli.cli import app
 from saecli.compare import compare_frames
@@ -47,14 +47,14 @@ def reference(tmp_path_factory) -> pl.DataFrame:
 def pools(monkeypatch):
     """Every worker pool a run starts, so a test can reach its workers mid-run."""
     started = []
-    original = cluster.Pool.start.__func__
+    original = workers.Pool.start.__func__
 
     def start(cls, *args, **kwargs):
         pool = original(cls, *args, **kwargs)
         started.append(pool)
         return pool
 
-    monkeypatch.setattr(cluster.Pool, "start", classmethod(start))
+    monkeypatch.setattr(workers.Pool, "start", classmethod(start))
     return started
 
 

@@ -135,8 +135,14 @@ def bench(
         return
     if workers is not None or worker_cpus is not None:
         raise SaecliError("--workers and --worker-cpus need --ray", hint="e.g. saecli bench --ray --workers 1,2")
+    _bench_sizes(flags, sizes=sizes, sequential=sequential, repeats=repeats, baselines=baselines.value, out=out, json_=json_)
+
+
+def _bench_sizes(flags: RunFlags, *, sizes: str | None, sequential: bool | None, repeats: int, baselines: str, out: Path | None,
+                 json_: bool) -> None:  # fmt: skip
+    """``bench``: the batch-size sweep."""
     size_list = parse_counts(sizes, "--sizes") if sizes is not None else list(DEFAULT_SIZES)
-    check_options(sizes=size_list, repeats=repeats, limit=limit)
+    check_options(sizes=size_list, repeats=repeats, limit=flags.limit)
     chosen, run_config = resolve_run(flags)
     run_config = dataclasses.replace(run_config, limit=run_config.limit or 4 * max(size_list))
     target = prepare_out_dir(out, chosen.name)  # before measuring: a folder that refuses files loses nothing
@@ -145,7 +151,7 @@ def bench(
     try:
         with stderr.status("") as status:
             result = sweep(
-                run_config, sizes=size_list, repeats=repeats, include_sequential=sequential is not False, baselines=baselines.value,
+                run_config, sizes=size_list, repeats=repeats, include_sequential=sequential is not False, baselines=baselines,
                 on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
                 on_done=lambda r: stderr.print(_line(r)),
             )  # fmt: skip

@@ -18,9 +18,10 @@ from typing import Annotated, Any
 
 import typer
 
-from saecli.config import DEFAULT_PRESET, Preset, RunConfig, check_option, find_preset, resolve_run_config
+from saecli.config import DEFAULT_PRESET, Preset, RunConfig, find_preset, resolve_run_config
 from saecli.device import DEVICES, DTYPES
 from saecli.errors import SaecliError
+from saecli.validation import check_option
 
 # The choices of --device and --dtype: saecli.device's vocabulary, the one the presets and the API accept.
 Device = StrEnum("Device", {name: name for name in DEVICES})
