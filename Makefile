@@ -25,8 +25,9 @@ test: install           ## the whole test suite (offline, a few minutes on 2 cor
 test-fast: install      ## tests without the `slow` marker
 	$(PY) -m pytest -q -m "not slow"
 
-lint: install            ## ruff, and the import contracts of pyproject.toml (layers, no cycles)
+lint: install            ## ruff check, ruff format --check, and the import contracts of pyproject.toml
 	$(VENV)/bin/ruff check saecli tests scripts
+	$(VENV)/bin/ruff format --check saecli tests scripts
 	$(VENV)/bin/lint-imports
 
 bench-baseline: install  ## saecli against the research algorithm and plain forward passes (README figures)

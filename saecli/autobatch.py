@@ -73,7 +73,9 @@ def find_batch_size(
         best = size
         predicted = base + 2 * (peak - base)
         if budget is not None and predicted > budget and size * 2 <= cap:
-            why = f"batch {size * 2} would need about {predicted / 2**30:.2f} GiB, over {margin:.0%} of {available / 2**30:.1f} GiB"
+            why = (
+                f"batch {size * 2} would need about {predicted / 2**30:.2f} GiB, over {margin:.0%} of {available / 2**30:.1f} GiB"
+            )
             break
         size *= 2
         reset_device_peak(device)

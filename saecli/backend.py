@@ -45,7 +45,9 @@ class Backend(Protocol):
 
     def auto_batch_size(self, samples: Sequence[Sample]) -> AutoBatch: ...
 
-    def batches(self, samples: Sequence[Sample], toks: Sequence[Any], batch_size: int, progress: Progress | None) -> Iterator[BatchResult]:
+    def batches(
+        self, samples: Sequence[Sample], toks: Sequence[Any], batch_size: int, progress: Progress | None
+    ) -> Iterator[BatchResult]:
         """The analysis of ``samples``, as results whose ``indices`` are positions in ``samples``,
         in the order they finish."""
         ...
@@ -88,7 +90,9 @@ class LocalBackend:
 
         return find_batch_size(self.loaded, list(samples), self.config)
 
-    def batches(self, samples: Sequence[Sample], toks: Sequence[Any], batch_size: int, progress: Progress | None) -> Iterator[BatchResult]:
+    def batches(
+        self, samples: Sequence[Sample], toks: Sequence[Any], batch_size: int, progress: Progress | None
+    ) -> Iterator[BatchResult]:
         return self.engine.run(samples, batch_size=batch_size, toks=toks)
 
     def stages(self) -> dict[str, float]:

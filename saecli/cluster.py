@@ -142,7 +142,9 @@ def alive_nodes() -> list[Node]:
         if not n.get("Alive"):
             continue
         res = n.get("Resources", {})
-        nodes.append(Node(n["NodeID"], n.get("NodeManagerAddress", "?"), res.get("CPU", 0.0), res.get("GPU", 0.0), res.get("memory", 0.0)))
+        nodes.append(
+            Node(n["NodeID"], n.get("NodeManagerAddress", "?"), res.get("CPU", 0.0), res.get("GPU", 0.0), res.get("memory", 0.0))
+        )
     return nodes
 
 
@@ -158,7 +160,11 @@ def plan(info: ClusterInfo, options: RayOptions) -> Plan:
         workers = options.workers or capacity
         kind, gpus, cpus = f"{options.worker_cpus}-CPU share", 0, options.worker_cpus
     if capacity < 1 or workers > capacity:
-        have = f"{info.gpus:g} GPUs" if gpus else f"{info.cpus:g} CPUs in all, at most {max(n.cpus for n in info.nodes):g} on one node"
+        have = (
+            f"{info.gpus:g} GPUs"
+            if gpus
+            else f"{info.cpus:g} CPUs in all, at most {max(n.cpus for n in info.nodes):g} on one node"
+        )
         raise SaecliError(
             f"the Ray cluster has room for {capacity} worker(s) of one {kind} each, not {workers} ({have})",
             hint="fewer --workers, a smaller --worker-cpus, or more nodes",

@@ -255,9 +255,13 @@ def compare_live(
     drift = {}
     if exact is not None:
         label = "float64 sequential"
-        drift["sequential"] = compare_frames(exact, reference, atol=atol, rtol=rtol, label_a=label, label_b=f"{loaded.dtype} sequential")
+        drift["sequential"] = compare_frames(
+            exact, reference, atol=atol, rtol=rtol, label_a=label, label_b=f"{loaded.dtype} sequential"
+        )
         for size, batched in batched_frames.items():
-            drift[f"batch {size}"] = compare_frames(exact, batched, atol=atol, rtol=rtol, label_a=label, label_b=f"{loaded.dtype} batch {size}")
+            drift[f"batch {size}"] = compare_frames(
+                exact, batched, atol=atol, rtol=rtol, label_a=label, label_b=f"{loaded.dtype} batch {size}"
+            )
     return LiveComparison(dtype=loaded.dtype, device=loaded.device, results=results, drift=drift)
 
 

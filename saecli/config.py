@@ -156,9 +156,7 @@ class SAESpec:
         hub = self.release is not None or self.id is not None
         sources = (self.path is not None) + hub + (self.random is not None)
         if sources != 1 or (hub and (self.release is None or self.id is None)):
-            raise SaecliError(
-                f"the SAE for layer {self.layer} needs exactly one of 'path', 'release' and 'id', or 'random'"
-            )
+            raise SaecliError(f"the SAE for layer {self.layer} needs exactly one of 'path', 'release' and 'id', or 'random'")
         if self.random is not None:
             self._check_random(self.random)
 
@@ -223,7 +221,9 @@ class Preset:
             raise SaecliError(f"'defaults' {problem}")
         unknown = sorted(set(self.defaults) - set(PRESET_DEFAULT_KEYS))
         if unknown:
-            raise SaecliError(f"unknown key '{unknown[0]}' in [defaults]", hint=f"allowed keys: {', '.join(sorted(PRESET_DEFAULT_KEYS))}")
+            raise SaecliError(
+                f"unknown key '{unknown[0]}' in [defaults]", hint=f"allowed keys: {', '.join(sorted(PRESET_DEFAULT_KEYS))}"
+            )
         for key, value in self.defaults.items():
             check_option(key, value, f"[defaults] {key}")
 
@@ -252,7 +252,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise SaecliError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise SaecliError(f"{path} is not a UTF-8 text file (byte {exc.start} is not UTF-8)", hint="a preset is a TOML file") from None
+        raise SaecliError(
+            f"{path} is not a UTF-8 text file (byte {exc.start} is not UTF-8)", hint="a preset is a TOML file"
+        ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

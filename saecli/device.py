@@ -89,7 +89,9 @@ def resolve_device(requested: str, facts: DeviceFacts) -> tuple[str, str]:
             return "mps", "auto: no CUDA; Apple MPS is available"
         return "cpu", "auto: neither CUDA nor MPS is available"
     if requested == "cuda" and not facts.cuda:
-        raise SaecliError("--device cuda was asked for but CUDA is not available", hint="run `saecli doctor`, or use --device cpu")
+        raise SaecliError(
+            "--device cuda was asked for but CUDA is not available", hint="run `saecli doctor`, or use --device cpu"
+        )
     if requested == "mps" and not facts.mps:
         raise SaecliError("--device mps was asked for but MPS is not available", hint="use --device cpu")
     return requested, f"{requested}: asked for"

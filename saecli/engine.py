@@ -99,7 +99,9 @@ class BatchResult:
 class Engine:
     """Runs the analysis of samples on a loaded preset, with the options of one run configuration."""
 
-    def __init__(self, loaded: LoadedPreset, config: RunConfig | None = None, *, timer: StageTimer | None = None, backoff: bool = True):
+    def __init__(
+        self, loaded: LoadedPreset, config: RunConfig | None = None, *, timer: StageTimer | None = None, backoff: bool = True
+    ):
         if not isinstance(loaded, LoadedPreset):
             raise SaecliError(f"the engine needs a LoadedPreset (from saecli.load_preset), got {type(loaded).__name__}")
         if config is not None and not isinstance(config, RunConfig):
@@ -170,7 +172,9 @@ class Engine:
             for i, layer in enumerate(self.layers):
                 x = reads.acts[self.hooks[i]]
                 first = i == 0
-                outs[layer], work = self.sae.layer(layer, x if first else x[n:], first=first, noise=self._noise(samples) if first else None)
+                outs[layer], work = self.sae.layer(
+                    layer, x if first else x[n:], first=first, noise=self._noise(samples) if first else None
+                )
                 flops.add_rows(sae_rows, {layer: work})
             return self._result(samples, toks, reads, outs, sae_rows)
 
@@ -185,14 +189,21 @@ class Engine:
                 x = reads.acts[self.hooks[i]]
                 parts = []
                 for r in range(3) if i == 0 else range(1, 3):
-                    out, work = self.sae.layer(layer, x[r : r + 1], first=i == 0, noise=noise[r - 1 : r] if i == 0 and r > 0 else None)
+                    out, work = self.sae.layer(
+                        layer, x[r : r + 1], first=i == 0, noise=noise[r - 1 : r] if i == 0 and r > 0 else None
+                    )
                     parts.append(out)
                     flops.add_rows(sae_rows, {layer: work})
                 outs[layer] = LayerOut.cat(parts)
             return self._result([sample], [toks], reads, outs, sae_rows)
 
     def _result(
-        self, samples: Sequence[Sample], toks: Sequence[SampleTokens], reads: Reads, outs: dict[int, LayerOut], sae_rows: dict[int, tuple[int, int]]
+        self,
+        samples: Sequence[Sample],
+        toks: Sequence[SampleTokens],
+        reads: Reads,
+        outs: dict[int, LayerOut],
+        sae_rows: dict[int, tuple[int, int]],
     ) -> BatchResult:
         residuals = None
         if self.baselines:
@@ -206,7 +217,9 @@ class Engine:
         )  # fmt: skip
 
     # -- a run ------------------------------------------------------------------------------------
-    def run(self, samples: Sequence[Sample], *, batch_size: int | None = None, toks: Sequence[SampleTokens] | None = None) -> Iterator[BatchResult]:
+    def run(
+        self, samples: Sequence[Sample], *, batch_size: int | None = None, toks: Sequence[SampleTokens] | None = None
+    ) -> Iterator[BatchResult]:
         """Analyse samples; yields batches as they finish (in the plan's order, not input order).
         One sample at a time when the configuration's mode is ``sequential``; else batches of
         ``batch_size`` (default: the configuration's, which must then be a number, not ``"auto"``).
@@ -266,7 +279,9 @@ def analyze(
     config = _analyze_config(config, sequential=sequential, options=options)
     samples = list(samples) if isinstance(samples, Iterable) and not isinstance(samples, (str, bytes)) else None
     if samples is None or not all(isinstance(s, Sample) for s in samples):
-        raise SaecliError("analyze needs a list of saecli.Sample", hint="load them with saecli.load_samples, or make Sample(...) objects")
+        raise SaecliError(
+            "analyze needs a list of saecli.Sample", hint="load them with saecli.load_samples, or make Sample(...) objects"
+        )
     engine = Engine(preset, config)
     return _rows_in_order(engine, samples, on_batch=on_batch)
 
@@ -279,7 +294,9 @@ def _analyze_config(config: RunConfig | None, *, sequential: bool, options: dict
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(options) - fields)
     if unknown:
-        raise SaecliError(f"analyze got an unknown option {unknown[0]!r}", hint=f"options are RunConfig fields: {', '.join(sorted(fields))}")
+        raise SaecliError(
+            f"analyze got an unknown option {unknown[0]!r}", hint=f"options are RunConfig fields: {', '.join(sorted(fields))}"
+        )
     if sequential:
         if options.get("mode", "sequential") != "sequential":
             raise SaecliError(f"analyze got sequential=True and mode={options['mode']!r}", hint="pass one of them")
@@ -291,7 +308,9 @@ def _analyze_config(config: RunConfig | None, *, sequential: bool, options: dict
     return config
 
 
-def _rows_in_order(engine: Engine, samples: list[Sample], *, on_batch: Callable[[BatchResult], None] | None) -> Iterator[dict[str, Any]]:
+def _rows_in_order(
+    engine: Engine, samples: list[Sample], *, on_batch: Callable[[BatchResult], None] | None
+) -> Iterator[dict[str, Any]]:
     pending: dict[int, dict[str, Any]] = {}
     next_index = 0
     for result in engine.run(samples):

@@ -41,7 +41,9 @@ class ModelShape:
         d_mlp = 0 if getattr(cfg, "attn_only", False) else int(cfg.d_mlp or 0)
         d_vocab = getattr(cfg, "d_vocab_out", -1)
         d_vocab = int(d_vocab if d_vocab and d_vocab > 0 else cfg.d_vocab)
-        return cls(int(cfg.d_model), int(cfg.n_heads), int(cfg.d_head), int(n_kv), d_mlp, bool(getattr(cfg, "gated_mlp", False)), d_vocab)
+        return cls(
+            int(cfg.d_model), int(cfg.n_heads), int(cfg.d_head), int(n_kv), d_mlp, bool(getattr(cfg, "gated_mlp", False)), d_vocab
+        )
 
     def token_flops(self) -> int:
         """FLOPs per forwarded position and block that do not depend on the context:

@@ -202,7 +202,9 @@ class Forward:
         picked = logits[slot, index]
         return (picked - torch.logsumexp(logits, dim=-1)[slot]).to(torch.float64), int(unique.shape[0])
 
-    def shared_prompt(self, toks: list[SampleTokens]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], Scored, list[ForwardPass]]:
+    def shared_prompt(
+        self, toks: list[SampleTokens]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], Scored, list[ForwardPass]]:
         """For samples whose prompt tokens start both F and H: one pass over the prompts that keeps
         their keys and values, then one pass over the fact and hallucination continuations that
         attends to them. Returns the reads [P..] and [F.., H..], (with baselines) the scored

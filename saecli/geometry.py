@@ -79,9 +79,7 @@ def top_eigenvector(gram: torch.Tensor, largest: torch.Tensor, steps: int = 3) -
     return v
 
 
-def inertia_gram(
-    positions: torch.Tensor, weights: torch.Tensor, n_active: torch.Tensor, *, need_axis: bool = True
-) -> Inertia:
+def inertia_gram(positions: torch.Tensor, weights: torch.Tensor, n_active: torch.Tensor, *, need_axis: bool = True) -> Inertia:
     """Inertia through the k × k Gram matrix (the fast path the engine uses).
 
     positions: [n, k, d] decoder rows of the (padded) active features; weights: [n, k] masses

@@ -69,7 +69,10 @@ BUILTINS: dict[tuple[str, str], Builtin] = {
 """(repo in lower case, config) → its mapping. ``--columns`` replaces single fields of it."""
 
 UNPAIRED = {
-    ("pminervini/halueval", name): "it holds one response per item, labelled as hallucinated or not, not a true and a false completion"
+    (
+        "pminervini/halueval",
+        name,
+    ): "it holds one response per item, labelled as hallucinated or not, not a true and a false completion"
     for name in ("general", "qa_samples", "dialogue_samples", "summarization_samples")
 }
 """Configs of the standard sets that have no fact/hallucination pair."""

@@ -119,9 +119,7 @@ def cached_snapshot(repo_id: str, subpath: str | None = None) -> Path | None:
 
     try:
         folder = Path(
-            snapshot_download(
-                repo_id, local_files_only=True, allow_patterns=[f"{subpath}/*"] if subpath else ["config.json"]
-            )
+            snapshot_download(repo_id, local_files_only=True, allow_patterns=[f"{subpath}/*"] if subpath else ["config.json"])
         )
     except Exception:  # noqa: BLE001 - any hub-client failure here means "not cached"
         return None
@@ -324,7 +322,9 @@ def cached_dataset(text: str, name: str, config: str | None = None, split: str |
     card = _card_configs(snapshot)
     configs = card if card is not None else _layout_configs(files)
     if not configs:
-        raise SaecliError(f"{text}: no Parquet data files in the cached snapshot {snapshot}", hint=f"fetch them: {dataset_fetch_command(repo)}")
+        raise SaecliError(
+            f"{text}: no Parquet data files in the cached snapshot {snapshot}", hint=f"fetch them: {dataset_fetch_command(repo)}"
+        )
     if card is None and config is not None and config not in configs:
         # No dataset card to tell an unknown config from one not downloaded: say both.
         raise SaecliError(

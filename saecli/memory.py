@@ -25,9 +25,25 @@ from saecli.config import preset_dirs
 from saecli.errors import SaecliError
 
 __all__ = [
-    "ALLOC_CONF", "CAP_ACCELERATOR", "CAP_CPU", "GiB", "MEMORY_MARGIN", "allocated_bytes", "available_memory", "batch_cap",
-    "current_rss", "device_peak", "gib", "is_out_of_memory", "oom_message", "peak_memory", "peak_rss", "preset_flag",
-    "reset_device_peak", "reset_peak_rss", "system_memory",
+    "ALLOC_CONF",
+    "CAP_ACCELERATOR",
+    "CAP_CPU",
+    "GiB",
+    "MEMORY_MARGIN",
+    "allocated_bytes",
+    "available_memory",
+    "batch_cap",
+    "current_rss",
+    "device_peak",
+    "gib",
+    "is_out_of_memory",
+    "oom_message",
+    "peak_memory",
+    "peak_rss",
+    "preset_flag",
+    "reset_device_peak",
+    "reset_peak_rss",
+    "system_memory",
 ]
 
 GiB = 2**30

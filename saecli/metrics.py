@@ -39,7 +39,9 @@ def gini(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     rank = torch.clamp(n.unsqueeze(-1) - slot, min=0)
     total = v.sum(-1)
     safe = (n > 0) & (total > 0)
-    g = 2 * (rank * v).sum(-1) / torch.where(safe, n * total, torch.ones_like(total)) - (n + 1) / torch.where(safe, n, torch.ones_like(n))
+    g = 2 * (rank * v).sum(-1) / torch.where(safe, n * total, torch.ones_like(total)) - (n + 1) / torch.where(
+        safe, n, torch.ones_like(n)
+    )
     return torch.where(safe, g, torch.zeros_like(g))
 
 
@@ -140,4 +142,3 @@ def entropy(values: torch.Tensor, mask: torch.Tensor, k: int = TOP_ENTROPY) -> t
     p = v / torch.where(total > 0, total, torch.ones_like(total))
     terms = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
     return -terms.sum(-1)
-

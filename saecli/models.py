@@ -124,8 +124,21 @@ def _require_cached(preset: Preset) -> None:
 # -- local files, checked before anything is loaded ----------------------------------------------
 
 _SAFETENSORS_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-    "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
 }
 _MAX_HEADER = 100_000_000  # what the safetensors library itself accepts
 
@@ -195,8 +208,12 @@ def _safetensors_problem(path: Path) -> str | None:
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
         shape = info.get("shape") if isinstance(info, dict) else None
         if (
-            not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1] or not isinstance(shape, list) or not all(isinstance(d, int) for d in shape)
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) for d in shape)
         ):
             return f"is not a safetensors file (tensor {name!r} has no valid data_offsets and shape)"
         width = _SAFETENSORS_DTYPE_BYTES.get(info.get("dtype"))
@@ -340,7 +357,9 @@ def _random_saes(preset: Preset, model: HookedTransformer, dtype: str, device: s
     saes = {}
     for spec in preset.saes:
         cfg = spec.random
-        sae = random_sae(model.cfg.d_model, int(cfg["d_sae"]), cfg["hook"], seed=int(cfg.get("seed", spec.layer)), dtype="float64")
+        sae = random_sae(
+            model.cfg.d_model, int(cfg["d_sae"]), cfg["hook"], seed=int(cfg.get("seed", spec.layer)), dtype="float64"
+        )
         calibrate_thresholds(sae, cache[cfg["hook"]][real].to(torch.float64).cpu(), float(cfg.get("target_l0", 100)))
         saes[spec.layer] = sae.to(device=device, dtype=torch_dtype(dtype))
     return saes
@@ -377,9 +396,7 @@ def _load_sae(spec: SAESpec, preset: Preset, dtype: str, device: str) -> SAE:
         raise SaecliError(f"could not load SAE {spec.identity}: {exc}".splitlines()[0]) from None
 
 
-def load_preset(
-    name_or_path: str | Preset = "tiny", *, device: str = "auto", dtype: str | None = None
-) -> LoadedPreset:
+def load_preset(name_or_path: str | Preset = "tiny", *, device: str = "auto", dtype: str | None = None) -> LoadedPreset:
     """Load a preset by name, TOML path or :class:`Preset`, ready for :func:`saecli.analyze`."""
     preset = name_or_path if isinstance(name_or_path, Preset) else find_preset(name_or_path)
     check_option("device", device)
@@ -410,9 +427,7 @@ def load_preset(
         if hook not in model.hook_dict:
             raise SaecliError(f"the SAE for layer {layer} reads hook {hook!r}, which the model {preset.model.name} does not have")
         if sae.cfg.d_in != model.cfg.d_model:
-            raise SaecliError(
-                f"the SAE for layer {layer} has d_in {sae.cfg.d_in} but the model's d_model is {model.cfg.d_model}"
-            )
+            raise SaecliError(f"the SAE for layer {layer} has d_in {sae.cfg.d_in} but the model's d_model is {model.cfg.d_model}")
         hooks[layer] = hook
         sae.eval()
     loaded = LoadedPreset(

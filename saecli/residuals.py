@@ -231,7 +231,8 @@ def merge_residual_parts(run_dir: Path, sample_ids: Sequence[str]) -> Path:
     if missing:
         raise SaecliError(
             f"{run_dir}: the residuals of {len(missing)} finished part(s) are missing ({missing[0]})",
-            hint="start a new run (or run with --no-baselines)", exit_code=1,
+            hint="start a new run (or run with --no-baselines)",
+            exit_code=1,
         )
     merged = Residuals.concat([read_residuals(p) for p in paths]).select(list(sample_ids))
     return write_residuals(run_dir / RESIDUALS_FILE, merged)

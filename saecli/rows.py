@@ -25,7 +25,9 @@ FACT_MINUS_HALL = ("stability", "cross_layer_consistency")
 """The spec's sign: these paired metrics' difference is fact − hall, every other one's hall − fact."""
 
 
-def assemble_rows(samples: Sequence[Sample], layers: Sequence[int], outs: Mapping[int, LayerOut], scored: Scored | None) -> list[dict[str, Any]]:
+def assemble_rows(
+    samples: Sequence[Sample], layers: Sequence[int], outs: Mapping[int, LayerOut], scored: Scored | None
+) -> list[dict[str, Any]]:
     """Per-sample rows from layer outputs whose reads are ordered [P.., F.., H..] for the first
     layer and [F.., H..] for the others, and (with baselines) the continuations' scored tokens
     (slots F_i = i, H_i = n + i); without, the baseline columns are null."""
@@ -61,7 +63,10 @@ def _paired_columns(layers: Sequence[int], outs: Mapping[int, LayerOut], n: int)
     o = outs[first]
     p, f, h = slice(0, n), slice(n, 2 * n), slice(2 * n, 3 * n)
     pairs = {
-        "centroid_drift": (metrics.angle_degrees(o.centroid[p], o.centroid[f]), metrics.angle_degrees(o.centroid[p], o.centroid[h])),
+        "centroid_drift": (
+            metrics.angle_degrees(o.centroid[p], o.centroid[f]),
+            metrics.angle_degrees(o.centroid[p], o.centroid[h]),
+        ),
         "axis_twist": (metrics.line_angle_degrees(o.axis[p], o.axis[f]), metrics.line_angle_degrees(o.axis[p], o.axis[h])),
         "stability": (metrics.jaccard(o.top[f], o.top_noisy[f]), metrics.jaccard(o.top[h], o.top_noisy[h])),
         "entropy": (o.entropy[f], o.entropy[h]),

@@ -89,8 +89,10 @@ def claim_run_dir(path: Path | None, *, preset_name: str, force: bool = False, r
         return _claim_new_default(RUNS_ROOT, preset_name)
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise SaecliError(f"output folder {path} is a symbolic link to {os.readlink(path)}, which does not exist",
-                          hint="remove the link or point it at a folder")
+        raise SaecliError(
+            f"output folder {path} is a symbolic link to {os.readlink(path)}, which does not exist",
+            hint="remove the link or point it at a folder",
+        )
     if path.exists() and not path.is_dir():
         raise SaecliError(f"output path {path} exists and is not a folder", hint="choose another --out")
     if resume and not path.is_dir():
@@ -100,7 +102,9 @@ def claim_run_dir(path: Path | None, *, preset_name: str, force: bool = False, r
         claim.fd = _lock(path)
         if resume:
             if not (path / MANIFEST_FILE).is_file():
-                raise SaecliError(f"{path} is not a saecli run folder (no {MANIFEST_FILE})", hint="give the folder of the run to continue")
+                raise SaecliError(
+                    f"{path} is not a saecli run folder (no {MANIFEST_FILE})", hint="give the folder of the run to continue"
+                )
         elif not force:
             others = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
             if others:
@@ -246,4 +250,3 @@ def clear_outputs(run_dir: Path) -> list[Path]:
     removed += remove_temporaries(run_dir)
     removed += remove_parts(run_dir)
     return removed
-

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class RunResult:
     """What a finished run produced."""
@@ -51,7 +50,13 @@ class RunResult:
 
 
 def start_manifest(
-    config: RunConfig, loaded: PresetInfo, ident: dict[str, Any], *, n_samples: int, data_source: str, batch_size: int,
+    config: RunConfig,
+    loaded: PresetInfo,
+    ident: dict[str, Any],
+    *,
+    n_samples: int,
+    data_source: str,
+    batch_size: int,
     backoffs: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The manifest of a run as it starts (status ``running``; ``finished_ids`` grows with each part
@@ -73,8 +78,11 @@ def start_manifest(
         },
         "model": loaded.identities.get("model"),
         "saes": {
-            str(layer): {"identity": loaded.identities["saes"].get(str(layer)), "hook": loaded.hooks[layer],
-                         "neuronpedia_id": loaded.neuronpedia_ids.get(layer)}
+            str(layer): {
+                "identity": loaded.identities["saes"].get(str(layer)),
+                "hook": loaded.hooks[layer],
+                "neuronpedia_id": loaded.neuronpedia_ids.get(layer),
+            }
             for layer in loaded.layers
         },
         "baselines": config.baselines,
@@ -98,8 +106,14 @@ def start_manifest(
 
 
 def finish_manifest(
-    manifest: dict[str, Any], *, load_seconds: float, stages: dict[str, float], n_tokens: int, analysis_seconds: float,
-    resumed: bool, peak: dict[str, Any],
+    manifest: dict[str, Any],
+    *,
+    load_seconds: float,
+    stages: dict[str, float],
+    n_tokens: int,
+    analysis_seconds: float,
+    resumed: bool,
+    peak: dict[str, Any],
 ) -> dict[str, Any]:
     """The final manifest: status ``complete``, timings and peak memory; the finished ids are the
     rows of metrics.parquet and are not repeated."""
@@ -121,7 +135,21 @@ def finish_manifest(
     return final
 
 
-IDENTITY_FIELDS = ("preset", "data", "data_fingerprint", "domains", "limit", "layers", "seed", "noise_std", "dtype", "mode", "truncate", "columns", "baselines")
+IDENTITY_FIELDS = (
+    "preset",
+    "data",
+    "data_fingerprint",
+    "domains",
+    "limit",
+    "layers",
+    "seed",
+    "noise_std",
+    "dtype",
+    "mode",
+    "truncate",
+    "columns",
+    "baselines",
+)
 """What must not change between a run and its resumption."""
 
 
@@ -161,7 +189,9 @@ def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(stored) - known)
     if unknown:
-        raise SaecliError(f"{run_dir / io.MANIFEST_FILE}: unknown config key {unknown[0]!r}", hint="was it written by another saecli version?")
+        raise SaecliError(
+            f"{run_dir / io.MANIFEST_FILE}: unknown config key {unknown[0]!r}", hint="was it written by another saecli version?"
+        )
     values = {**stored, **{k: v for k, v in overrides.items() if v is not None}}
     values["domains"] = split_domains(values.get("domains"))
     return RunConfig(**values)
@@ -226,12 +256,15 @@ def execute(
     if loaded is None:
         check_preset_files(preset)
     if ray is not None and config.mode != "batched":
-        raise SaecliError("--ray runs the batched analysis; the sequential reference runs on one machine", hint="use `saecli run --ray`")
+        raise SaecliError(
+            "--ray runs the batched analysis; the sequential reference runs on one machine", hint="use `saecli run --ray`"
+        )
     target = resume if resume is not None else out
     with claim_run_dir(target, preset_name=preset.name, force=force, resume=resume is not None) as claim:
         try:
-            return _execute_claimed(config, claim.path, preset, samples, loaded=loaded, progress=progress,
-                                    resuming=resume is not None, ray=ray)
+            return _execute_claimed(
+                config, claim.path, preset, samples, loaded=loaded, progress=progress, resuming=resume is not None, ray=ray
+            )
         except KeyboardInterrupt:
             if (claim.path / io.MANIFEST_FILE).is_file():
                 raise RunInterrupted(claim.path, io.resume_command(claim.path, {"mode": config.mode})) from None
@@ -239,8 +272,15 @@ def execute(
 
 
 def _execute_claimed(
-    config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], *, loaded: LoadedPreset | None,
-    progress: Progress | None, resuming: bool, ray: Any,
+    config: RunConfig,
+    run_dir: Path,
+    preset: Any,
+    samples: list[Any],
+    *,
+    loaded: LoadedPreset | None,
+    progress: Progress | None,
+    resuming: bool,
+    ray: Any,
 ) -> RunResult:
     previous = io.read_manifest(run_dir) if resuming else None
     if previous is not None and previous.get("status") == "complete" and not (run_dir / io.PARTS_DIR).exists():
@@ -262,7 +302,13 @@ def _execute_claimed(
 
 
 def _analyse(
-    config: RunConfig, run_dir: Path, preset: Any, samples: list[Any], backend: Backend, *, previous: dict[str, Any] | None,
+    config: RunConfig,
+    run_dir: Path,
+    preset: Any,
+    samples: list[Any],
+    backend: Backend,
+    *,
+    previous: dict[str, Any] | None,
     progress: Progress | None,
 ) -> RunResult:
     """Start the manifest, analyse what is not finished yet (part by part), merge, finish."""
@@ -382,7 +428,11 @@ def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backe
     crash_point("after_merge")
     state = {**state, "backoffs": work.earlier_backoffs + backend.backoffs, **backend.record()}
     forwarded, real = work.forwarded, work.forwarded_real
-    state["padding"] = {"forwarded_tokens": forwarded, "real_tokens": real, "fraction": round(1 - real / forwarded, 4) if forwarded else 0.0}
+    state["padding"] = {
+        "forwarded_tokens": forwarded,
+        "real_tokens": real,
+        "fraction": round(1 - real / forwarded, 4) if forwarded else 0.0,
+    }
     manifest = finish_manifest(state, load_seconds=backend.info.load_seconds, stages=backend.stages(), n_tokens=work.tokens,
                                analysis_seconds=analysis_seconds, resumed=resumed, peak=backend.peak())  # fmt: skip
     with _writing(run_dir, work.done, state):
@@ -406,4 +456,3 @@ def domain_summary(frame: pl.DataFrame, layers: list[int]) -> pl.DataFrame:
     by_domain = frame.group_by("domain", maintain_order=True).agg(pl.len().alias("n"), *exprs)
     overall = frame.select(pl.lit("all").alias("domain"), pl.len().alias("n"), *exprs)
     return pl.concat([by_domain, overall.cast(by_domain.schema)])
-

@@ -192,7 +192,9 @@ class SaeStage:
                 x_hat = sae.hook_sae_recons(torch.cat(parts)[inverse])
         return _Inertia(eigenvalues, centroid, axis, inverse, x_hat, decoder_rows)
 
-    def _metrics(self, x: torch.Tensor, x_hat: torch.Tensor, enc: _Encoded, inertia: _Inertia, *, first: bool, noisy: int) -> LayerOut:
+    def _metrics(
+        self, x: torch.Tensor, x_hat: torch.Tensor, enc: _Encoded, inertia: _Inertia, *, first: bool, noisy: int
+    ) -> LayerOut:
         l0, values, mask = enc.l0, enc.values, enc.mask
         span = max(e.shape[-1] for e in inertia.eigenvalues)
         lam = torch.cat([torch.nn.functional.pad(e, (0, span - e.shape[-1])) for e in inertia.eigenvalues])[inertia.inverse]

@@ -52,9 +52,7 @@ def random_model(cfg: dict[str, Any], *, seed: int = 0, dtype: str = "float32", 
     return model
 
 
-def random_sae(
-    d_in: int, d_sae: int, hook_name: str, *, seed: int = 0, dtype: str = "float32", target_l0: float = 8.0
-) -> SAE:
+def random_sae(d_in: int, d_sae: int, hook_name: str, *, seed: int = 0, dtype: str = "float32", target_l0: float = 8.0) -> SAE:
     """A JumpReLU SAE with seeded random unit-norm decoder rows, encoder = decoderᵀ, and thresholds
     set so that about ``target_l0`` features fire on a Gaussian input of unit variance per dim."""
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig

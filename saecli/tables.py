@@ -262,8 +262,13 @@ class ColumnMap:
 
 
 def resolve_mapping(
-    columns: tuple[str, ...], where: str, *, given: dict[str, str] | None, base: dict[str, Source] | None = None,
-    domain: str, make_id: Source | None = None,
+    columns: tuple[str, ...],
+    where: str,
+    *,
+    given: dict[str, str] | None,
+    base: dict[str, Source] | None = None,
+    domain: str,
+    make_id: Source | None = None,
 ) -> ColumnMap:
     """The mapping of a table with these ``columns``: ``base`` (a built-in dataset's own mapping, or
     nothing), then each field from its same-named column where there is one, ``given``

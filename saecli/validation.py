@@ -82,7 +82,9 @@ def check_domains(value: Any, name: str = "domains") -> tuple[str, ...] | None:
     if not isinstance(value, tuple) or not all(isinstance(d, str) for d in value):
         raise SaecliError(f"{name} must be a tuple of domain names, got {value!r}")
     if not value or not all(d.strip() for d in value):
-        raise SaecliError(f"{name} must name at least one domain, each non-empty, got {value!r}", hint="e.g. --domains entity,logical")
+        raise SaecliError(
+            f"{name} must name at least one domain, each non-empty, got {value!r}", hint="e.g. --domains entity,logical"
+        )
     return value
 
 

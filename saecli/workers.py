@@ -286,8 +286,9 @@ class Pool:
         except Exception:  # noqa: BLE001 - it is gone already, which is what we want
             pass
         if self.replaced >= MAX_REPLACEMENTS:
-            raise SaecliError(f"{self.replaced + 1} Ray workers died in this run; giving up", hint="see the Ray logs (`ray logs`)",
-                              exit_code=1)
+            raise SaecliError(
+                f"{self.replaced + 1} Ray workers died in this run; giving up", hint="see the Ray logs (`ray logs`)", exit_code=1
+            )
         if self._room() > len(self.actors):
             self.replaced += 1
             fresh = self._spawn()
@@ -351,8 +352,6 @@ class Pool:
             except Exception:  # noqa: BLE001 - stopping what may already be gone
                 pass
         self.actors.clear()
-
-
 
 
 class RayBackend:

@@ -60,13 +60,17 @@ def doctor_figures(doc: Any) -> list[str]:
             lines.append(f"{check.get('status')}: {check.get('name')}: {check.get('detail')}")
     est = doc.get("estimate") or {}
     if est:
-        lines.append(f"predicted largest safe batch {est.get('largest_safe')} (free {gib(est.get('free_bytes'))}, "
-                     f"model {gib(est.get('model_bytes'))}, SAEs {gib(est.get('sae_bytes'))}, longest {est.get('longest_tokens')} tokens)")
+        lines.append(
+            f"predicted largest safe batch {est.get('largest_safe')} (free {gib(est.get('free_bytes'))}, "
+            f"model {gib(est.get('model_bytes'))}, SAEs {gib(est.get('sae_bytes'))}, longest {est.get('longest_tokens')} tokens)"
+        )
     probe = doc.get("probe")
     if isinstance(probe, dict):
         tried = ", ".join(f"{p.get('size')}:{p.get('outcome')}/{gib(p.get('peak_bytes'))}" for p in probe.get("probes") or [])
-        lines.append(f"probe: ok={probe.get('ok')} size={probe.get('size')} load {probe.get('load_seconds')} s, "
-                     f"loaded {gib(probe.get('loaded_bytes'))}; {probe.get('reason') or probe.get('error')}")
+        lines.append(
+            f"probe: ok={probe.get('ok')} size={probe.get('size')} load {probe.get('load_seconds')} s, "
+            f"loaded {gib(probe.get('loaded_bytes'))}; {probe.get('reason') or probe.get('error')}"
+        )
         if tried:
             lines.append(f"probes (size:outcome/peak): {tried}")
     return lines
@@ -98,8 +102,10 @@ def compare_figures(doc: Any) -> list[str]:
     for label, result in (doc.get("drift_vs_float64") or {}).items():
         numeric = [c for c in result.get("columns") or [] if c.get("kind") == "numeric"]
         top = sorted(numeric, key=lambda c: -(c.get("max_abs") or 0))[:3]
-        lines.append(f"drift vs float64, {label}: " + ", ".join(
-            f"{c.get('column')} max {c.get('max_abs'):.2e} median {c.get('median_abs', 0):.2e}" for c in top))
+        lines.append(
+            f"drift vs float64, {label}: "
+            + ", ".join(f"{c.get('column')} max {c.get('max_abs'):.2e} median {c.get('median_abs', 0):.2e}" for c in top)
+        )
     return lines
 
 
@@ -110,10 +116,12 @@ def bench_figures(folder: Path, stderr: Path) -> list[str]:
         lines = []
         if rows:
             best = max(rows, key=lambda r: r.get("samples_per_second") or 0)
-            lines.append(f"best {best.get('samples_per_second')} samples/s at batch {best.get('size')} "
-                         f"({doc.get('samples')} samples, device {doc.get('device')}, dtype {doc.get('dtype')}, "
-                         f"load {best.get('load_seconds')} s, peak {gib(best.get('peak_memory'))}); "
-                         f"recommended {doc.get('recommended')}")
+            lines.append(
+                f"best {best.get('samples_per_second')} samples/s at batch {best.get('size')} "
+                f"({doc.get('samples')} samples, device {doc.get('device')}, dtype {doc.get('dtype')}, "
+                f"load {best.get('load_seconds')} s, peak {gib(best.get('peak_memory'))}); "
+                f"recommended {doc.get('recommended')}"
+            )
         else:
             lines.append(f"no size succeeded (device {doc.get('device')}, dtype {doc.get('dtype')})")
         for r in doc.get("results") or []:
@@ -122,10 +130,13 @@ def bench_figures(folder: Path, stderr: Path) -> list[str]:
                 total = sum(v for v in stages.values() if isinstance(v, (int, float))) or 1.0
                 split = " ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items() if isinstance(v, (int, float)))
                 plain = r.get("samples_per_second_no_baselines")
-                lines.append(f"  batch {r.get('size')}: {r.get('samples_per_second')} samples/s"
-                             + (f" ({plain} without baselines)" if plain else "") + ", "
-                             f"{r.get('tokens_per_second')} tokens/s, {r.get('seconds_median')} s, "
-                             f"peak {gib(r.get('peak_memory'))} (+{gib(r.get('peak_increase'))}), load {r.get('load_seconds')} s; {split}")
+                lines.append(
+                    f"  batch {r.get('size')}: {r.get('samples_per_second')} samples/s"
+                    + (f" ({plain} without baselines)" if plain else "")
+                    + ", "
+                    f"{r.get('tokens_per_second')} tokens/s, {r.get('seconds_median')} s, "
+                    f"peak {gib(r.get('peak_memory'))} (+{gib(r.get('peak_increase'))}), load {r.get('load_seconds')} s; {split}"
+                )
             else:
                 lines.append(f"  batch {r.get('size')}: {'OOM' if r.get('oom') else 'failed'}: {r.get('error')}")
         if doc.get("reason"):
@@ -139,8 +150,10 @@ def bench_figures(folder: Path, stderr: Path) -> list[str]:
     if not done:
         return ["no bench.json and no size finished"]
     best = max(done)
-    return [f"no bench.json (cut short?); from stderr: best {best[0]} samples/s at batch {best[1]}",
-            "  " + ", ".join(f"batch {s}: {v} samples/s (peak {p})" for v, s, p in done)]
+    return [
+        f"no bench.json (cut short?); from stderr: best {best[0]} samples/s at batch {best[1]}",
+        "  " + ", ".join(f"batch {s}: {v} samples/s (peak {p})" for v, s, p in done),
+    ]
 
 
 def _required(row: dict[str, str]) -> str:

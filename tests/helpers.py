@@ -29,8 +29,15 @@ def random_loaded(
 ) -> LoadedPreset:
     """A complete :class:`LoadedPreset` with random weights (tests: milliseconds on a CPU)."""
     model = random_model(
-        {"n_layers": n_layers, "d_model": d_model, "n_heads": 4, "d_head": d_model // 4, "d_mlp": 4 * d_model, "n_ctx": n_ctx,
-         **(model_overrides or {})},
+        {
+            "n_layers": n_layers,
+            "d_model": d_model,
+            "n_heads": 4,
+            "d_head": d_model // 4,
+            "d_mlp": 4 * d_model,
+            "n_ctx": n_ctx,
+            **(model_overrides or {}),
+        },
         seed=seed,
         dtype=dtype,
     )

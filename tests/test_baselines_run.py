@@ -80,6 +80,7 @@ def test_neuronpedia_id_of_an_sae_reaches_the_manifest_and_the_feature_links(tmp
     features = pl.read_csv(tmp_path / "run" / "features.csv")
     linked = features.filter(pl.col("layer") == first)
     assert linked.height > 0 and all(
-        url == f"https://www.neuronpedia.org/gpt2-small/0-res-jb/{feature}" for url, feature in zip(linked["url"], linked["feature"], strict=True)
+        url == f"https://www.neuronpedia.org/gpt2-small/0-res-jb/{feature}"
+        for url, feature in zip(linked["url"], linked["feature"], strict=True)
     )
     assert features.filter(pl.col("layer") != first)["url"].fill_null("").eq("").all()

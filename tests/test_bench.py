@@ -31,8 +31,6 @@ def test_recommend_fastest_under_margin():
     assert recommend([SizeResult(size=1, ok=False, oom=True)], available=GiB)[0] is None
 
 
-
-
 def test_auto_halves_on_oom(loaded64, samples, oom_above):
     oom_above(4)
     auto = find_batch_size(loaded64, samples, cap=32)
@@ -62,7 +60,9 @@ def test_measure_records_oom(oom_above):
     result = measure(job(config, 4, repeats=1, baselines="on"))
     assert result["oom"] is True and result["ok"] is False and "out of memory" in result["error"]
     ok = measure(job(config, 2, repeats=1, baselines="on"))
-    assert ok["ok"] and ok["samples"] == 8 and ok["samples_per_second"] > 0 and set(ok["stages"]) >= {"forward", "sae", "geometry"}
+    assert (
+        ok["ok"] and ok["samples"] == 8 and ok["samples_per_second"] > 0 and set(ok["stages"]) >= {"forward", "sae", "geometry"}
+    )
     _sane_flops(ok)
 
 

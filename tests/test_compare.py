@@ -84,8 +84,14 @@ def test_compare_runs_perturbed(run_dir, tmp_path):
     def perturb(frame):
         ids = frame["sample_id"].to_list()
         frame = frame.with_columns(
-            pl.when(pl.col("sample_id") == ids[1]).then(pl.col("entropy_fact") + 2e-6).otherwise(pl.col("entropy_fact")).alias("entropy_fact"),
-            pl.when(pl.col("sample_id") == ids[2]).then(pl.lit("Spherical")).otherwise(pl.col("l2_hall_shape_class")).alias("l2_hall_shape_class"),
+            pl.when(pl.col("sample_id") == ids[1])
+            .then(pl.col("entropy_fact") + 2e-6)
+            .otherwise(pl.col("entropy_fact"))
+            .alias("entropy_fact"),
+            pl.when(pl.col("sample_id") == ids[2])
+            .then(pl.lit("Spherical"))
+            .otherwise(pl.col("l2_hall_shape_class"))
+            .alias("l2_hall_shape_class"),
         )
         return frame.filter(pl.col("sample_id") != ids[5])
 
@@ -183,4 +189,3 @@ def test_compare_below_float64_reports_drift_against_a_float64_reference():
         assert all(c["median_abs"] <= c["max_abs"] for c in numeric.values())
     table = runner.invoke(app, ["compare", "--limit", "8", "--sizes", "4", "--dtype", "float32"])
     assert "drift against the float64 sequential reference" in table.stdout
-

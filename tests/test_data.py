@@ -140,7 +140,10 @@ def test_hb_suite_names_the_records_own_domain_field(tmp_path):
     "content, message",
     [
         (json.dumps([GOOD]).encode("utf-16"), "bad.json is not UTF-8 text \\(it looks like UTF-16\\)"),
-        (json.dumps([{**GOOD, "fact": "Málaga"}], ensure_ascii=False).encode("latin-1"), "bad.json is not UTF-8 text: byte 58 \\(0xe1\\)"),
+        (
+            json.dumps([{**GOOD, "fact": "Málaga"}], ensure_ascii=False).encode("latin-1"),
+            "bad.json is not UTF-8 text: byte 58 \\(0xe1\\)",
+        ),
         (b"[" * 100_000, "bad.json: invalid JSON: arrays or objects nested too deeply"),
         (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
     ],

@@ -56,7 +56,10 @@ def test_live_facts_are_torch_s():
 def test_dtype_vocabulary():
     assert [torch_dtype(name).itemsize for name in DTYPES] == [DTYPE_BYTES[name] for name in DTYPES]
     assert {name: sae_dtype_for(name) for name in DTYPES} == {
-        "float32": "float32", "float64": "float64", "bfloat16": "float32", "float16": "float32",
+        "float32": "float32",
+        "float64": "float64",
+        "bfloat16": "float32",
+        "float16": "float32",
     }
 
 

@@ -41,28 +41,62 @@ from saecli.hub import HubStatus
 
 runner = CliRunner()
 GiB = 2**30
-GOOD_VERSIONS = {"saecli": "0.1.0", "torch": "2.13.0", "transformer_lens": "3.9.0", "sae_lens": "6.54.12", "numpy": "2.4.6",
-                 "polars": "2.1.0", "transformers": "5.24.0", "huggingface_hub": "2.4.0"}
+GOOD_VERSIONS = {
+    "saecli": "0.1.0",
+    "torch": "2.13.0",
+    "transformer_lens": "3.9.0",
+    "sae_lens": "6.54.12",
+    "numpy": "2.4.6",
+    "polars": "2.1.0",
+    "transformers": "5.24.0",
+    "huggingface_hub": "2.4.0",
+}
 
 
 def fake_env(**changes) -> Environment:
     """A healthy Linux machine without accelerators; ``changes`` override fields."""
-    base = Environment(platform="Linux-fake", machine="x86_64", python="3.11.7", versions=dict(GOOD_VERSIONS),
-                       torch_threads=4, cpu_count=8, cpu_usable=8, memory_total=32 * GiB, memory_available=24 * GiB)
+    base = Environment(
+        platform="Linux-fake",
+        machine="x86_64",
+        python="3.11.7",
+        versions=dict(GOOD_VERSIONS),
+        torch_threads=4,
+        cpu_count=8,
+        cpu_usable=8,
+        memory_total=32 * GiB,
+        memory_available=24 * GiB,
+    )
     return dataclasses.replace(base, **changes)
 
 
 def fake_cuda(free: int, total: int = 16 * GiB, bf16: bool = True, **changes) -> Environment:
     gpu = GPU(0, "Fake GPU", "8.0" if bf16 else "7.5", total, free, bf16)
-    return fake_env(torch_cuda_build="12.4", cuda_available=True, driver_version="550.54", driver_cuda="12.4",
-                    gpus=[gpu], nvidia_present=True, **changes)
+    return fake_env(
+        torch_cuda_build="12.4",
+        cuda_available=True,
+        driver_version="550.54",
+        driver_cuda="12.4",
+        gpus=[gpu],
+        nvidia_present=True,
+        **changes,
+    )
 
 
 def gpt2_facts(**changes) -> PresetFacts:
     """The gpt2-small preset as gather_preset sees it with everything cached, longest text 32 tokens."""
     saes = [SAEShape(layer, 768, 24576, f"blocks.{layer}.hook_resid_pre") for layer in (2, 6, 10)]
-    base = PresetFacts(name="gpt2-small", source="gpt2-small", kind="hub", dtype="float32", default_batch=16,
-                       model_shape=KNOWN_SHAPES["gpt2-small"], saes=saes, longest_tokens=32, tokens_exact=True, n_samples=200)
+    base = PresetFacts(
+        name="gpt2-small",
+        source="gpt2-small",
+        kind="hub",
+        dtype="float32",
+        default_batch=16,
+        model_shape=KNOWN_SHAPES["gpt2-small"],
+        saes=saes,
+        longest_tokens=32,
+        tokens_exact=True,
+        n_samples=200,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -160,8 +194,9 @@ def test_no_accelerator_is_fine_unless_asked_for():
 
 
 def test_mps_opt_in_and_float64():
-    env = fake_env(platform="macOS-14-arm64", machine="arm64", apple_silicon=True, mps_built=True, mps_available=True,
-                   mps_max_bytes=12 * GiB)
+    env = fake_env(
+        platform="macOS-14-arm64", machine="arm64", apple_silicon=True, mps_built=True, mps_available=True, mps_max_bytes=12 * GiB
+    )
     check = check_mps(env)
     assert check.status == "warn" and "TRANSFORMERLENS_ALLOW_MPS=unset" in check.detail
     assert check_mps(dataclasses.replace(env, env={"TRANSFORMERLENS_ALLOW_MPS": "1"})).status == "ok"
@@ -182,14 +217,22 @@ def test_missing_sae_offline_gives_the_fetch_command():
     facts = gpt2_facts(
         artifacts=[
             Artifact("model gpt2-small", "gpt2", True, repo="gpt2"),
-            Artifact("SAE gpt2-small-res-jb/blocks.6.hook_resid_pre", "x", False, repo="jbloom/GPT2-Small-SAEs-Reformatted",
-                     include="blocks.6.hook_resid_pre"),
+            Artifact(
+                "SAE gpt2-small-res-jb/blocks.6.hook_resid_pre",
+                "x",
+                False,
+                repo="jbloom/GPT2-Small-SAEs-Reformatted",
+                include="blocks.6.hook_resid_pre",
+            ),
         ],
         hub=HubStatus(offline_env=True, reachable=None, endpoint="https://huggingface.co", cache="/c"),
     )
     check = check_preset(facts)
     assert check.status == "fail" and "blocks.6.hook_resid_pre" in check.detail and "model gpt2-small" not in check.detail
-    assert check.hint == "fetch on a connected machine: hf download jbloom/GPT2-Small-SAEs-Reformatted --include 'blocks.6.hook_resid_pre/*'"
+    assert (
+        check.hint
+        == "fetch on a connected machine: hf download jbloom/GPT2-Small-SAEs-Reformatted --include 'blocks.6.hook_resid_pre/*'"
+    )
     online = dataclasses.replace(facts, hub=HubStatus(False, True, "https://huggingface.co", "/c"))
     assert check_preset(online).status == "warn"  # downloaded on the first run
 
@@ -237,8 +280,14 @@ def test_tiny_preset_is_complete_and_tokenized():
 
 
 def test_a_missing_local_file_fails(tmp_path):
-    facts = PresetFacts(name="mine", source="x.toml", kind="local", dtype="float32", default_batch=16,
-                        artifacts=[Artifact("model config.json", str(tmp_path / "config.json"), False)])
+    facts = PresetFacts(
+        name="mine",
+        source="x.toml",
+        kind="local",
+        dtype="float32",
+        default_batch=16,
+        artifacts=[Artifact("model config.json", str(tmp_path / "config.json"), False)],
+    )
     check = check_preset(facts)
     assert check.status == "fail" and str(tmp_path / "config.json") in check.detail
 
@@ -295,8 +344,10 @@ def test_estimate_grows_with_batch_and_text_length():
     assert all(long.per_batch[s] > short.per_batch[s] for s in sizes)
     assert long.largest_safe == short.largest_safe == 128  # the data's size caps both
     small = fake_cuda(free=6 * GiB)
-    assert check_memory(small, gpt2_facts(longest_tokens=256), "cuda", "float32")[1].largest_safe < \
-        check_memory(small, gpt2_facts(longest_tokens=32), "cuda", "float32")[1].largest_safe
+    assert (
+        check_memory(small, gpt2_facts(longest_tokens=256), "cuda", "float32")[1].largest_safe
+        < check_memory(small, gpt2_facts(longest_tokens=32), "cuda", "float32")[1].largest_safe
+    )
 
 
 def test_unknown_shape_points_to_the_probe():
@@ -335,7 +386,9 @@ def test_doctor_imports_neither_transformer_lens_nor_sae_lens():
         "import sys; from saecli.doctor import diagnose; diagnose('gemma-2-2b'); diagnose('tiny'); "
         "print([m for m in ('transformer_lens', 'sae_lens', 'transformers') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

@@ -68,7 +68,12 @@ def test_analyze_options_apply_over_a_run_config(loaded64, samples):
     over = _by_id(analyze(samples[:6], loaded64, config, baselines=True, sequential=True))
     assert all(r["logprob_sum_fact"] is not None for r in over.values())
     metric = [c for c in metric_columns(loaded64.layers) if not c.startswith("logprob")]
-    assert _max_diff({s: {c: r[c] for c in metric} for s, r in given.items()}, {s: {c: r[c] for c in metric} for s, r in over.items()}) <= 1e-9
+    assert (
+        _max_diff(
+            {s: {c: r[c] for c in metric} for s, r in given.items()}, {s: {c: r[c] for c in metric} for s, r in over.items()}
+        )
+        <= 1e-9
+    )
 
 
 def test_rows_in_input_order_with_spec_columns(loaded64, samples):
@@ -162,8 +167,14 @@ def test_rotary_gqa_model_batched_equals_sequential(samples, window):
         dtype="float64",
         seed=3,
         model_overrides={
-            "positional_embedding_type": "rotary", "rotary_dim": 8, "n_key_value_heads": 2, "normalization_type": "RMS",
-            "use_local_attn": True, "window_size": window, "attn_types": ["local", "global", "local"], "gated_mlp": True,
+            "positional_embedding_type": "rotary",
+            "rotary_dim": 8,
+            "n_key_value_heads": 2,
+            "normalization_type": "RMS",
+            "use_local_attn": True,
+            "window_size": window,
+            "attn_types": ["local", "global", "local"],
+            "gated_mlp": True,
         },
     )
     reference = _by_id(analyze(samples[:12], loaded, sequential=True))

@@ -35,7 +35,10 @@ def test_unembedding_is_counted_at_the_scored_positions(loaded64):
     # distinct scored position, on top of the blocks.
     shape = ModelShape.of(loaded64.model.cfg)
     assert shape.unembed_flops() == 2 * 32 * 257 == 16_448
-    passes = [ForwardPass(rows=8, width=5, real=25, blocks=3, scored=8), ForwardPass(rows=16, width=4, real=30, past=5, blocks=3, scored=14)]
+    passes = [
+        ForwardPass(rows=8, width=5, real=25, blocks=3, scored=8),
+        ForwardPass(rows=16, width=4, real=30, past=5, blocks=3, scored=14),
+    ]
     blocks = 3 * 8 * 5 * (24576 + 128 * 5) + 3 * 16 * 4 * (24576 + 128 * (5 + 4))
     assert forward_flops(shape, 3, passes) == blocks + (8 + 14) * 16_448
 

@@ -64,7 +64,11 @@ def test_halueval(cache):
                              "Shirley Temple", "Kiss and Tell starred Meryl Streep.")  # fmt: skip
     assert load_samples("hf:pminervini/halueval:qa") == qa  # repo ids are matched without regard to case
     (dialogue,) = load_samples("hf:pminervini/HaluEval:dialogue")
-    assert (dialogue.id, dialogue.domain, dialogue.fact) == ("halueval-dialogue-0", "halueval-dialogue", "Robert Downey Jr. plays Tony Stark.")
+    assert (dialogue.id, dialogue.domain, dialogue.fact) == (
+        "halueval-dialogue-0",
+        "halueval-dialogue",
+        "Robert Downey Jr. plays Tony Stark.",
+    )
     assert dialogue.prompt.startswith("[Human]: Do you like Iron Man?")
     (summary,) = load_samples("hf:pminervini/HaluEval:summarization")
     assert summary.domain == "halueval-summarization" and summary.prompt.endswith("next spring.\n\nSummary:")
@@ -74,16 +78,26 @@ def test_halueval(cache):
 
 
 def test_domains_and_limit_work_on_datasets(cache):
-    assert [s.id for s in load_samples("hf:truthful_qa:generation", domains=["truthfulqa"], limit=2)] == ["truthfulqa-gen-0", "truthfulqa-gen-1"]
+    assert [s.id for s in load_samples("hf:truthful_qa:generation", domains=["truthfulqa"], limit=2)] == [
+        "truthfulqa-gen-0",
+        "truthfulqa-gen-1",
+    ]
     with pytest.raises(SaecliError, match="domain 'entity' is not in the data"):
         load_samples("hf:truthful_qa:generation", domains=["entity"])
 
 
 def test_columns_replace_single_fields_of_a_builtin_mapping(cache):
     samples = load_samples("hf:truthful_qa:generation", columns="domain=category,topic=type")
-    assert [(s.domain, s.topic) for s in samples] == [("Misconceptions", "Adversarial"), ("Geography", "Non-Adversarial"), ("Health", "Adversarial")]
+    assert [(s.domain, s.topic) for s in samples] == [
+        ("Misconceptions", "Adversarial"),
+        ("Geography", "Non-Adversarial"),
+        ("Health", "Adversarial"),
+    ]
     assert samples[0].fact == "The watermelon seeds pass through your digestive system"
-    with pytest.raises(SaecliError, match=r"hf:truthfulqa/truthful_qa:generation:validation: no column 'answer' for fact \(columns: type, category"):
+    with pytest.raises(
+        SaecliError,
+        match=r"hf:truthfulqa/truthful_qa:generation:validation: no column 'answer' for fact \(columns: type, category",
+    ):
         load_samples("hf:truthful_qa:generation", columns="fact=answer")
 
 
@@ -115,13 +129,24 @@ def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "spec, message, hint",
     [
-        ("hf:nobody/nothing", "dataset nobody/nothing is not in the Hugging Face cache", "hf download --repo-type dataset nobody/nothing"),
+        (
+            "hf:nobody/nothing",
+            "dataset nobody/nothing is not in the Hugging Face cache",
+            "hf download --repo-type dataset nobody/nothing",
+        ),
         ("hf:truthful_qa:generation", None, None),  # found (the control)
-        ("hf:truthfulqa/truthful_qa", "hf:truthfulqa/truthful_qa: name a config, one of generation, multiple_choice",
-         "e.g. hf:truthfulqa/truthful_qa:generation"),
+        (
+            "hf:truthfulqa/truthful_qa",
+            "hf:truthfulqa/truthful_qa: name a config, one of generation, multiple_choice",
+            "e.g. hf:truthfulqa/truthful_qa:generation",
+        ),
         ("hf:truthfulqa/truthful_qa:gen", "unknown config 'gen'", "configs: generation, multiple_choice"),
         ("hf:truthfulqa/truthful_qa:generation:train", "unknown split 'train'", "splits: validation"),
-        ("hf:a/b/c", "'hf:a/b/c' is not a Hugging Face dataset: the form is hf:NAME[:CONFIG][:SPLIT]", "hf:pminervini/HaluEval:qa"),
+        (
+            "hf:a/b/c",
+            "'hf:a/b/c' is not a Hugging Face dataset: the form is hf:NAME[:CONFIG][:SPLIT]",
+            "hf:pminervini/HaluEval:qa",
+        ),
         ("hf:truthful_qa::validation", "is not a Hugging Face dataset", None),
     ],
 )
@@ -185,7 +210,12 @@ for repo, config, split, n in {[(TRUTHFULQA, "generation", "validation", 3), (TR
     assert datasets.load_dataset(folder, config, split=split).num_rows == n, (repo, config)
 print("ok")
 """  # fmt: skip
-    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache.parent / "ds"), "PATH": "/usr/bin:/bin"}
+    env = {
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(cache.parent / "ds"),
+        "PATH": "/usr/bin:/bin",
+    }
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 

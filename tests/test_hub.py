@@ -26,7 +26,8 @@ def test_fetch_commands_one_per_repo():
 def test_repo_lookups_without_the_libraries():
     assert hub.model_repo("gpt2-small") == ("gpt2", "saecli's table")
     assert hub.sae_location("gpt2-small-res-jb", "blocks.6.hook_resid_pre") == (
-        "jbloom/GPT2-Small-SAEs-Reformatted", "blocks.6.hook_resid_pre",
+        "jbloom/GPT2-Small-SAEs-Reformatted",
+        "blocks.6.hook_resid_pre",
     )
     with pytest.raises(SaecliError, match="unknown SAELens release 'nope'"):
         hub.sae_location("nope", "x")

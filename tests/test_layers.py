@@ -92,6 +92,11 @@ def test_no_private_name_is_imported_across_modules():
             elif isinstance(node, ast.Import):
                 modules |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("saecli")}
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            if (
+                isinstance(node, ast.Attribute)
+                and _private(node.attr)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+            ):
                 offenders.append(f"{path.name}: {node.value.id}.{node.attr}")
     assert offenders == []

@@ -75,8 +75,11 @@ def test_accelerator_branches_on_a_faked_cuda(monkeypatch):
     """No GPU here: the CUDA branches run against torch.cuda functions replaced by fakes."""
     calls = []
     fakes = {
-        "max_memory_allocated": lambda: 3 * GiB, "max_memory_reserved": lambda: 4 * GiB, "memory_allocated": lambda: GiB,
-        "mem_get_info": lambda: (5 * GiB, 8 * GiB), "empty_cache": lambda: calls.append("empty"),
+        "max_memory_allocated": lambda: 3 * GiB,
+        "max_memory_reserved": lambda: 4 * GiB,
+        "memory_allocated": lambda: GiB,
+        "mem_get_info": lambda: (5 * GiB, 8 * GiB),
+        "empty_cache": lambda: calls.append("empty"),
         "reset_peak_memory_stats": lambda: calls.append("reset"),
     }
     for name, fake in fakes.items():

@@ -97,7 +97,9 @@ def test_bench_ray_refuses_the_sequential_reference(tmp_path, monkeypatch):
 def test_doctor_reads_a_table_through_columns(tmp_path):
     table = tmp_path / "pairs.csv"
     table.write_text("q,right,wrong\nThe capital of France is,Paris,Lyon\nThe sky is,blue,green\n")
-    result = runner.invoke(app, ["doctor", "--data", str(table), "--columns", "prompt=q,fact=right,hallucination=wrong", "--json"])
+    result = runner.invoke(
+        app, ["doctor", "--data", str(table), "--columns", "prompt=q,fact=right,hallucination=wrong", "--json"]
+    )
     report = json.loads(result.stdout)
     assert report["config"]["columns"] == "prompt=q,fact=right,hallucination=wrong"
     assert {c["name"]: c for c in report["checks"]}["memory"]["status"] != "fail", report["checks"]
@@ -121,7 +123,12 @@ def test_every_command_honours_the_presets_defaults(capture, preset_with_default
 
 
 def test_flags_beat_the_presets_defaults_everywhere(capture, preset_with_defaults):
-    for command, name in ((["run"], "run"), (["bench", "--no-sequential"], "bench"), (["compare"], "compare"), (["doctor"], "doctor")):
+    for command, name in (
+        (["run"], "run"),
+        (["bench", "--no-sequential"], "bench"),
+        (["compare"], "compare"),
+        (["doctor"], "doctor"),
+    ):
         _invoke([*command, "--config", str(preset_with_defaults), "--seed", "9"])
         assert capture[name].seed == 9
 
@@ -130,7 +137,10 @@ def test_workers_is_one_type_in_run_and_bench():
     from typer.main import get_command
 
     commands = get_command(app).commands
-    types = {name: next(p for p in commands[name].params if p.name == "workers").type_descriptor.annotation for name in ("run", "bench")}
+    types = {
+        name: next(p for p in commands[name].params if p.name == "workers").type_descriptor.annotation
+        for name in ("run", "bench")
+    }
     assert types["run"] == types["bench"]
     result = runner.invoke(app, ["run", "--ray", "--workers", "1,2"])
     assert result.exit_code == 2 and "one number of Ray workers" in result.output
@@ -228,10 +238,36 @@ def test_every_path_records_the_same_configuration(ray_cluster, tmp_path):
     paths = {
         "run": ["run", *options, "--batch-size", "2", "--out", str(tmp_path / "run"), "--json"],
         "run --ray": ["run", "--ray", "--workers", "1", *options, "--batch-size", "2", "--out", str(tmp_path / "ray"), "--json"],
-        "bench": ["bench", *options, "--sizes", "2", "--repeats", "1", "--no-sequential", "--baselines", "on",
-                  "--out", str(tmp_path / "bench"), "--json"],  # fmt: skip
-        "bench --ray": ["bench", "--ray", "--workers", "1", *options, "--sizes", "2", "--repeats", "1", "--baselines", "on",
-                        "--out", str(tmp_path / "bench-ray"), "--json"],  # fmt: skip
+        "bench": [
+            "bench",
+            *options,
+            "--sizes",
+            "2",
+            "--repeats",
+            "1",
+            "--no-sequential",
+            "--baselines",
+            "on",
+            "--out",
+            str(tmp_path / "bench"),
+            "--json",
+        ],  # fmt: skip
+        "bench --ray": [
+            "bench",
+            "--ray",
+            "--workers",
+            "1",
+            *options,
+            "--sizes",
+            "2",
+            "--repeats",
+            "1",
+            "--baselines",
+            "on",
+            "--out",
+            str(tmp_path / "bench-ray"),
+            "--json",
+        ],  # fmt: skip
         "compare": ["compare", *options, "--batch-size", "2", "--json"],
     }
     recorded = {}

@@ -105,7 +105,9 @@ def broken_json_files(draw) -> tuple[str, str | bytes]:
     if kind == "not a list":
         return "d.json", json.dumps(draw(st.one_of(SCALARS, st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))))
     if kind == "not objects":
-        return "d.json", json.dumps(draw(st.lists(st.one_of(SCALARS, st.lists(st.integers(), max_size=2)), min_size=1, max_size=3)))
+        return "d.json", json.dumps(
+            draw(st.lists(st.one_of(SCALARS, st.lists(st.integers(), max_size=2)), min_size=1, max_size=3))
+        )
     if kind == "nested":
         depth = draw(st.integers(1, 100_000))
         return "d.json", "[" * depth + ("]" * depth if draw(st.booleans()) else "")

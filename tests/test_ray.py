@@ -115,7 +115,9 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, ray_cluster, plain, poo
 
 def test_out_of_memory_backs_off_inside_the_worker(tmp_path, ray_cluster, plain, oom_above):
     oom_above(1)
-    result = execute(RunConfig(limit=LIMIT, batch_size=2, dtype="float64"), out=tmp_path / "run", ray=cluster.RayOptions(workers=2))
+    result = execute(
+        RunConfig(limit=LIMIT, batch_size=2, dtype="float64"), out=tmp_path / "run", ray=cluster.RayOptions(workers=2)
+    )
     assert compare_frames(plain, result.frame, atol=1e-12).passed
     assert result.manifest["backoffs"] and all(b["new_size"] == 1 for b in result.manifest["backoffs"])
 

@@ -93,6 +93,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, reference
 def test_resume_refuses_other_settings_and_non_runs(tmp_path):
     out = tmp_path / "run"
     assert _saecli([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": "after_part#1"}).returncode == -signal.SIGKILL
+
     # The killed run's lock file is saecli's bookkeeping, taken over by each attempt; the results must not change.
     def files():
         return {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".saecli.lock"}
@@ -117,8 +118,6 @@ def test_corrupted_part_is_redone(tmp_path, reference):
     assert resumed.returncode == 0, resumed.stderr
     assert part.name in resumed.stderr and "unreadable" in resumed.stderr
     assert compare_frames(reference, pl.read_parquet(out / "metrics.parquet"), atol=1e-6).passed
-
-
 
 
 @pytest.mark.slow

@@ -153,6 +153,8 @@ def test_claim_is_atomic_between_processes(tmp_path):
         "print('claimed', flush=True); time.sleep(1.5)\n"
     )
     start = str(time.time() + 1.0)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), start], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path), start], stdout=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert outcomes == ["claimed", "refused", "refused", "refused"]

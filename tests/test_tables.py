@@ -104,7 +104,12 @@ def test_csv_details(tmp_path):
                      b'a,"The capital of France, a country, is",Paris,"Ly\r\non",,  12 ,entity\r\n')  # fmt: skip
     (sample,) = load_samples(path)
     assert (sample.id, sample.prompt, sample.hallucination, sample.topic, sample.complexity) == (
-        "a", "The capital of France, a country, is", "Ly\r\non", None, 12)
+        "a",
+        "The capital of France, a country, is",
+        "Ly\r\non",
+        None,
+        12,
+    )
 
 
 def test_literal_paths(tmp_path):
@@ -123,7 +128,11 @@ def test_literal_paths(tmp_path):
     "content, columns, message",
     [
         ("id,prompt,fact\na,P,f\n", None, "t.csv: no column 'hallucination' (columns: id, prompt, fact)"),
-        ("id,q,fact,hallucination\na,P,f,h\n", "prompt=question", "t.csv: no column 'question' for prompt (columns: id, q, fact, hallucination)"),
+        (
+            "id,q,fact,hallucination\na,P,f,h\n",
+            "prompt=question",
+            "t.csv: no column 'question' for prompt (columns: id, q, fact, hallucination)",
+        ),
         ("id,prompt,fact,hallucination\na,P,,h\n", None, "t.csv line 2 (id 'a'): column 'fact' is empty"),
         ("k,prompt,fact,hallucination\na,P,f, \n", "id=k", "t.csv line 2 (id 'a'): column 'hallucination' is empty"),
         ("k,prompt,fact,hallucination\n,P,f,h\n", "id=k", "t.csv line 2 (id ''): column 'k' (id) is empty"),
@@ -146,7 +155,9 @@ def test_bad_tables(tmp_path, content, columns, message):
 
 def test_bad_parquet_cells(tmp_path):
     path = tmp_path / "t.parquet"
-    pl.DataFrame({"id": ["a"], "prompt": ["P"], "fact": [None], "hallucination": ["h"]}, schema_overrides={"fact": pl.String}).write_parquet(path)
+    pl.DataFrame(
+        {"id": ["a"], "prompt": ["P"], "fact": [None], "hallucination": ["h"]}, schema_overrides={"fact": pl.String}
+    ).write_parquet(path)
     with pytest.raises(SaecliError, match=r"t.parquet row 0 \(id 'a'\): column 'fact' is empty"):
         load_samples(path)
     pl.DataFrame({"id": ["a"], "prompt": ["P"], "fact": [1912], "hallucination": ["h"]}).write_parquet(path)

@@ -71,48 +71,77 @@ def _x(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
+SizesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sizes",
+        help=f"Batch sizes to measure, comma-separated [default: {','.join(map(str, DEFAULT_SIZES))}; "
+        f"with --ray one size, {DEFAULT_RAY_BATCH}].",
+        show_default=False,
+    ),
+]
+# --limit and --repeats are checked by saecli.bench.check_options (one line), not by typer (a usage box).
+BenchLimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        "-n",
+        help="Samples per pass [default: the preset's, else 4 × the largest size (with --ray × "
+        "the most workers), at most the data].",
+        show_default=False,
+    ),
+]
+SequentialOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--sequential/--no-sequential",
+        help="Also measure the sequential reference [default: on; off with --ray].",
+        show_default=False,
+    ),
+]
+BaselinesModeOpt = Annotated[
+    Baselines,
+    typer.Option(
+        "--baselines",
+        help="Time the analysis with the log-probability baselines and residuals (as `run`), "
+        "without them (`run --no-baselines`), or both (the second after, in the same process).",
+    ),
+]
+WorkerCountsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workers",
+        metavar="N,M,...",
+        show_default=False,
+        help=f"With --ray: numbers of Ray workers to measure, comma-separated [default: {','.join(map(str, DEFAULT_RAY_WORKERS))}].",
+    ),
+]
+
+
 @command()
 def bench(
-    sizes: Annotated[
-        str | None,
-        typer.Option("--sizes", help=f"Batch sizes to measure, comma-separated [default: {','.join(map(str, DEFAULT_SIZES))}; "
-                     f"with --ray one size, {DEFAULT_RAY_BATCH}].", show_default=False),
-    ] = None,
+    sizes: SizesOpt = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     data: DataOpt = None,
     columns: ColumnsOpt = None,
-    # --limit and --repeats are checked by saecli.bench.check_options (one line), not by typer (a usage box).
-    limit: Annotated[
-        int | None, typer.Option("--limit", "-n", help="Samples per pass [default: the preset's, else 4 × the largest size (with --ray × "
-                                 "the most workers), at most the data].", show_default=False)
-    ] = None,
+    limit: BenchLimitOpt = None,
     domains: DomainsOpt = None,
-    repeats: Annotated[int, typer.Option("--repeats", help=f"Timed passes per size (1 to {MAX_REPEATS}); the median is reported.")] = 3,
+    repeats: Annotated[
+        int, typer.Option("--repeats", help=f"Timed passes per size (1 to {MAX_REPEATS}); the median is reported.")
+    ] = 3,
     seed: SeedOpt = None,
     noise_std: NoiseOpt = None,
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
     truncate: TruncateOpt = False,
     threads: ThreadsOpt = None,
-    sequential: Annotated[
-        bool | None,
-        typer.Option("--sequential/--no-sequential", help="Also measure the sequential reference [default: on; off with --ray].",
-                     show_default=False),
-    ] = None,
-    baselines: Annotated[
-        Baselines,
-        typer.Option("--baselines", help="Time the analysis with the log-probability baselines and residuals (as `run`), "
-                     "without them (`run --no-baselines`), or both (the second after, in the same process)."),
-    ] = Baselines.both,
+    sequential: SequentialOpt = None,
+    baselines: BaselinesModeOpt = Baselines.both,
     out: Annotated[Path | None, out_option("bench/<UTC time>-<preset>", "Folder for bench.json and bench.csv")] = None,
     json_: Annotated[bool, json_option("the sweep (bench.json's document)")] = False,
     ray: RayOpt = None,
-    workers: Annotated[
-        str | None,
-        typer.Option("--workers", metavar="N,M,...", show_default=False,
-                     help=f"With --ray: numbers of Ray workers to measure, comma-separated [default: {','.join(map(str, DEFAULT_RAY_WORKERS))}]."),
-    ] = None,
+    workers: WorkerCountsOpt = None,
     worker_cpus: WorkerCpusOpt = None,
 ) -> None:
     """Sweep batch sizes, each in a fresh process: time (median of --repeats after a warm-up),
@@ -166,10 +195,25 @@ def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
     if json_:
         emit_json(result.to_dict())
         return
-    table = Table(title=f"saecli bench: {result.preset}, {result.samples} samples, {result.device} {result.dtype}, median of {result.repeats}")
+    table = Table(
+        title=f"saecli bench: {result.preset}, {result.samples} samples, {result.device} {result.dtype}, median of {result.repeats}"
+    )
     both = any(r.samples_per_second_no_baselines for r in result.results)
-    columns = ("size", "s", "samples/s", *(("no-bl/s",) if both else ()), "tok/s", "×b1", "×seq", "peak GiB", "+GiB", "fwd GF/s", "util",
-               "SAE GF/s", "util")
+    columns = (
+        "size",
+        "s",
+        "samples/s",
+        *(("no-bl/s",) if both else ()),
+        "tok/s",
+        "×b1",
+        "×seq",
+        "peak GiB",
+        "+GiB",
+        "fwd GF/s",
+        "util",
+        "SAE GF/s",
+        "util",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "size" else "right", no_wrap=True, min_width=len(column))
     for r in result.results:

@@ -65,7 +65,9 @@ def _render(result: Comparison) -> None:
     if len(result.mismatches) > MAX_LINES:
         stdout.print(f"... and {len(result.mismatches) - MAX_LINES} more mismatches (see --json)")
     verdict = "[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
-    stdout.print(f"{verdict} {result.label_b} vs {result.label_a}: max |Δ| {_fmt(result.max_abs)} over {len(result.columns)} columns")
+    stdout.print(
+        f"{verdict} {result.label_b} vs {result.label_a}: max |Δ| {_fmt(result.max_abs)} over {len(result.columns)} columns"
+    )
 
 
 def _render_drift(drift: dict[str, Comparison]) -> None:
@@ -81,8 +83,13 @@ def _render_drift(drift: dict[str, Comparison]) -> None:
         cells = []
         for result in drift.values():
             c = result.columns[i]
-            cells.append(f"{c.mismatches} differ" if c.kind == "discrete" and c.mismatches else
-                         "equal" if c.kind == "discrete" else f"{_fmt(c.max_abs)} / {_fmt(c.median_abs)}")
+            cells.append(
+                f"{c.mismatches} differ"
+                if c.kind == "discrete" and c.mismatches
+                else "equal"
+                if c.kind == "discrete"
+                else f"{_fmt(c.max_abs)} / {_fmt(c.median_abs)}"
+            )
         table.add_row(column.column, *cells)
     stdout.print(table)
 
@@ -101,7 +108,8 @@ def _check_options(*, atol: float, rtol: float, noise_std: float | None, batch_s
 @command()
 def compare(
     runs: Annotated[
-        list[Path] | None, typer.Argument(help="Two run folders to compare. Without them: run sequential and batched now.", show_default=False)
+        list[Path] | None,
+        typer.Argument(help="Two run folders to compare. Without them: run sequential and batched now.", show_default=False),
     ] = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
@@ -111,15 +119,20 @@ def compare(
     domains: DomainsOpt = None,
     size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size to check (>= 1).")] = 16,
     sizes: Annotated[
-        str | None, typer.Option("--sizes", help="Several batch sizes to check, e.g. 1,8,32 (overrides --batch-size).", show_default=False)
+        str | None,
+        typer.Option("--sizes", help="Several batch sizes to check, e.g. 1,8,32 (overrides --batch-size).", show_default=False),
     ] = None,
     seed: SeedOpt = None,
     noise_std: NoiseOpt = None,
     device: DeviceOpt = None,
     dtype: Annotated[
         DType | None,
-        typer.Option("--dtype", show_default=False, help="float64 checks the algorithm; below it, each run is also measured against a "
-                     "float64 reference (its drift per column) [default: float64]."),
+        typer.Option(
+            "--dtype",
+            show_default=False,
+            help="float64 checks the algorithm; below it, each run is also measured against a "
+            "float64 reference (its drift per column) [default: float64].",
+        ),
     ] = None,
     truncate: TruncateOpt = False,
     baselines: BaselinesOpt = None,
@@ -149,7 +162,9 @@ def compare(
     else:
         size_list = parse_counts(sizes, "--sizes") if sizes is not None else [size]
         _, run_config = resolve_run(flags, dtype="float64")
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr) as bar:
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr
+        ) as bar:
             tasks: dict[str, int] = {}
 
             def progress(label: str, done: int, total: int) -> None:

@@ -52,7 +52,10 @@ def doctor(
     baselines: BaselinesOpt = None,
     threads: ThreadsOpt = None,
     probe: Annotated[
-        bool, typer.Option("--probe", help="Also load the preset and find the largest batch that fits by trying it (as `run --batch-size auto`).")
+        bool,
+        typer.Option(
+            "--probe", help="Also load the preset and find the largest batch that fits by trying it (as `run --batch-size auto`)."
+        ),
     ] = False,
     ray: RayOpt = None,
     json_: Annotated[bool, json_option("the checks, the memory estimate and the resolved configuration")] = False,
@@ -76,7 +79,11 @@ def doctor(
 
         import_ray()  # a missing Ray is one line (exit code 2) before anything else
         args["ray"] = ray
-    waiting = " and ".join(w for w, asked in (("probing batch sizes (loads the preset)", probe), ("checking the Ray cluster", ray is not None)) if asked)
+    waiting = " and ".join(
+        w
+        for w, asked in (("probing batch sizes (loads the preset)", probe), ("checking the Ray cluster", ray is not None))
+        if asked
+    )
     if waiting and not json_:
         with stderr.status(waiting):
             report = diagnose(run_config, probe=probe, **args)
@@ -114,8 +121,10 @@ def _render(report: Report) -> None:
         for p in report.probe.probes:
             peak = p.get("peak_bytes")
             probes.add_row(
-                str(p["size"]), "–" if peak is None else f"{peak / GiB:.2f}",
-                "–" if peak is None or base is None else f"{(peak - base) / GiB:.2f}", p["outcome"],
+                str(p["size"]),
+                "–" if peak is None else f"{peak / GiB:.2f}",
+                "–" if peak is None or base is None else f"{(peak - base) / GiB:.2f}",
+                p["outcome"],
             )
         stdout.print(probes)
     stdout.print("[bold]If a run runs out of memory:[/]")

@@ -52,7 +52,9 @@ ColumnsOpt = Annotated[
         "[default: the columns named like the fields, or the dataset's built-in mapping].",
     ),
 ]  # fmt: skip
-LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", help="Analyse only the first N samples (N >= 1).", show_default=False)]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", "-n", help="Analyse only the first N samples (N >= 1).", show_default=False)
+]
 DomainsOpt = Annotated[
     str | None,
     typer.Option("--domains", help="Comma-separated domains to keep, e.g. entity,logical (spaces allowed).", show_default=False),
@@ -66,16 +68,21 @@ BatchSizeOpt = Annotated[
 ]  # fmt: skip
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the stability noise [default: 0].", show_default=False)]
 NoiseOpt = Annotated[
-    float | None, typer.Option("--noise-std", help="σ of the stability noise, finite and >= 0 [default: 0.1].", show_default=False)
+    float | None,
+    typer.Option("--noise-std", help="σ of the stability noise, finite and >= 0 [default: 0.1].", show_default=False),
 ]
 DeviceOpt = Annotated[
     Device | None, typer.Option("--device", help="auto prefers cuda, then mps, then cpu [default: auto].", show_default=False)
 ]
 DTypeOpt = Annotated[
     DType | None,
-    typer.Option("--dtype", help="Model dtype [default: the preset's, float32]. float64 makes the run exact to 1e-9.", show_default=False),
+    typer.Option(
+        "--dtype", help="Model dtype [default: the preset's, float32]. float64 makes the run exact to 1e-9.", show_default=False
+    ),
 ]
-TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Cut texts longer than the model's context from the left (else an error).")]
+TruncateOpt = Annotated[
+    bool, typer.Option("--truncate", help="Cut texts longer than the model's context from the left (else an error).")
+]
 BaselinesOpt = Annotated[
     bool | None,
     typer.Option(
@@ -86,7 +93,9 @@ BaselinesOpt = Annotated[
 ]  # fmt: skip
 ThreadsOpt = Annotated[
     int | None,
-    typer.Option("--threads", help="torch CPU threads [default: as many as there are idle cores at the start].", show_default=False),
+    typer.Option(
+        "--threads", help="torch CPU threads [default: as many as there are idle cores at the start].", show_default=False
+    ),
 ]
 RayOpt = Annotated[
     str | None,
@@ -170,7 +179,9 @@ class RunFlags:
         return raw
 
 
-def resolve_run(flags: RunFlags, *, mode: str = "batched", resume: Path | None = None, **command_defaults: Any) -> tuple[Preset, RunConfig]:
+def resolve_run(
+    flags: RunFlags, *, mode: str = "batched", resume: Path | None = None, **command_defaults: Any
+) -> tuple[Preset, RunConfig]:
     """The one function every command builds its :class:`RunConfig` with: built-in defaults < the
     command's own defaults (``compare``: float64) < the preset's ``[defaults]`` < flags; on
     ``--resume`` the run folder's own settings with the given flags on top. Returns the preset too."""

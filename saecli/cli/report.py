@@ -51,15 +51,22 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
 
 @command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `saecli run` (holds metrics.parquet and manifest.json).", show_default=False)],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A run folder written by `saecli run` (holds metrics.parquet and manifest.json).", show_default=False
+        ),
+    ],
     # Bounds are checked by make_report (one line, also for the Python API), not by typer (a usage box).
     bootstrap: Annotated[
-        int, typer.Option("--bootstrap", "-B", help=f"Bootstrap resamples for the 95% intervals (0: none; at most {MAX_BOOTSTRAP}).")
+        int,
+        typer.Option("--bootstrap", "-B", help=f"Bootstrap resamples for the 95% intervals (0: none; at most {MAX_BOOTSTRAP})."),
     ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resamples (>= 0).")] = 0,
     top: Annotated[int, typer.Option("--top", "-k", help="Metrics in the table and in summary.md (>= 1).")] = TOP_DEFAULT,
     folds: Annotated[
-        int, typer.Option("--folds", help="Cross-validation folds of the probes, grouped by sample (2 to 100; runs with residuals).")
+        int,
+        typer.Option("--folds", help="Cross-validation folds of the probes, grouped by sample (2 to 100; runs with residuals)."),
     ] = FOLDS_DEFAULT,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the report files here instead of into RUN_DIR.", show_default=False)

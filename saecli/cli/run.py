@@ -76,8 +76,17 @@ def _render(result: RunResult, as_json: bool) -> None:
 
 
 def _run(
-    mode: str, flags: RunFlags, *, out: Path | None, force: bool, resume: Path | None, report: bool, as_json: bool,
-    ray: str | None = None, workers: str | None = None, worker_cpus: int | None = None,
+    mode: str,
+    flags: RunFlags,
+    *,
+    out: Path | None,
+    force: bool,
+    resume: Path | None,
+    report: bool,
+    as_json: bool,
+    ray: str | None = None,
+    workers: str | None = None,
+    worker_cpus: int | None = None,
 ) -> None:
     """What ``run`` and ``sequential`` share: flags → RunConfig (:func:`resolve_run`), one call to the runner, render."""
     ray_options = None
@@ -87,7 +96,10 @@ def _run(
         import_ray()  # a missing Ray is one line before anything else
         count = parse_counts(workers, "--workers", "2") if workers is not None else None
         if count is not None and len(count) != 1:
-            raise SaecliError(f"run --workers is one number of Ray workers (got {workers!r})", hint="sweep worker counts with `saecli bench --ray --workers 1,2,4`")
+            raise SaecliError(
+                f"run --workers is one number of Ray workers (got {workers!r})",
+                hint="sweep worker counts with `saecli bench --ray --workers 1,2,4`",
+            )
         ray_options = RayOptions(address=None if ray == "local" else ray, workers=count[0] if count else None,
                                  worker_cpus=worker_cpus if worker_cpus is not None else DEFAULT_WORKER_CPUS)  # fmt: skip
     elif workers is not None or worker_cpus is not None:
@@ -144,11 +156,14 @@ def _run(
 
 
 ResumeOpt = Annotated[
-    Path | None, typer.Option("--resume", help="Continue an interrupted run folder (its own settings are kept).", show_default=False)
+    Path | None,
+    typer.Option("--resume", help="Continue an interrupted run folder (its own settings are kept).", show_default=False),
 ]
 ReportOpt = Annotated[bool, typer.Option("--report", help="Also write the report (dashboard.png, detection.csv, summary.md).")]
 OutOpt = Annotated[Path | None, out_option("runs/<UTC time>-<preset>", "Run folder")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an existing, non-empty --out folder (replacing only saecli's own files).")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Write into an existing, non-empty --out folder (replacing only saecli's own files).")
+]
 JsonOpt = Annotated[bool, json_option("the run's manifest")]
 WorkersOpt = Annotated[
     str | None,
@@ -217,4 +232,3 @@ def sequential(
     Slow by design; `saecli compare` checks `run` against it.
     """
     _run("sequential", RunFlags.pick(locals()), out=out, force=force, resume=resume, report=report, as_json=json_)
-

@@ -52,20 +52,47 @@ def version_problems(versions: dict[str, str | None], python: str) -> list[tuple
             out.append(("fail", f"{name} is not installed", "make install (or pip install -e .)"))
     tl, sl, torch_v, np_v = v.get("transformer_lens", ()), v.get("sae_lens", ()), v.get("torch", ()), v.get("numpy", ())
     if tl and tl >= (4,):
-        out.append(("fail", f"transformer_lens {versions['transformer_lens']}: 4.0 removed HookedTransformer, which SAELens needs",
-                    "pip install 'transformer-lens>=3.9,<4'"))
+        out.append(
+            (
+                "fail",
+                f"transformer_lens {versions['transformer_lens']}: 4.0 removed HookedTransformer, which SAELens needs",
+                "pip install 'transformer-lens>=3.9,<4'",
+            )
+        )
     elif tl and tl < (3, 9):
-        out.append(("warn", f"transformer_lens {versions['transformer_lens']} is older than 3.9, the version saecli is tested with",
-                    "pip install 'transformer-lens>=3.9,<4'"))
+        out.append(
+            (
+                "warn",
+                f"transformer_lens {versions['transformer_lens']} is older than 3.9, the version saecli is tested with",
+                "pip install 'transformer-lens>=3.9,<4'",
+            )
+        )
     if sl and sl < (6, 5):
-        out.append(("fail", f"sae_lens {versions['sae_lens']}: saecli needs 6.5 or later (SAE configs with metadata)", "pip install 'sae-lens>=6.5'"))
+        out.append(
+            (
+                "fail",
+                f"sae_lens {versions['sae_lens']}: saecli needs 6.5 or later (SAE configs with metadata)",
+                "pip install 'sae-lens>=6.5'",
+            )
+        )
     elif sl and sl >= (7,):
-        out.append(("warn", f"sae_lens {versions['sae_lens']}: a major version saecli is not tested with", "pip install 'sae-lens>=6.5,<7'"))
+        out.append(
+            (
+                "warn",
+                f"sae_lens {versions['sae_lens']}: a major version saecli is not tested with",
+                "pip install 'sae-lens>=6.5,<7'",
+            )
+        )
     if torch_v and torch_v < (2, 2):
         out.append(("fail", f"torch {versions['torch']}: saecli needs 2.2 or later", "install a newer PyTorch (README, Install)"))
     if torch_v and torch_v < (2, 3) and np_v and np_v >= (2,):
-        out.append(("fail", f"torch {versions['torch']} was built against NumPy 1 and breaks with numpy {versions['numpy']}",
-                    "pip install 'numpy<2', or a PyTorch of 2.3 or later"))
+        out.append(
+            (
+                "fail",
+                f"torch {versions['torch']} was built against NumPy 1 and breaks with numpy {versions['numpy']}",
+                "pip install 'numpy<2', or a PyTorch of 2.3 or later",
+            )
+        )
     if versions.get("polars") and v["polars"] < (1,):
         out.append(("fail", f"polars {versions['polars']}: saecli needs 1.0 or later", "pip install 'polars>=1'"))
     if _vt(python) < (3, 11):
@@ -92,11 +119,14 @@ def check_versions(env: Environment) -> Check:
 
 def check_torch(env: Environment) -> Check:
     if env.torch_error:
-        return Check("torch", "fail", f"import torch failed: {env.torch_error}",
-                     "reinstall PyTorch for this machine: pip install --force-reinstall torch (README, Install)")
+        return Check(
+            "torch",
+            "fail",
+            f"import torch failed: {env.torch_error}",
+            "reinstall PyTorch for this machine: pip install --force-reinstall torch (README, Install)",
+        )
     build = f"CUDA {env.torch_cuda_build} build" if env.torch_cuda_build else "CPU-only build"
     return Check("torch", "ok", f"torch {env.versions.get('torch')} imports ({build}, {env.torch_threads} CPU threads)")
-
 
 
 CUDA_WHEEL_HINT = (
@@ -112,20 +142,36 @@ def check_cuda(env: Environment, requested: str = "auto") -> Check:
     fail: Status = "fail" if requested == "cuda" else "warn"
     if not env.cuda_available:
         if env.nvidia_present and not env.torch_cuda_build:
-            return Check("cuda", fail, f"an NVIDIA driver is installed ({env.driver_version or 'version unknown'}) but torch is a CPU-only build: runs use the CPU",
-                         CUDA_WHEEL_HINT)
+            return Check(
+                "cuda",
+                fail,
+                f"an NVIDIA driver is installed ({env.driver_version or 'version unknown'}) but torch is a CPU-only build: runs use the CPU",
+                CUDA_WHEEL_HINT,
+            )
         if env.nvidia_present or env.torch_cuda_build:
             why = env.cuda_warning or "torch.cuda.is_available() is False"
-            driver = f"; driver {env.driver_version} supports CUDA {env.driver_cuda}" if env.driver_version and env.driver_cuda else ""
-            return Check("cuda", fail, f"torch built for CUDA {env.torch_cuda_build} but no CUDA device is usable: {why}{driver}",
-                         "check `nvidia-smi` and CUDA_VISIBLE_DEVICES; the driver must support the CUDA version torch was built for "
-                         "(update the driver or install a torch built for an older CUDA)")
-        return Check("cuda", "fail" if requested == "cuda" else "ok", "not available (no NVIDIA driver, CPU-only torch)",
-                     "use --device auto or cpu" if requested == "cuda" else None)
+            driver = (
+                f"; driver {env.driver_version} supports CUDA {env.driver_cuda}" if env.driver_version and env.driver_cuda else ""
+            )
+            return Check(
+                "cuda",
+                fail,
+                f"torch built for CUDA {env.torch_cuda_build} but no CUDA device is usable: {why}{driver}",
+                "check `nvidia-smi` and CUDA_VISIBLE_DEVICES; the driver must support the CUDA version torch was built for "
+                "(update the driver or install a torch built for an older CUDA)",
+            )
+        return Check(
+            "cuda",
+            "fail" if requested == "cuda" else "ok",
+            "not available (no NVIDIA driver, CPU-only torch)",
+            "use --device auto or cpu" if requested == "cuda" else None,
+        )
     parts = []
     for g in env.gpus:
-        parts.append(f"GPU {g.index}: {g.name}, compute {g.capability}, {gib(g.total_bytes)} total, {gib(g.free_bytes)} free, "
-                     f"bf16 {'yes' if g.bf16 else 'no'}")
+        parts.append(
+            f"GPU {g.index}: {g.name}, compute {g.capability}, {gib(g.total_bytes)} total, {gib(g.free_bytes)} free, "
+            f"bf16 {'yes' if g.bf16 else 'no'}"
+        )
     driver = f"driver {env.driver_version or '?'} (supports CUDA {env.driver_cuda or '?'}), torch built for CUDA {env.torch_cuda_build}"
     status: Status = "ok"
     hint = None
@@ -144,25 +190,45 @@ def check_mps(env: Environment, requested: str = "auto") -> Check:
         detail = f"available (built: yes, recommended max {gib(env.mps_max_bytes)}); {MPS_OPT_IN}={'1' if opt_in else 'unset'}"
         if opt_in:
             return Check("mps", "ok", detail)
-        return Check("mps", "warn", detail + ": TransformerLens warns that MPS may give wrong results, saecli uses MPS anyway",
-                     f"compare against the CPU (`saecli compare` on --device mps and cpu runs), then export {MPS_OPT_IN}=1 to accept MPS")
+        return Check(
+            "mps",
+            "warn",
+            detail + ": TransformerLens warns that MPS may give wrong results, saecli uses MPS anyway",
+            f"compare against the CPU (`saecli compare` on --device mps and cpu runs), then export {MPS_OPT_IN}=1 to accept MPS",
+        )
     if env.apple_silicon:
         why = "torch was built without MPS" if not env.mps_built else "built, but not available (macOS 12.3 or later is needed)"
-        return Check("mps", "fail" if requested == "mps" else "warn", f"Apple silicon, {why}: runs use the CPU",
-                     "install the default macOS wheel: make install TORCH=torch")
-    return Check("mps", "fail" if requested == "mps" else "ok", f"not available (built: {'yes' if env.mps_built else 'no'}; not an Apple-silicon Mac)",
-                 "use --device auto or cpu" if requested == "mps" else None)
+        return Check(
+            "mps",
+            "fail" if requested == "mps" else "warn",
+            f"Apple silicon, {why}: runs use the CPU",
+            "install the default macOS wheel: make install TORCH=torch",
+        )
+    return Check(
+        "mps",
+        "fail" if requested == "mps" else "ok",
+        f"not available (built: {'yes' if env.mps_built else 'no'}; not an Apple-silicon Mac)",
+        "use --device auto or cpu" if requested == "mps" else None,
+    )
 
 
 def check_cpu(env: Environment) -> Check:
-    run = f"a CPU run now takes {env.run_threads} thread(s) ({env.run_threads_reason}; --threads N decides)" if env.run_threads else ""
+    run = (
+        f"a CPU run now takes {env.run_threads} thread(s) ({env.run_threads_reason}; --threads N decides)"
+        if env.run_threads
+        else ""
+    )
     bf16 = f"native bf16 ({env.cpu_bf16})" if env.cpu_bf16 else "no native bf16"
-    detail = (f"{env.cpu_usable} usable of {env.cpu_count} cores; {run}; {bf16}; "
-              f"memory {gib(env.memory_available)} available of {gib(env.memory_total)}")
+    detail = (
+        f"{env.cpu_usable} usable of {env.cpu_count} cores; {run}; {bf16}; "
+        f"memory {gib(env.memory_available)} available of {gib(env.memory_total)}"
+    )
     if env.memory_available is not None and env.memory_available < 2 * GiB:
         return Check("cpu", "warn", detail, "less than 2 GiB free: the libraries alone take ~0.6 GB; close other programs")
     if env.cpu_bf16:
-        return Check("cpu", "ok", detail, "this CPU computes bfloat16 natively: --dtype bfloat16 runs the model faster on the CPU")
+        return Check(
+            "cpu", "ok", detail, "this CPU computes bfloat16 natively: --dtype bfloat16 runs the model faster on the CPU"
+        )
     return Check("cpu", "ok", detail)
 
 
@@ -188,12 +254,18 @@ def check_device(env: Environment, requested: str, dtype: str) -> Check:
     if problem is not None:
         return Check("device", "fail", f"{detail}: {problem[0]}", problem[1])
     if device == "cuda" and dtype == "bfloat16" and env.gpus and not env.gpus[0].bf16:
-        return Check("device", "warn", detail + f": GPU 0 (compute {env.gpus[0].capability}) has no native bfloat16", "use --dtype float16")
+        return Check(
+            "device", "warn", detail + f": GPU 0 (compute {env.gpus[0].capability}) has no native bfloat16", "use --dtype float16"
+        )
     if device == "cpu" and dtype in ("bfloat16", "float16"):
         return Check("device", "warn", detail + ": 16-bit matmuls are slow on most CPUs", "use --dtype float32 on a CPU")
     if device == "cpu" and requested == "auto" and (env.nvidia_present or env.apple_silicon):
-        return Check("device", "warn", detail + ": there is a GPU, but torch cannot use it (see the cuda and mps rows)",
-                     CUDA_WHEEL_HINT if env.nvidia_present else "make install TORCH=torch")
+        return Check(
+            "device",
+            "warn",
+            detail + ": there is a GPU, but torch cannot use it (see the cuda and mps rows)",
+            CUDA_WHEEL_HINT if env.nvidia_present else "make install TORCH=torch",
+        )
     return Check("device", "ok", detail)
 
 
@@ -201,7 +273,12 @@ def check_preset(facts: PresetFacts) -> Check:
     """Every file and cache entry the preset needs; for each missing one, the command that fetches it."""
     label = f"{facts.name} ({facts.kind}{', random weights: benchmarking only' if facts.synthetic else ''})"
     if facts.problems:
-        return Check("preset", "fail", f"{label}: " + "; ".join(facts.problems), "check the release and id against SAELens's pretrained_saes.yaml")
+        return Check(
+            "preset",
+            "fail",
+            f"{label}: " + "; ".join(facts.problems),
+            "check the release and id against SAELens's pretrained_saes.yaml",
+        )
     missing = facts.missing
     if not missing:
         where = "in the Hugging Face cache" if facts.kind == "hub" else "present"
@@ -210,16 +287,29 @@ def check_preset(facts: PresetFacts) -> Check:
     names = ", ".join(a.what for a in missing)
     local = [a for a in missing if a.repo is None]
     if local:
-        return Check("preset", "fail", f"{label}: missing {', '.join(a.location for a in local)}",
-                     "reinstall saecli (pip install -e .), or fix the paths in the preset file")
+        return Check(
+            "preset",
+            "fail",
+            f"{label}: missing {', '.join(a.location for a in local)}",
+            "reinstall saecli (pip install -e .), or fix the paths in the preset file",
+        )
     hint = "; ".join(missing_fetch_commands(missing))
     if any(is_gated(a.repo) for a in missing if a.repo):
         hint += " (gated: accept the licence on the model's Hugging Face page and `hf auth login` first)"
     hub = facts.hub
     if hub is not None and (hub.offline_env or hub.reachable is False):
-        return Check("preset", "fail", f"{label}: not in the Hugging Face cache and the hub cannot be reached: {names}",
-                     "fetch on a connected machine: " + hint)
-    return Check("preset", "warn", f"{label}: not in the Hugging Face cache, will be downloaded on the first run: {names}", "or fetch now: " + hint)
+        return Check(
+            "preset",
+            "fail",
+            f"{label}: not in the Hugging Face cache and the hub cannot be reached: {names}",
+            "fetch on a connected machine: " + hint,
+        )
+    return Check(
+        "preset",
+        "warn",
+        f"{label}: not in the Hugging Face cache, will be downloaded on the first run: {names}",
+        "or fetch now: " + hint,
+    )
 
 
 def check_hub(facts: PresetFacts) -> Check | None:
@@ -234,4 +324,3 @@ def check_hub(facts: PresetFacts) -> Check | None:
         state, status = f"cannot reach {hub.endpoint}", "ok" if not facts.missing else "warn"
     hint = "unset HF_HUB_OFFLINE to download" if hub.offline_env and facts.missing else None
     return Check("hub", status, f"{state}; cache {hub.cache}", hint)
-

@@ -84,8 +84,16 @@ def diagnose(
     facts = facts or gather_preset(chosen, config)
     dtype = config.dtype or chosen.model.dtype
     picked, reason = device_choice(env, device)
-    checks = [check_platform(env), check_versions(env), check_torch(env), check_cuda(env, device), check_mps(env, device),
-              check_cpu(env), check_device(env, device, dtype), check_preset(facts)]
+    checks = [
+        check_platform(env),
+        check_versions(env),
+        check_torch(env),
+        check_cuda(env, device),
+        check_mps(env, device),
+        check_cpu(env),
+        check_device(env, device, dtype),
+        check_preset(facts),
+    ]
     hub = check_hub(facts)
     if hub is not None:
         checks.append(hub)
@@ -102,9 +110,19 @@ def diagnose(
         if cluster is None:
             cluster = gather_cluster(None if ray == "local" else ray, chosen)
         checks += check_cluster(cluster, _own_version())
-    return Report(preset=chosen.name, device=picked, device_reason=reason, dtype=dtype, checks=checks, estimate=estimate,
-                  probe=probed, oom_hints=oom_hints(env, name, picked, dtype, estimate), environment=env, cluster=cluster,
-                  config=asdict(config))
+    return Report(
+        preset=chosen.name,
+        device=picked,
+        device_reason=reason,
+        dtype=dtype,
+        checks=checks,
+        estimate=estimate,
+        probe=probed,
+        oom_hints=oom_hints(env, name, picked, dtype, estimate),
+        environment=env,
+        cluster=cluster,
+        config=asdict(config),
+    )
 
 
 def _own_version() -> str:

@@ -118,9 +118,19 @@ def estimate_memory(env: Environment, facts: PresetFacts, device: str, dtype: st
             largest = size
         size *= 2
     return MemoryEstimate(
-        device=device, dtype=dtype, free_bytes=free, budget_bytes=budget, model_bytes=model_bytes, sae_bytes=sae_bytes,
-        overhead_bytes=overhead, longest_tokens=facts.longest_tokens, tokens_exact=facts.tokens_exact, per_batch=per_batch,
-        largest_safe=largest if budget is not None else None, cap=cap, sae_widths_assumed=any(s.assumed for s in saes),
+        device=device,
+        dtype=dtype,
+        free_bytes=free,
+        budget_bytes=budget,
+        model_bytes=model_bytes,
+        sae_bytes=sae_bytes,
+        overhead_bytes=overhead,
+        longest_tokens=facts.longest_tokens,
+        tokens_exact=facts.tokens_exact,
+        per_batch=per_batch,
+        largest_safe=largest if budget is not None else None,
+        cap=cap,
+        sae_widths_assumed=any(s.assumed for s in saes),
     )
 
 
@@ -140,11 +150,17 @@ def check_memory(env: Environment, facts: PresetFacts, device: str | None, dtype
         return Check("memory", "warn", "no estimate: no usable device"), None
     est = estimate_memory(env, facts, device, dtype)
     if est is None:
-        return Check("memory", "warn", f"no estimate: the shape of model {facts.name} is not known",
-                     f"measure it: saecli doctor --probe{preset_flag(facts.source or facts.name)}"), None
+        return Check(
+            "memory",
+            "warn",
+            f"no estimate: the shape of model {facts.name} is not known",
+            f"measure it: saecli doctor --probe{preset_flag(facts.source or facts.name)}",
+        ), None
     tokens = f"{est.longest_tokens} tokens ({'tokenized' if est.tokens_exact else 'chars/3 bound'})"
-    weights = (f"weights {gib(est.model_bytes)} model ({dtype}) + {gib(est.sae_bytes)} SAEs ({sae_dtype_for(dtype)}) "
-               f"+ {gib(est.overhead_bytes)} runtime")
+    weights = (
+        f"weights {gib(est.model_bytes)} model ({dtype}) + {gib(est.sae_bytes)} SAEs ({sae_dtype_for(dtype)}) "
+        f"+ {gib(est.overhead_bytes)} runtime"
+    )
     if est.budget_bytes is None:
         return Check("memory", "warn", f"{weights}; free memory on {device} unknown", "use --batch-size auto, which probes"), est
     where = f"{gib(est.free_bytes)} free on {device}, {MEMORY_MARGIN:.0%} usable = {gib(est.budget_bytes)}"
@@ -161,7 +177,11 @@ def check_memory(env: Environment, facts: PresetFacts, device: str | None, dtype
         if device != "cpu":
             fixes.append("--device cpu")
         fixes.append("free memory held by other processes")
-        what = "the weights alone" if first is not None and est.model_bytes + est.sae_bytes + est.overhead_bytes > est.budget_bytes else "batch 1"
+        what = (
+            "the weights alone"
+            if first is not None and est.model_bytes + est.sae_bytes + est.overhead_bytes > est.budget_bytes
+            else "batch 1"
+        )
         return Check("memory", "fail", f"{detail}: {what} need more ({gib(first)} at batch 1)", "; ".join(fixes)), est
     safe = est.largest_safe
     capped = f", the cap of {est.cap} for {device}" if safe * 2 > est.cap else ""
@@ -180,15 +200,18 @@ def oom_hints(env: Environment, preset: str, device: str | None, dtype: str, est
     """What to try after an out-of-memory error, most effective first, for this device."""
     flag = preset_flag(preset)
     size = estimate.largest_safe if estimate and estimate.largest_safe else None
-    hints = [f"--batch-size {size}: the predicted largest safe size here" if size else "--batch-size N with a smaller N (the batch is padded to its longest text)",
-             "--batch-size auto: tries sizes on the data's longest texts and keeps the largest that fits"]
+    hints = [
+        f"--batch-size {size}: the predicted largest safe size here"
+        if size
+        else "--batch-size N with a smaller N (the batch is padded to its longest text)",
+        "--batch-size auto: tries sizes on the data's longest texts and keeps the largest that fits",
+    ]
     smaller = smaller_dtype(env, device or "cpu", dtype)
     if smaller:
         hints.append(f"--dtype {smaller}: halves the model's weights and activations (SAEs stay float32, geometry float64)")
     if device == "cuda":
-        hints.append(f"{ALLOC_CONF} saecli run ...: when memory is free but fragmented (\"reserved but unallocated\" in the error)")
+        hints.append(f'{ALLOC_CONF} saecli run ...: when memory is free but fragmented ("reserved but unallocated" in the error)')
     if device != "cpu":
         hints.append(f"--device cpu: slower, but uses system memory ({gib(env.memory_available)} available)")
     hints.append(f"saecli doctor --probe{flag}: loads the preset and measures the largest batch that fits")
     return hints
-

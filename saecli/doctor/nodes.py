@@ -161,7 +161,14 @@ def check_cluster(facts: ClusterFacts, local_version: str | None = None) -> list
     if facts.connect_error is not None:
         # The connection's hint may point at this very check: leave that part out here.
         hint = re.sub(r"[;,]?\s*`saecli doctor --ray[^`]*`( checks)?", "", facts.connect_hint or "").strip()
-        return [Check("ray", "fail", facts.connect_error, hint or "start one with `ray start --head`, or give its address: --ray HOST:6379")]
+        return [
+            Check(
+                "ray",
+                "fail",
+                facts.connect_error,
+                hint or "start one with `ray start --head`, or give its address: --ray HOST:6379",
+            )
+        ]
     cpus, gpus = sum(n.cpus for n in facts.nodes), sum(n.gpus for n in facts.nodes)
     how = "started a local instance for this check (stopped again)" if facts.started_here else f"joined {facts.address}"
     checks = [Check("ray", "ok" if facts.nodes else "fail",
@@ -183,7 +190,10 @@ def check_cluster(facts: ClusterFacts, local_version: str | None = None) -> list
         status: Status = "ok"
         hint = None
         if node.memory_available is not None and node.memory_available < 2 * GiB:
-            status, hint = "warn", "less than 2 GiB free on this node: a worker there may run out of memory; free memory or leave the node out"
+            status, hint = (
+                "warn",
+                "less than 2 GiB free on this node: a worker there may run out of memory; free memory or leave the node out",
+            )
         elif node.cpus < 1 and node.gpus < 1:
             status, hint = "warn", "no CPU or GPU for Ray on this node: no worker can run there (`ray start --num-cpus N`)"
         checks.append(Check(f"node {label}", status, detail, hint))
@@ -192,5 +202,7 @@ def check_cluster(facts: ClusterFacts, local_version: str | None = None) -> list
                                 "install the same saecli version on every node: results are only comparable then"))  # fmt: skip
         else:
             checks.append(Check(f"saecli @ {label}", "ok", f"saecli {node.saecli_version}"))
-        checks.append(Check(f"preset @ {label}", node.preset_status or "fail", node.preset_detail or "not checked", node.preset_hint))
+        checks.append(
+            Check(f"preset @ {label}", node.preset_status or "fail", node.preset_detail or "not checked", node.preset_hint)
+        )
     return checks

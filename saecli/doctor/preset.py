@@ -124,9 +124,13 @@ def gather_preset(preset: Preset, config: RunConfig | None = None, *, check_hub:
     config = config if config is not None else resolve_run_config(preset, preset=preset.name)
     default = config.batch_size
     facts = PresetFacts(
-        name=preset.name, source=preset.source, kind=kind, dtype=spec.dtype,
+        name=preset.name,
+        source=preset.source,
+        kind=kind,
+        dtype=spec.dtype,
         # A run whose batch size is "auto" probes its own size: any safe size is then fine.
-        default_batch=default if isinstance(default, int) else 1, synthetic=preset.synthetic,
+        default_batch=default if isinstance(default, int) else 1,
+        synthetic=preset.synthetic,
     )
     tokenizer_file = _gather_model(preset, facts)
     _gather_saes(preset, facts)
@@ -187,9 +191,15 @@ def _gather_saes(preset: Preset, facts: PresetFacts) -> None:
     for sae in preset.saes:
         if sae.path is not None:
             folder = resolve_location(sae.path, preset.base_dir)
-            facts.artifacts.append(Artifact(f"SAE layer {sae.layer} cfg.json", str(folder / "cfg.json"), (folder / "cfg.json").is_file()))
             facts.artifacts.append(
-                Artifact(f"SAE layer {sae.layer} weights", str(folder / "sae_weights.safetensors"), (folder / "sae_weights.safetensors").is_file())
+                Artifact(f"SAE layer {sae.layer} cfg.json", str(folder / "cfg.json"), (folder / "cfg.json").is_file())
+            )
+            facts.artifacts.append(
+                Artifact(
+                    f"SAE layer {sae.layer} weights",
+                    str(folder / "sae_weights.safetensors"),
+                    (folder / "sae_weights.safetensors").is_file(),
+                )
             )
             cfg = _read_json(folder / "cfg.json")
             if cfg is not None:
@@ -223,7 +233,9 @@ def _gather_hub_sae(sae: SAESpec, facts: PresetFacts, d_model: int | None) -> No
         return
     snapshot = cached_snapshot(repo, folder_in_repo)
     facts.artifacts.append(
-        Artifact(f"SAE {sae.release}/{sae.id}", f"{repo}/{folder_in_repo}", snapshot is not None, repo=repo, include=folder_in_repo)
+        Artifact(
+            f"SAE {sae.release}/{sae.id}", f"{repo}/{folder_in_repo}", snapshot is not None, repo=repo, include=folder_in_repo
+        )
     )
     cfg = _read_json(snapshot / folder_in_repo / "cfg.json") if snapshot is not None else None
     if cfg is not None and "d_in" in cfg and "d_sae" in cfg:

@@ -55,8 +55,11 @@ def run_probe(config: RunConfig) -> ProbeResult:
         return ProbeResult(ok=False, error=exc.message, hint=exc.hint)
     except Exception as exc:  # noqa: BLE001
         if is_out_of_memory(exc):
-            return ProbeResult(ok=False, error=f"loading ran out of memory: {first_line(exc)}",
-                               hint="the weights do not fit: --dtype bfloat16 (CUDA), or --device cpu")
+            return ProbeResult(
+                ok=False,
+                error=f"loading ran out of memory: {first_line(exc)}",
+                hint="the weights do not fit: --dtype bfloat16 (CUDA), or --device cpu",
+            )
         raise
     result = ProbeResult(ok=False, device=loaded.device, dtype=loaded.dtype, load_seconds=round(loaded.load_seconds, 2))
     if loaded.device == "cpu":
@@ -75,9 +78,15 @@ def run_probe(config: RunConfig) -> ProbeResult:
 def check_probe(probe: ProbeResult, default_batch: int) -> Check:
     if not probe.ok:
         return Check("probe", "fail", probe.error or "failed", probe.hint)
-    tried = ", ".join(f"{p['size']}: {gib(p['peak_bytes'])}" if "peak_bytes" in p else f"{p['size']}: {p['outcome']}" for p in probe.probes)
+    tried = ", ".join(
+        f"{p['size']}: {gib(p['peak_bytes'])}" if "peak_bytes" in p else f"{p['size']}: {p['outcome']}" for p in probe.probes
+    )
     detail = f"loaded on {probe.device} ({probe.dtype}) in {probe.load_seconds}s; largest batch that fit: {probe.size} (peaks {tried}); {probe.reason}"
     if probe.size is not None and probe.size < default_batch:
-        return Check("probe", "warn", detail + f"; below the run's batch size {default_batch}", f"pass --batch-size {probe.size}, or --batch-size auto")
+        return Check(
+            "probe",
+            "warn",
+            detail + f"; below the run's batch size {default_batch}",
+            f"pass --batch-size {probe.size}, or --batch-size auto",
+        )
     return Check("probe", "ok", detail)
-

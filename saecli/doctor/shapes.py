@@ -71,17 +71,31 @@ class ModelShape:
         the Hugging Face model ties it to the embedding (so Gemma-2-2B counts 3.2B, not 2.6B)."""
         embed = self.d_vocab * self.d_model + (self.n_ctx * self.d_model if self.positional == "standard" else 0)
         unembed = self.d_model * self.d_vocab + self.d_vocab
-        attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads) + self.d_head * (self.n_heads + 2 * self.n_kv_heads) + self.d_model
+        attn = (
+            self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads)
+            + self.d_head * (self.n_heads + 2 * self.n_kv_heads)
+            + self.d_model
+        )
         mlp = self.d_model * self.d_mlp * (3 if self.gated_mlp else 2) + self.d_mlp + self.d_model
         norms = 4 * self.d_model
         return embed + unembed + self.n_layers * (attn + mlp + norms) + 2 * self.d_model
 
 
 KNOWN_SHAPES = {
-    "gpt2-small": ModelShape(n_layers=12, d_model=768, d_mlp=3072, n_heads=12, d_head=64, n_kv_heads=12, d_vocab=50257, n_ctx=1024),
+    "gpt2-small": ModelShape(
+        n_layers=12, d_model=768, d_mlp=3072, n_heads=12, d_head=64, n_kv_heads=12, d_vocab=50257, n_ctx=1024
+    ),
     "gemma-2-2b": ModelShape(
-        n_layers=26, d_model=2304, d_mlp=9216, n_heads=8, d_head=256, n_kv_heads=4, d_vocab=256000, n_ctx=8192,
-        gated_mlp=True, positional="rotary",
+        n_layers=26,
+        d_model=2304,
+        d_mlp=9216,
+        n_heads=8,
+        d_head=256,
+        n_kv_heads=4,
+        d_vocab=256000,
+        n_ctx=8192,
+        gated_mlp=True,
+        positional="rotary",
     ),
 }
 """Shapes of the hub presets' models, so the estimate needs neither the model nor the network.

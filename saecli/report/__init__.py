@@ -113,7 +113,10 @@ def load_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any], list[int]]:
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise SaecliError(f"{run_dir / METRICS_FILE} lacks the columns {shown}", hint="was it written by another saecli version? rerun `saecli run`")
+        raise SaecliError(
+            f"{run_dir / METRICS_FILE} lacks the columns {shown}",
+            hint="was it written by another saecli version? rerun `saecli run`",
+        )
     if frame.height == 0:
         raise SaecliError(f"{run_dir / METRICS_FILE} has no samples")
     return frame.with_columns(pl.col("domain").fill_null("(none)")), manifest, layers
@@ -170,7 +173,13 @@ def make_report(
         rows=[],
         folds=folds,
     )
-    log.info("report of %s: %d samples, %d metrics, %d bootstrap resamples", run_dir, frame.height, len(numeric_metrics(layers)), bootstrap)
+    log.info(
+        "report of %s: %d samples, %d metrics, %d bootstrap resamples",
+        run_dir,
+        frame.height,
+        len(numeric_metrics(layers)),
+        bootstrap,
+    )
     report.rows = detect(frame, layers, bootstrap=bootstrap, seed=seed)
     report.baselines = any(r.family == "baseline" for r in report.rows)  # summary.md says so when not
     if residuals is None:
@@ -213,7 +222,9 @@ def _table(rows: list[Any], cls: type) -> pl.DataFrame:
     """Dataclass rows as a frame with one column per field (typed, also when there are no rows)."""
     fields = dataclasses.fields(cls)
     schema = {f.name: _POLARS_TYPES[str(f.type)] for f in fields}
-    return pl.DataFrame([dataclasses.asdict(r) for r in rows], schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    return (
+        pl.DataFrame([dataclasses.asdict(r) for r in rows], schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    )
 
 
 def _reason(exc: OSError) -> str:
@@ -263,7 +274,10 @@ def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT) 
     if report.residuals:
         writers |= {
             "probes": (PROBES_FILE, lambda p: _table(report.probes, ProbeRow).write_csv(p, float_precision=6)),
-            "generalisation": (GENERALISATION_FILE, lambda p: _table(report.generalisation, Generalisation).write_csv(p, float_precision=6)),
+            "generalisation": (
+                GENERALISATION_FILE,
+                lambda p: _table(report.generalisation, Generalisation).write_csv(p, float_precision=6),
+            ),
             "features": (FEATURES_FILE, lambda p: _table(report.features, FeatureRow).write_csv(p, float_precision=6)),
         }
     for key, (name, write) in writers.items():

@@ -57,7 +57,15 @@ def _delta_heatmap(ax: Any, fig: Any, frame: pl.DataFrame, report: Report, base:
             if not math.isfinite(v):
                 continue
             star = "*" if report.get(layer_metric(layer, base), d).wilcoxon_p < 0.05 else ""
-            ax.text(j, i, f"{v:+.{decimals}f}{star}", ha="center", va="center", fontsize=10, color="white" if abs(v) > 0.6 * bound else "black")
+            ax.text(
+                j,
+                i,
+                f"{v:+.{decimals}f}{star}",
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="white" if abs(v) > 0.6 * bound else "black",
+            )
     ax.set_title(f"{label}: mean Δ hall − fact\n(domain (n) × layer; * Wilcoxon p < 0.05)")
 
 
@@ -159,12 +167,23 @@ def _draw_sample_panels(fig: Any, grid: Any, frame: pl.DataFrame, report: Report
 
     # Test 2: axis twist.
     ax = fig.add_subplot(grid[1, 1])
-    _overlaid_hist(ax, _values(frame, paired_column("axis_twist", "fact")), _values(frame, paired_column("axis_twist", "hall")), "line angle(u_P, u_text) [degrees]", bins=np.linspace(0, 90, 31))
+    _overlaid_hist(
+        ax,
+        _values(frame, paired_column("axis_twist", "fact")),
+        _values(frame, paired_column("axis_twist", "hall")),
+        "line angle(u_P, u_text) [degrees]",
+        bins=np.linspace(0, 90, 31),
+    )
     ax.set_title(f"Axis twist, layer {first}: distribution over {report.samples} samples")
 
     # Test 4: entropy.
     ax = fig.add_subplot(grid[1, 2])
-    _overlaid_hist(ax, _values(frame, paired_column("entropy", "fact")), _values(frame, paired_column("entropy", "hall")), "entropy −Σ p ln p of the top-50 active values [nats]")
+    _overlaid_hist(
+        ax,
+        _values(frame, paired_column("entropy", "fact")),
+        _values(frame, paired_column("entropy", "hall")),
+        "entropy −Σ p ln p of the top-50 active values [nats]",
+    )
     ax.set_title(f"Entropy, layer {first}: distribution over {report.samples} samples")
 
 
@@ -254,9 +273,7 @@ def _versus_baselines(ax: Any, report: Report, k: int = 12) -> None:
     ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_xlabel("AUROC oriented to ≥ 0.5: max(AUROC, 1 − AUROC), with 95% interval")
     winners = len(report.beat_baseline())
-    verdict = (
-        "no baseline in this run" if base is None else f"{winners} beat the best baseline with non-overlapping intervals"
-    )
+    verdict = "no baseline in this run" if base is None else f"{winners} beat the best baseline with non-overlapping intervals"
     ax.set_title(f"Geometry metrics vs log-probability baselines and probes (all {report.samples} samples; {verdict})")
     ax.grid(axis="x", alpha=0.3)
     from matplotlib.lines import Line2D

@@ -263,9 +263,19 @@ def detect_metrics(frame: pl.DataFrame, metrics: Sequence[Metric], *, bootstrap:
             mean, sd = paired_effect(h, f)
             rows.append(
                 Detection(
-                    metric=metric.name, layer=metric.layer, domain=domain, n=int(ok.sum()), auroc=point, ci_low=lo, ci_high=hi,
-                    direction=direction(point), fact_mean=float(f.mean()) if f.size else math.nan,
-                    hall_mean=float(h.mean()) if h.size else math.nan, mean_diff=mean, sd_diff=sd, wilcoxon_p=wilcoxon_p(h, f),
+                    metric=metric.name,
+                    layer=metric.layer,
+                    domain=domain,
+                    n=int(ok.sum()),
+                    auroc=point,
+                    ci_low=lo,
+                    ci_high=hi,
+                    direction=direction(point),
+                    fact_mean=float(f.mean()) if f.size else math.nan,
+                    hall_mean=float(h.mean()) if h.size else math.nan,
+                    mean_diff=mean,
+                    sd_diff=sd,
+                    wilcoxon_p=wilcoxon_p(h, f),
                     family=metric.family,
                 )  # fmt: skip
             )

@@ -149,16 +149,29 @@ def rank_features(
     f_cols = fact[:, order].toarray().astype(np.float64)
     h_cols = hall[:, order].toarray().astype(np.float64)
     intervals = (
-        _bootstrap_dz(h_cols - f_cols, bootstrap, group_rng(seed, f"features:l{layer}")) if bootstrap else [(math.nan, math.nan)] * order.size
+        _bootstrap_dz(h_cols - f_cols, bootstrap, group_rng(seed, f"features:l{layer}"))
+        if bootstrap
+        else [(math.nan, math.nan)] * order.size
     )
     rows = []
     for rank, (j, (lo, hi)) in enumerate(zip(order.tolist(), intervals, strict=True), 1):
         rows.append(
             FeatureRow(
-                layer=int(layer), rank=rank, feature=int(j), score=float(score[j]), effect_size=float(dz[j]), ci_low=lo, ci_high=hi,
-                mean_fact=float(f_cols[:, rank - 1].mean()), mean_hall=float(h_cols[:, rank - 1].mean()), mean_diff=float(mean[j]),
-                freq_fact=float(freq_fact[j]), freq_hall=float(freq_hall[j]), auroc=auroc(h_cols[:, rank - 1], f_cols[:, rank - 1]),
-                n=int(n), url=neuronpedia_url(neuronpedia, j),
+                layer=int(layer),
+                rank=rank,
+                feature=int(j),
+                score=float(score[j]),
+                effect_size=float(dz[j]),
+                ci_low=lo,
+                ci_high=hi,
+                mean_fact=float(f_cols[:, rank - 1].mean()),
+                mean_hall=float(h_cols[:, rank - 1].mean()),
+                mean_diff=float(mean[j]),
+                freq_fact=float(freq_fact[j]),
+                freq_hall=float(freq_hall[j]),
+                auroc=auroc(h_cols[:, rank - 1], f_cols[:, rank - 1]),
+                n=int(n),
+                url=neuronpedia_url(neuronpedia, j),
             )  # fmt: skip
         )
     return rows

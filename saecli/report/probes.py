@@ -220,9 +220,7 @@ def generalise(
     return out
 
 
-def run_probes(
-    residuals: Residuals, domains: Sequence[str], *, n_splits: int, seed: int, bootstrap: int
-) -> ProbeOutcome:
+def run_probes(residuals: Residuals, domains: Sequence[str], *, n_splits: int, seed: int, bootstrap: int) -> ProbeOutcome:
     """Every probe the residuals allow (residual and SAE features, per layer), cross-validated, and
     its leave-one-domain-out generalisation. ``residuals`` rows are the run's rows (``domains``)."""
     outcome = ProbeOutcome()
@@ -284,8 +282,16 @@ def probe_rows(fits: Sequence[ProbeFit], rows: Sequence[Detection]) -> list[Prob
         per_fold = per_fold[np.isfinite(per_fold)]
         out.append(
             ProbeRow(
-                probe=fit.name, layer=fit.layer, input=fit.source, domain=r.domain, n=r.n, auroc=r.auroc, ci_low=r.ci_low,
-                ci_high=r.ci_high, folds=fit.folds, n_features=fit.n_features,
+                probe=fit.name,
+                layer=fit.layer,
+                input=fit.source,
+                domain=r.domain,
+                n=r.n,
+                auroc=r.auroc,
+                ci_low=r.ci_low,
+                ci_high=r.ci_high,
+                folds=fit.folds,
+                n_features=fit.n_features,
                 fold_auroc_mean=float(per_fold.mean()) if per_fold.size else math.nan,
                 fold_auroc_sd=float(per_fold.std(ddof=1)) if per_fold.size > 1 else math.nan,
             )  # fmt: skip

@@ -149,13 +149,16 @@ def summary_markdown(report: Report, *, top: int = TOP_DEFAULT) -> str:
     """The page a researcher pastes into notes: top metrics, per-domain AUROC, the figure."""
     domains = list(report.domains)
     per_domain = ", ".join(f"{d} {n}" for d, n in report.domains.items())
-    interval = f"bootstrap 95% interval over samples ({report.bootstrap} resamples, seed {report.seed})" if report.bootstrap else "no bootstrap"
+    interval = (
+        f"bootstrap 95% interval over samples ({report.bootstrap} resamples, seed {report.seed})"
+        if report.bootstrap
+        else "no bootstrap"
+    )
     best = report.top(top)
     lines = [
         f"# saecli report: {report.preset}, {report.samples} samples",
         "",
-        f"Run `{report.run_dir}`; data {report.data_source}; layers {', '.join(map(str, report.layers))}; "
-        f"domains: {per_domain}.",
+        f"Run `{report.run_dir}`; data {report.data_source}; layers {', '.join(map(str, report.layers))}; domains: {per_domain}.",
         "",
         "**AUROC** = P(hall value > fact value) + ½·P(tie) over all hall/fact pairs (Mann-Whitney): 1 means "
         "every hallucination scores higher than every fact, 0 every one lower, 0.5 no separation. Intervals: "
@@ -194,7 +197,11 @@ def summary_markdown(report: Report, *, top: int = TOP_DEFAULT) -> str:
             chance = "; the interval includes 0.5" if b.ci_low <= 0.5 <= b.ci_high else ""
             lines.append(f"* **{d}**: `{b.metric}`, AUROC {_fmt_auc(b)} ({b.direction}{chance})")
     lines += _probe_lines(report, domains) + _generalisation_lines(report) + _feature_lines(report, top)
-    files = f"; probes `{PROBES_FILE}`, generalisation `{GENERALISATION_FILE}`, features `{FEATURES_FILE}`" if report.residuals else ""
+    files = (
+        f"; probes `{PROBES_FILE}`, generalisation `{GENERALISATION_FILE}`, features `{FEATURES_FILE}`"
+        if report.residuals
+        else ""
+    )
     lines += [
         "",
         f"All {len(report.rows)} rows (every numeric metric, baseline and probe × domain): `{DETECTION_FILE}`{files}.",

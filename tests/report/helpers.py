@@ -108,7 +108,9 @@ def planted_residuals(n, *, layers=LAYERS, domains=("entity", "logical", "tempor
         features[f"l{layer}_fact"] = f_feat.astype(np.float32)
         features[f"l{layer}_hall"] = h_feat.astype(np.float32)
     ids = [f"s{i}" for i in range(n)]
-    residuals = Residuals(layers=list(layers), sample_ids=ids, dense=dense, features=features, d_sae={layer: d_sae for layer in layers})
+    residuals = Residuals(
+        layers=list(layers), sample_ids=ids, dense=dense, features=features, d_sae={layer: d_sae for layer in layers}
+    )
     return residuals, sample_domains
 
 
@@ -146,9 +148,7 @@ def baseline_run(path, *, n=60, layers=LAYERS, logprob_shift=0.0, residuals=True
     import polars as pl
 
     frame = rows_to_frame([{k: v for k, v in r.items() if not k.startswith("logprob")} for r in rows], layers)
-    frame = frame.with_columns(
-        [pl.Series(c, [r[c] for r in rows], dtype=pl.Float64) for c in rows[0] if c.startswith("logprob")]
-    )
+    frame = frame.with_columns([pl.Series(c, [r[c] for r in rows], dtype=pl.Float64) for c in rows[0] if c.startswith("logprob")])
     write_metrics(frame, path)
     saes = {str(layer): {"identity": f"sae-{layer}", "neuronpedia_id": (neuronpedia or {}).get(layer)} for layer in layers}
     write_manifest({"schema_version": 1, "preset": {"name": "synthetic"}, "layers": layers, "samples": len(rows),

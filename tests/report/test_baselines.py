@@ -64,7 +64,10 @@ def test_summary_says_which_metrics_beat_the_baseline(full_report):
     assert "l2_reconstruction_error" in winners and {"probe_resid_l0", "probe_resid_l2", "probe_resid_l3"} <= winners
     assert all(r.separation_interval[0] > base.separation_interval[1] for r in full_report.beat_baseline())
     assert f"The log-probability baseline `{base.metric}` reaches AUROC" in summary
-    assert "**Beating it with non-overlapping 95% intervals of |AUROC − 0.5|:** geometry metrics: `l2_reconstruction_error`" in summary
+    assert (
+        "**Beating it with non-overlapping 95% intervals of |AUROC − 0.5|:** geometry metrics: `l2_reconstruction_error`"
+        in summary
+    )
     assert "## Probes: logistic regression, 5-fold cross-validation grouped by sample" in summary
     assert "## Out-of-domain generalisation" in summary and "## SAE features that differ most" in summary
 
@@ -97,7 +100,9 @@ def test_features_table_and_neuronpedia_links(full_report):
 
 
 def test_json_document_has_the_new_tables(full_report, tmp_path, quick_dashboard):
-    result = runner.invoke(app, ["report", str(full_report.run_dir), "--bootstrap", "0", "--folds", "3", "--out", str(tmp_path), "--json"])
+    result = runner.invoke(
+        app, ["report", str(full_report.run_dir), "--bootstrap", "0", "--folds", "3", "--out", str(tmp_path), "--json"]
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["baselines"] is True and doc["folds"] == 3 and {p["probe"] for p in doc["probes"]} == PROBES
@@ -135,7 +140,13 @@ def test_a_strong_baseline_is_beaten_by_nothing_and_runs_without_residuals(tmp_p
     summary = (run_dir / "summary.md").read_text()
     assert "**No metric and no probe beats it** with non-overlapping 95% intervals" in summary
     assert f"No {RESIDUALS_FILE} in the run: no probes" in summary
-    assert sorted(p.name for p in run_dir.iterdir()) == ["dashboard.png", "detection.csv", "manifest.json", "metrics.parquet", "summary.md"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "dashboard.png",
+        "detection.csv",
+        "manifest.json",
+        "metrics.parquet",
+        "summary.md",
+    ]
 
 
 def test_a_run_without_baselines_says_so(tmp_path, quick_dashboard):
@@ -170,7 +181,9 @@ def test_bad_or_mismatched_residuals_are_refused_before_writing(tmp_path, no_det
 
 def test_folds_out_of_range_is_one_line(tmp_path, no_detect):
     run_dir = baseline_run(tmp_path / "run", n=12)
-    one_line_error(runner.invoke(app, ["report", str(run_dir), "--folds", "1"]), 2, "--folds must be a whole number from 2 to 100")
+    one_line_error(
+        runner.invoke(app, ["report", str(run_dir), "--folds", "1"]), 2, "--folds must be a whole number from 2 to 100"
+    )
 
 
 def test_baseline_columns_without_values_count_as_no_baselines(tmp_path, quick_dashboard):

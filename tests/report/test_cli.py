@@ -17,7 +17,9 @@ from .helpers import DOMAINS, LAYERS, one_line_error, runner, snapshot, syntheti
 def test_cli_report_table_and_json(synthetic_report, tmp_path):
     run_dir = synthetic_report.run_dir
     out = tmp_path / "elsewhere"
-    result = runner.invoke(app, ["report", str(run_dir), "--bootstrap", "50", "--top", "3", "--out", str(out)], env={"COLUMNS": "160"})
+    result = runner.invoke(
+        app, ["report", str(run_dir), "--bootstrap", "50", "--top", "3", "--out", str(out)], env={"COLUMNS": "160"}
+    )
     assert result.exit_code == 0, result.output
     assert "l2_reconstruction_error" in result.stdout and "1.000 [1.000, 1.000]" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["dashboard.png", "detection.csv", "summary.md"]

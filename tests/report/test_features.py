@@ -58,7 +58,9 @@ def test_neuronpedia_link_with_an_id_and_none_without():
     assert neuronpedia_url(GEMMA, 123) == f"https://www.neuronpedia.org/{GEMMA}/123"
     for missing in (None, "", "   ", 5, {"id": GEMMA}):
         assert neuronpedia_url(missing, 123) == ""
-    manifest = {"saes": {"20": {"identity": "x", "neuronpedia_id": GEMMA}, "5": {"identity": "y", "neuronpedia_id": None}, "12": {}}}
+    manifest = {
+        "saes": {"20": {"identity": "x", "neuronpedia_id": GEMMA}, "5": {"identity": "y", "neuronpedia_id": None}, "12": {}}
+    }
     assert neuronpedia_id(manifest, 20) == GEMMA
     assert neuronpedia_id(manifest, 5) is None and neuronpedia_id(manifest, 12) is None and neuronpedia_id(manifest, 7) is None
     assert neuronpedia_id({}, 20) is None and neuronpedia_id({"saes": ["x"]}, 20) is None

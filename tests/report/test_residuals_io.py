@@ -22,7 +22,9 @@ def small(ids=("a", "b", "c"), layers=(5, 12), d_model=4, d_sae=10, seed=0):
             dense[f"l{layer}_{kind}"] = rng.normal(size=(n, d_model)).astype(np.float32)
             m = rng.random((n, d_sae)) * (rng.random((n, d_sae)) < 0.3)  # f > 0 on ~30% of entries
             features[f"l{layer}_{kind}"] = sp.csr_matrix(m.astype(np.float32))
-    return Residuals(layers=list(layers), sample_ids=list(ids), dense=dense, features=features, d_sae={layer: d_sae for layer in layers})
+    return Residuals(
+        layers=list(layers), sample_ids=list(ids), dense=dense, features=features, d_sae={layer: d_sae for layer in layers}
+    )
 
 
 def same(a: Residuals, b: Residuals) -> bool:
@@ -59,7 +61,9 @@ def test_the_file_layout_is_the_contract(tmp_path):
     csr = res.features["l5_hall"]
     assert tensors["dense.l5_fact"].dtype == np.float32 and tensors["dense.l5_fact"].shape == (3, 4)
     assert tensors["features.l5_hall.indptr"].dtype == np.int64 and np.array_equal(tensors["features.l5_hall.indptr"], csr.indptr)
-    assert tensors["features.l5_hall.indices"].dtype == np.int32 and np.array_equal(tensors["features.l5_hall.indices"], csr.indices)
+    assert tensors["features.l5_hall.indices"].dtype == np.int32 and np.array_equal(
+        tensors["features.l5_hall.indices"], csr.indices
+    )
     assert tensors["features.l5_hall.data"].dtype == np.float32 and np.all(tensors["features.l5_hall.data"] > 0)
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     meta = header["__metadata__"]

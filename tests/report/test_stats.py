@@ -80,7 +80,9 @@ def test_bootstrap_interval_contains_estimate_and_is_seeded():
 
 def test_paired_effect_and_wilcoxon():
     mean, sd = paired_effect(np.array([2.0, 4.0, 9.0]), np.array([1.0, 1.0, 3.0]))  # d = 1, 3, 6
-    assert mean == pytest.approx(10 / 3) and sd == pytest.approx(math.sqrt(((1 - 10 / 3) ** 2 + (3 - 10 / 3) ** 2 + (6 - 10 / 3) ** 2) / 2))
+    assert mean == pytest.approx(10 / 3) and sd == pytest.approx(
+        math.sqrt(((1 - 10 / 3) ** 2 + (3 - 10 / 3) ** 2 + (6 - 10 / 3) ** 2) / 2)
+    )
     assert wilcoxon_p(np.ones(10), np.ones(10)) == 1.0
     fact = np.linspace(0, 1, 30)
     assert wilcoxon_p(fact + 0.5, fact) < 1e-4  # every difference positive
