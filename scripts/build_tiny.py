@@ -118,7 +118,7 @@ class BuildPlan:
 
 
 FULL = BuildPlan()
-QUICK = BuildPlan(lm_steps=30, lm_warmup=5, sae_samples=40_960, sae_dead_window=10)
+QUICK = BuildPlan(lm_steps=10, lm_warmup=2, sae_samples=16_384, sae_dead_window=4)
 QUICK_PROSE_CHUNKS = 100
 """With --quick, only the first prose chunks are used (the prose is most of the corpus to forward)."""
 

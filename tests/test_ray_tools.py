@@ -133,7 +133,9 @@ def test_doctor_ray_unreachable_address_is_a_failed_check_quickly(tmp_path):
 @pytest.mark.slow
 def test_bench_ray_two_worker_counts(ray_cluster, tmp_path):
     out = tmp_path / "b"
-    result = runner.invoke(app, ["bench", "--ray", "--workers", "1,2", "--limit", "8", "--repeats", "1", "--out", str(out)])
+    result = runner.invoke(
+        app, ["bench", "--ray", "--workers", "1,2", "--limit", "8", "--repeats", "1", "--baselines", "on", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "bench.json").read_text())
     assert saved["kind"] == "ray" and saved["batch_size"] == 16 and saved["samples"] == 8

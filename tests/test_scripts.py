@@ -19,13 +19,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import saecli
+from saecli.cli import app
 from saecli.columns import metric_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-HB = ROOT.parent / "shared" / "data" / "hb"
 GOLDEN = ROOT / "tests" / "golden" / "tiny.json"
 TESTED = {"baselines.py", "build_tiny.py", "competitor_bench.py", "gpu_check.sh", "gpu_check_summary.py", "update_golden.py"}
 GPU_CHECK_STEPS = ["doctor", "pytest-gpu", "compare-float64", "compare-float32", "compare-bfloat16", "bench-bfloat16", "bench-float32",
@@ -190,13 +191,6 @@ def test_competitor_bench_competitors_stop_when_told(monkeypatch):
                 target(stop)  # returns at once: the event is set
     finally:
         torch.set_num_threads(threads)
-
-
-@pytest.mark.slow  # each competitor takes a core of two: a minute or more
-def test_competitor_bench_runs_saecli_beside_each_competitor():
-    rates = _competitor_bench("busy,torch")
-    names = {name for name, _ in rates}
-    assert names == {"busy loop (1 core)", "PyTorch matmuls (1 core)"} and len(rates) == 4
 
 
 def test_competitor_bench_rejects_an_unknown_competitor():
@@ -391,6 +385,11 @@ def test_gpu_check_sh_runs_every_step_and_summarises_them(tmp_path):
         assert bench[bench.index("--preset") + 1] == "tiny" and bench[bench.index("--sizes") + 1] == "1,4"
         assert bench[bench.index("--limit") + 1] == "32" and bench[bench.index("--data") + 1] == str(tmp_path)
     assert [b[b.index("--baselines") + 1] for b in benches] == ["both", "on"]
+    # The real saecli takes every option the script passes (a real --cpu --quick run takes over a
+    # minute of the suite's ten: the steps themselves are the commands' own tests).
+    for call in calls:
+        accepted = CliRunner().invoke(app, [*call, "--help"])
+        assert accepted.exit_code == 0, (call, accepted.output)
 
 
 def test_gpu_check_sh_fails_on_a_failed_required_step_and_skips_steps_out_of_budget(tmp_path):
@@ -412,22 +411,3 @@ def test_gpu_check_sh_fails_on_a_failed_required_step_and_skips_steps_out_of_bud
 
     result = run_script(["scripts/gpu_check.sh", "--no-such-option"], env=_stand_ins(tmp_path))
     assert result.returncode == 2 and "unknown option --no-such-option" in result.stderr
-
-
-@pytest.mark.slow
-def test_gpu_check_sh_cpu_quick_for_real(tmp_path):
-    out = tmp_path / "check"
-    data = HB if HB.is_dir() else ROOT / "saecli" / "assets" / "benchmark.json"
-    env = script_env(SAECLI=f"{sys.executable} -m saecli", PYTHON=sys.executable, GPU_CHECK_DATA=str(data), GPU_CHECK_LIMIT="4",
-                     GPU_CHECK_SIZES="2", GPU_CHECK_COMPARE_SIZES="2")  # fmt: skip
-    result = run_script(["scripts/gpu_check.sh", "--cpu", "--quick", str(out)], env=env, timeout=500)
-    summary = (out / "summary.txt").read_text()
-    assert result.returncode == 0, summary + result.stderr[-3000:]
-    steps = _steps(out)
-    assert list(steps) == GPU_CHECK_STEPS
-    assert {s: rc for s, rc in steps.items() if s in REQUIRED_STEPS} == dict.fromkeys(REQUIRED_STEPS, "0")
-    assert _summary_rows(out) == steps
-    assert re.search(r"^\[compare-float64\] exit 0.*\n  passed=True device=cpu dtype=float64", summary, re.M), summary
-    for dtype in ("bfloat16", "float32"):
-        assert re.search(rf"best [\d.]+ samples/s at batch 2 \(4 samples, device cpu, dtype {dtype}", summary), summary
-    assert re.search(r"\d+ (skipped|passed)", (out / "pytest-gpu.out").read_text())
