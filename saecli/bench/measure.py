@@ -34,7 +34,9 @@ def job(config: RunConfig, size: int | str, *, repeats: int, baselines: str) -> 
     return {"config": asdict(sized), "size": size, "repeats": repeats, "baselines": baselines}
 
 
-def _timed_passes(loaded: Any, config: RunConfig, samples: list[Any], repeats: int) -> tuple[list[float], list[dict[str, float]], list[Any], Any]:
+def _timed_passes(
+    loaded: Any, config: RunConfig, samples: list[Any], repeats: int
+) -> tuple[list[float], list[dict[str, float]], list[Any], Any]:
     """``repeats`` timed passes (stages synchronised on CUDA); the last pass's batches and engine."""
     from saecli.device import synchronize
     from saecli.engine import Engine
@@ -51,7 +53,9 @@ def _timed_passes(loaded: Any, config: RunConfig, samples: list[Any], repeats: i
     return times, stage_runs, batches, engine
 
 
-def _count_work(result: SizeResult, loaded: Any, engine: Any, batches: list[Any], seconds: float, stages: dict[str, float]) -> tuple[float, float]:
+def _count_work(
+    result: SizeResult, loaded: Any, engine: Any, batches: list[Any], seconds: float, stages: dict[str, float]
+) -> tuple[float, float]:
     """Tokens and padding of one pass into ``result``; its forward and SAE FLOPs (every repeat runs
     the same batches, so they are counted from the last)."""
     from saecli import flops

@@ -48,7 +48,9 @@ def ray_sweep(
         raise SaecliError("bench --ray measures the batched analysis; the sequential reference runs on one machine",
                           hint="drop --sequential, or bench without --ray")  # fmt: skip
     ray_module = import_ray()
-    load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)  # bad data: one error, not one per run
+    load_samples(
+        config.data, domains=config.domains, limit=config.limit, columns=config.columns
+    )  # bad data: one error, not one per run
     chosen = find_preset(config.preset)
     timed = dataclasses.replace(config, baselines=baselines != "off")
     info = connect(ray)
@@ -109,7 +111,12 @@ def _workers_result(k: int, manifests: list[dict[str, Any]]) -> WorkersResult:
     n, tokens = last["samples"], last.get("tokens", 0)
     per_worker: list[float | None] = []
     for wid in range(k):
-        rates = [w.get("samples_per_second") for m in manifests for w in m.get("cluster", {}).get("per_worker", []) if w.get("worker") == wid]
+        rates = [
+            w.get("samples_per_second")
+            for m in manifests
+            for w in m.get("cluster", {}).get("per_worker", [])
+            if w.get("worker") == wid
+        ]
         rates = [r for r in rates if r is not None]
         per_worker.append(round(statistics.median(rates), 3) if rates else None)
     worker_peaks = [_peak_bytes(p, device) for m in manifests for p in (m.get("peak_memory") or {}).get("workers", [])]

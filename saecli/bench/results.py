@@ -180,10 +180,32 @@ def recommend(results: list[SizeResult], available: int | None) -> tuple[int | N
     return int(best.size), why
 
 
-CSV_FIELDS = ["size", "ok", "oom", "samples", "seconds_median", "seconds_min", "seconds_max", "samples_per_second",
-              "samples_per_second_no_baselines", "tokens_per_second", "speedup_vs_batch1", "speedup_vs_sequential", "model_memory", "peak_memory",
-              "peak_increase", "forwarded_tokens", "padding_fraction", "forward_gflops", "sae_gflops", "peak_gflops",
-              "sae_peak_gflops", "forward_utilization", "sae_utilization", "error"]
+CSV_FIELDS = [
+    "size",
+    "ok",
+    "oom",
+    "samples",
+    "seconds_median",
+    "seconds_min",
+    "seconds_max",
+    "samples_per_second",
+    "samples_per_second_no_baselines",
+    "tokens_per_second",
+    "speedup_vs_batch1",
+    "speedup_vs_sequential",
+    "model_memory",
+    "peak_memory",
+    "peak_increase",
+    "forwarded_tokens",
+    "padding_fraction",
+    "forward_gflops",
+    "sae_gflops",
+    "peak_gflops",
+    "sae_peak_gflops",
+    "forward_utilization",
+    "sae_utilization",
+    "error",
+]
 
 
 def save(result: Sweep | RaySweep, out_dir: Path) -> None:

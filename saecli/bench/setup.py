@@ -41,7 +41,8 @@ def check_options(*, sizes: Sequence[int], repeats: int, limit: int | None = Non
         raise SaecliError(f"--sizes must be positive whole numbers separated by commas, e.g. 1,8,32 (got {list(sizes)!r})")
     if len(sizes) > MAX_SIZES:
         raise SaecliError(
-            f"--sizes takes at most {MAX_SIZES} batch sizes (got {len(sizes)})", hint="each size is a fresh process; split the sweep"
+            f"--sizes takes at most {MAX_SIZES} batch sizes (got {len(sizes)})",
+            hint="each size is a fresh process; split the sweep",
         )
     if not _whole(repeats) or not 1 <= repeats <= MAX_REPEATS:
         raise SaecliError(f"--repeats must be a whole number from 1 to {MAX_REPEATS} (got {repeats!r})")

@@ -49,7 +49,9 @@ def sweep(
     from saecli.data import load_samples
 
     check_options(sizes=sizes, repeats=repeats, limit=config.limit)
-    load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)  # bad data: one error here, not one per size
+    load_samples(
+        config.data, domains=config.domains, limit=config.limit, columns=config.columns
+    )  # bad data: one error here, not one per size
     chosen = find_preset(config.preset)
     device, _ = resolve_device(config.device, live_facts())
     dtype = config.dtype or chosen.model.dtype
