@@ -34,7 +34,7 @@ from saecli.faults import oom_point
 from saecli.forward import Forward, ForwardPass, Reads
 from saecli.memory import is_out_of_memory
 from saecli.models import LoadedPreset
-from saecli.plan import SampleTokens, planned_order
+from saecli.plan import SampleTokens, cut_to_context, planned_order
 from saecli.residuals import Residuals
 from saecli.rows import assemble_rows, kept_residuals
 from saecli.sae_stage import LayerOut, SaeStage, stability_noise
@@ -132,11 +132,14 @@ class Engine:
         return self.model.to_tokens(text, truncate=False, move_to_device=False)[0].tolist()
 
     def tokenize(self, samples: Sequence[Sample], *, truncate: bool | None = None) -> list[SampleTokens]:
-        """Tokenize each sample's P, F and H alone. A text longer than the context is an error,
-        or with ``truncate`` (default: the configuration's) is cut from the left (keeping the BOS)."""
+        """Tokenize each sample's P, F and H alone, with where each continuation starts. A sample
+        longer than the context is an error, or with ``truncate`` (default: the configuration's) is
+        cut to it from the left as one window (:func:`~saecli.plan.cut_to_context`: the BOS stays,
+        the continuations stay whole where they fit, and are scored from where they start)."""
         truncate = self.config.truncate if truncate is None else truncate
         out = []
         n_ctx = self.model.cfg.n_ctx
+        bos = self.model.tokenizer.bos_token_id
         with self.timer("tokenize"):
             for sample in samples:
                 toks = SampleTokens(self._tokens(sample.prompt), self._tokens(sample.fact_text), self._tokens(sample.hall_text))
@@ -146,16 +149,9 @@ class Engine:
                             f"sample {sample.id!r} is {toks.length} tokens long, more than the model's context of {n_ctx}",
                             hint="shorten it, or pass --truncate to cut long texts from the left",
                         )
-                    toks = SampleTokens(*(self._cut_left(t, n_ctx) for t in (toks.prompt, toks.fact, toks.hall)))
+                    toks = cut_to_context(toks, n_ctx, bos)
                 out.append(toks)
         return out
-
-    def _cut_left(self, tokens: list[int], n_ctx: int) -> list[int]:
-        if len(tokens) <= n_ctx:
-            return tokens
-        bos = self.model.tokenizer.bos_token_id
-        keep_bos = bos is not None and tokens[0] == bos
-        return ([bos] if keep_bos else []) + tokens[len(tokens) - (n_ctx - keep_bos) :]
 
     # -- one batch --------------------------------------------------------------------------------
     def _noise(self, samples: Sequence[Sample]) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from saecli.models import LoadedPreset
-from saecli.plan import SampleTokens, continuation_start, shared_prompt_rows, shared_prompt_widths
+from saecli.plan import SampleTokens, shared_prompt_rows, shared_prompt_widths
 
 Timer = Callable[[str], AbstractContextManager[Any]]
 """Times a stage: ``with timer("forward"): ...`` (:class:`saecli.timer.StageTimer`)."""
@@ -212,6 +212,7 @@ class Forward:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         n = len(toks)
+        # On this path both continuations start right after the prompt (SampleTokens.shares_prompt).
         tails = [t.fact[len(t.prompt) :] for t in toks] + [t.hall[len(t.prompt) :] for t in toks]
         # The prompt's last position predicts each continuation's first token; each continuation
         # position but the last predicts the next one.
@@ -249,11 +250,12 @@ class Forward:
             return True
         return sum(shared_prompt_widths(toks)) <= cfg.window_size
 
-    def _text_scores(self, row: int, prompt: Sequence[int], text: Sequence[int]) -> list[tuple[int, int, int]]:
-        """(row, position, next token) for every continuation token of a text forwarded whole."""
+    def _text_scores(self, row: int, start: int, text: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(row, position, next token) for every continuation token of a text forwarded whole, the
+        continuation starting at token ``start`` (``SampleTokens.fact_start`` or ``hall_start``)."""
         if not self.baselines:
             return []
-        return [(row, position, text[position + 1]) for position in range(continuation_start(prompt, text) - 1, len(text) - 1)]
+        return [(row, position, text[position + 1]) for position in range(start - 1, len(text) - 1)]
 
     def batched(self, toks: list[SampleTokens]) -> Reads:
         """Residuals of a batch, reads ordered [P_0..P_B-1, F_0.., H_0..], and the scored
@@ -306,8 +308,8 @@ class Forward:
             seqs += [t.fact, t.hall]
             f_reads.append((f_row, len(t.fact) - 1))
             h_reads.append((f_row + 1, len(t.hall) - 1))
-            for kind, (row, text) in enumerate(((f_row, t.fact), (f_row + 1, t.hall))):
-                text_scores = self._text_scores(row, t.prompt, text)
+            for kind, (row, start, text) in enumerate(((f_row, t.fact_start, t.fact), (f_row + 1, t.hall_start, t.hall))):
+                text_scores = self._text_scores(row, start, text)
                 scores += text_scores
                 slots += [kind * n + i] * len(text_scores)
             if t.prompt_in_fact:
@@ -320,8 +322,8 @@ class Forward:
     def sequential(self, t: SampleTokens) -> Reads:
         """Each text in its own pass: reads [P, F, H], and the scored continuation tokens (F: slot 0, H: slot 1)."""
         parts, scored, passes = [], Scored(), []
-        for kind, seq in enumerate((t.prompt, t.fact, t.hall)):
-            scores = self._text_scores(0, t.prompt, seq) if kind > 0 else []
+        for kind, (start, seq) in enumerate(((0, t.prompt), (t.fact_start, t.fact), (t.hall_start, t.hall))):
+            scores = self._text_scores(0, start, seq) if kind > 0 else []
             result = self.one_pass([seq], [(0, len(seq) - 1)], scores=scores)
             parts.append(result.acts)
             scored += Scored.of([kind - 1] * len(scores), result.logprobs)

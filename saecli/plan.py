@@ -1,10 +1,11 @@
 """Batch planning: the samples' token ids, which samples share a batch, and what a batch forwards.
 
 Belongs here: the token ids of a sample's texts (:class:`SampleTokens`), where a continuation
-starts, which samples take the shared-prompt path, the padded positions a batch forwards (counted
-here only, for the plan and for the forward pass's sliding-window check), the batch plan, and the
-cutting of a plan into chunks of whole batches for Ray workers. Does not belong here: running
-anything (:mod:`saecli.forward`).
+starts, the cut of a sample longer than the context (:func:`cut_to_context`), which samples take
+the shared-prompt path, the padded positions a batch forwards (counted here only, for the plan and
+for the forward pass's sliding-window check), the batch plan, and the cutting of a plan into
+chunks of whole batches for Ray workers. Does not belong here: running anything
+(:mod:`saecli.forward`).
 
 Imports no torch, directly or through its imports: the Ray driver plans with it, and the driver
 never loads a model.
@@ -36,11 +37,22 @@ def continuation_start(prompt: Sequence[int], text: Sequence[int]) -> int:
 
 @dataclass
 class SampleTokens:
-    """Token ids of a sample's three texts, each tokenized alone as the model does."""
+    """Token ids of a sample's three texts, each tokenized alone as the model does, and where each
+    continuation starts: the first scored token of F (``fact_start``) and of H (``hall_start``).
+    The starts default to :func:`continuation_start` of the tokens given; a sample cut to the
+    model's context (:func:`cut_to_context`) carries the starts found on its uncut tokens."""
 
     prompt: list[int]
     fact: list[int]
     hall: list[int]
+    fact_start: int = -1
+    hall_start: int = -1
+
+    def __post_init__(self) -> None:
+        if self.fact_start < 0:
+            self.fact_start = continuation_start(self.prompt, self.fact)
+        if self.hall_start < 0:
+            self.hall_start = continuation_start(self.prompt, self.hall)
 
     @property
     def prompt_in_fact(self) -> bool:
@@ -63,7 +75,49 @@ class SampleTokens:
 
     @property
     def shares_prompt(self) -> bool:
-        return self.prompt_in_fact and self.prompt_in_hall
+        """The prompt's tokens start both texts and both continuations start right after them."""
+        n = len(self.prompt)
+        return self.prompt_in_fact and self.prompt_in_hall and self.fact_start == n == self.hall_start
+
+
+def cut_to_context(toks: SampleTokens, n_ctx: int, bos: int | None) -> SampleTokens:
+    """A sample longer than the context (``toks.length > n_ctx``) cut to it from the left, as one
+    window: each text keeps its first token when it is the BOS, and loses the tokens after it that
+    do not fit, the prompt's first, so that F and H go on seeing the same prompt (the shorter text
+    may lose more of the prompt than it alone would need).
+
+    - ``c = max(len(F), len(H)) − n_ctx`` tokens must go from the longer text. The prompt loses
+      ``c_P = min(c, len(P) − 1)`` tokens after its BOS (``P' = P[:1] + P[1 + c_P:]``; without a BOS,
+      ``P' = P[c_P:]``): all of them but the BOS when the longer continuation alone fills the window.
+    - F loses ``c_F = max(c_P, len(F) − n_ctx)`` tokens after its BOS, H likewise ``c_H``. Where the
+      prompt starts a text, ``c_F = c_P`` unless ``P'`` + that continuation is longer than the window, so
+      ``P'`` is a prefix of ``F'`` and ``H'`` and its last token is where the prompt ends inside them.
+    - Scoring: the continuation is the text's own tokens after the prompt, found on the uncut
+      tokens (``continuation_start``), so ``F'`` is scored from ``max(1, fact_start − c_F)`` to its
+      end: the whole continuation, or, when it is longer than the window, every token after the BOS.
+    - Reads: the last token of ``P'``, ``F'`` and ``H'``, each forwarded alone or as a prefix of
+      another (equal residuals under causal attention), as for an uncut sample.
+    """
+    cut = toks.length - n_ctx
+    if cut <= 0:
+        return toks
+
+    def drop(tokens: list[int], count: int) -> list[int]:
+        b = 1 if bos is not None and tokens[:1] == [bos] else 0
+        return tokens[:b] + tokens[b + count :]
+
+    def drop_text(tokens: list[int], count: int) -> list[int]:
+        return drop(tokens, min(count, len(tokens) - 2))  # at least two tokens stay: one is scored
+
+    c_p = max(0, min(cut, len(toks.prompt) - 1))
+    prompt = drop(toks.prompt, c_p)  # keeps its BOS, or its last token
+    fact = drop_text(toks.fact, max(c_p, len(toks.fact) - n_ctx))
+    hall = drop_text(toks.hall, max(c_p, len(toks.hall) - n_ctx))
+
+    def start(uncut: list[int], start: int, text: list[int]) -> int:
+        return max(1, min(start - (len(uncut) - len(text)), len(text) - 1))
+
+    return SampleTokens(prompt, fact, hall, start(toks.fact, toks.fact_start, fact), start(toks.hall, toks.hall_start, hall))
 
 
 def shared_prompt_rows(toks: Sequence[SampleTokens]) -> list[int]:
