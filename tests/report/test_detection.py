@@ -65,7 +65,7 @@ def test_make_report_enforces_the_bootstrap_maximum(tmp_path, no_detect):
 
 def test_paired_bootstrap_against_the_baseline_in_chunks_is_one_draw(monkeypatch):
     """The difference to the baseline, resample by resample, is the same whatever the chunk size."""
-    frame = _frame(np.random.default_rng(3), n=30, shift=1.0, with_baseline=True)
+    frame = _frame(np.random.default_rng(3), n=60, shift=2.0, with_baseline=True)
     metrics = _metrics(with_baseline=True)
     expected = detect_metrics(frame, metrics, bootstrap=200, seed=0)
     monkeypatch.setattr(saecli.report.stats, "BOOTSTRAP_BLOCK", 64)
@@ -79,7 +79,7 @@ def test_paired_bootstrap_against_the_baseline_in_chunks_is_one_draw(monkeypatch
 
 # -- simulation: no effect by construction, and a planted one ------------------------------------------
 
-N_METRICS = 8
+N_METRICS = 6
 
 
 def _frame(rng, *, n=60, shift=0.0, with_baseline=False):
@@ -108,25 +108,33 @@ def _metrics(with_baseline=False):
 
 
 def test_no_effect_is_called_significant_in_at_most_about_5_percent_of_datasets():
-    """200 datasets with fact and hallucination swapped at random within pairs, every metric:
-    after correction, a dataset with any significant row, and a best metric with family-wise p < 0.05,
-    each in about 5% of them (each ≤ 5% in expectation; the bound allows the sampling error of 200)."""
-    any_significant = best_significant = 0
-    for seed in range(200):
-        rng = np.random.default_rng(seed)
-        frame = _frame(rng)
-        rows = detect_metrics(frame, _metrics(), bootstrap=0, seed=seed)
-        any_significant += any(r.significant for r in rows)
-        best = best_metrics(frame, _metrics(), permutations=200, seed=seed)
-        best_significant += best[-1].significant
-    assert any_significant / 200 <= 0.08, any_significant
-    assert best_significant / 200 <= 0.08, best_significant
+    """120 datasets with fact and hallucination swapped at random within pairs, every metric: a
+    dataset with any row significant after correction (BH over its 24 tests) in about 5% of them
+    (≤ 5% in expectation; the bound allows the sampling error of 120). Raw p < 0.05 would flag most."""
+    flagged = raw = 0
+    for seed in range(120):
+        rows = detect_metrics(_frame(np.random.default_rng(seed)), _metrics(), bootstrap=0, seed=seed)
+        flagged += any(r.significant for r in rows)
+        raw += any(r.wilcoxon_p < 0.05 for r in rows)
+    assert flagged / 120 <= 0.09, flagged
+    assert raw / 120 > 0.3  # the correction is what keeps the first rate down
+
+
+def test_the_best_metric_is_family_wise_significant_in_about_5_percent_of_null_datasets():
+    """300 null datasets × 4 groups: the best of 6 metrics (direction and metric chosen on the data)
+    reaches family-wise p < 0.05 in about 5% of them, while its naive single-metric reading would not."""
+    significant = tests = 0
+    for seed in range(300):
+        for best in best_metrics(_frame(np.random.default_rng(seed)), _metrics(), permutations=200, seed=seed):
+            significant += best.significant
+            tests += 1
+    assert tests == 1200 and significant / tests <= 0.07, significant
 
 
 def test_a_planted_effect_is_found():
     found = 0
     for seed in range(20):
-        frame = _frame(np.random.default_rng(1000 + seed), shift=0.8)
+        frame = _frame(np.random.default_rng(1000 + seed), shift=1.2)
         rows = detect_metrics(frame, _metrics(), bootstrap=0, seed=seed)
         (best,) = [b for b in best_metrics(frame, _metrics(), permutations=200, seed=seed) if b.domain == ALL]
         planted = next(r for r in rows if r.metric == "m0" and r.domain == ALL)
