@@ -204,6 +204,9 @@ class Preset:
     """The TOML file this preset was read from."""
     synthetic: bool = False
     """True when the weights are random: its metrics mean nothing (benchmarking only)."""
+    trained_on_benchmark: bool = False
+    """True when the model (or its SAEs) learned the built-in benchmark's facts (the embedded ``tiny``):
+    on that benchmark its log-probability and reconstruction AUROCs are in-sample, and the report says so."""
 
     def __post_init__(self) -> None:
         self._check_defaults()
@@ -236,7 +239,7 @@ class Preset:
         return Path(self.source).parent if self.source else Path.cwd()
 
 
-_PRESET_KEYS = {"name", "description", "model", "sae", "defaults", "synthetic"}
+_PRESET_KEYS = {"name", "description", "model", "sae", "defaults", "synthetic", "trained_on_benchmark"}
 _MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
 _SAE_KEYS = {f.name for f in dataclasses.fields(SAESpec)}
 
@@ -290,6 +293,7 @@ def load_preset_file(path: Path) -> Preset:
             defaults=defaults,
             source=str(path),
             synthetic=_expect(raw.get("synthetic", False), bool, "synthetic", path),
+            trained_on_benchmark=_expect(raw.get("trained_on_benchmark", False), bool, "trained_on_benchmark", path),
         ),
     )
 

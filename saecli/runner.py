@@ -75,6 +75,7 @@ def start_manifest(
             "source": preset.source,
             "description": preset.description,
             "synthetic": preset.synthetic,
+            "trained_on_benchmark": preset.trained_on_benchmark,
         },
         "model": loaded.identities.get("model"),
         "saes": {

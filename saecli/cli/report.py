@@ -11,20 +11,24 @@ from rich.table import Table
 
 from saecli.cli.app import command, emit_json, stdout
 from saecli.cli.options import json_option
-from saecli.report import FOLDS_DEFAULT, MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
-from saecli.report.summary import baseline_sentence
+from saecli.report import ALPHA, FOLDS_DEFAULT, MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
+from saecli.report.summary import auroc_words, baseline_sentence, best_sentence
 
 
-def _ci(low: float, high: float) -> str:
-    return f"[{low:.3f}, {high:.3f}]" if math.isfinite(low) else "–"
+def _ci(low: float, high: float, digits: int = 3) -> str:
+    return f"[{low:.{digits}f}, {high:.{digits}f}]" if math.isfinite(low) else "–"
+
+
+def _side(value: float) -> str:
+    return "hall higher" if value > 0.5 else "hall lower" if value < 0.5 else "no separation"
 
 
 def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
-    """The top metrics as a Rich table on stdout, then where the files are."""
+    """The top metrics as a Rich table on stdout, then the verdicts and where the files are."""
     table = Table(title=f"Top {top} metrics by |AUROC − 0.5|, hall vs fact ({report.preset}, {report.samples} samples)")
     for name, justify in (
-        ("metric", "left"), ("AUROC [95% CI]", "left"), ("hall", "left"), ("Δ hall − fact", "right"), ("Wilcoxon p", "right"),
-        ("best domain", "left"),
+        ("metric", "left"), ("AUROC [95% CI]", "left"), ("in words", "left"), ("win rate [95% CI]", "left"),
+        ("Δ hall − fact", "right"), (f"q (BH, {report.tested} tests)", "right"), ("best domain", "left"),
     ):  # fmt: skip
         table.add_column(name, justify=justify, no_wrap=name == "metric", overflow="fold")
     domains = list(report.domains)
@@ -33,18 +37,25 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
         best = max(per_domain, key=lambda x: x.separation) if len(per_domain) > 1 else None
         sd = f" ± {r.sd_diff:.2g}" if math.isfinite(r.sd_diff) else ""
         color = "red" if r.auroc > 0.5 else "blue" if r.auroc < 0.5 else "default"
+        win = f"{r.win_rate:.2f} {_ci(r.win_low, r.win_high, 2)}" if math.isfinite(r.win_rate) else "–"
         table.add_row(
             r.metric,
             f"[bold {color}]{r.auroc:.3f}[/] {_ci(r.ci_low, r.ci_high)}" if math.isfinite(r.auroc) else "–",
-            r.direction.removeprefix("hall "),
+            auroc_words(r.auroc),
+            win,
             f"{r.mean_diff:+#.3g}{sd}",
-            f"{r.wilcoxon_p:.1e}" if math.isfinite(r.wilcoxon_p) else "–",
-            f"{best.domain} {best.auroc:.2f}" if best is not None else "",
+            f"{r.q:.1e}{' *' if r.significant else ''}" if math.isfinite(r.q) else "–",
+            f"{best.domain} {best.auroc:.2f} ({_side(best.auroc)})" if best is not None else "",
         )
     stdout.print(table)
     for note in report.notes:
         stdout.print(note, highlight=False, soft_wrap=True, markup=False)
-    stdout.print(baseline_sentence(report).replace("**", ""), highlight=False, soft_wrap=True, markup=False)
+    for line in (
+        f"* q < {ALPHA}: significant after Benjamini-Hochberg correction over all {report.tested} tests.",
+        f"Best metric, all samples: {best_sentence(report)}.".replace("**", ""),
+        baseline_sentence(report).replace("**", ""),
+    ):
+        stdout.print(line, highlight=False, soft_wrap=True, markup=False)
     for path in report.files.values():
         stdout.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
@@ -60,9 +71,14 @@ def report(
     # Bounds are checked by make_report (one line, also for the Python API), not by typer (a usage box).
     bootstrap: Annotated[
         int,
-        typer.Option("--bootstrap", "-B", help=f"Bootstrap resamples for the 95% intervals (0: none; at most {MAX_BOOTSTRAP})."),
+        typer.Option(
+            "--bootstrap",
+            "-B",
+            help=f"Resamples of the paired bootstrap against the baseline and sign-flip permutations of the best "
+            f"metric's family-wise test (0: neither; at most {MAX_BOOTSTRAP}).",
+        ),
     ] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resamples (>= 0).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the resamples and permutations (>= 0).")] = 0,
     top: Annotated[int, typer.Option("--top", "-k", help="Metrics in the table and in summary.md (>= 1).")] = TOP_DEFAULT,
     folds: Annotated[
         int,
@@ -73,7 +89,7 @@ def report(
     ] = None,
     json_: Annotated[bool, json_option("the detection document")] = False,
 ) -> None:
-    """Which metric tells hallucinations from facts: AUROC per metric and domain, with bootstrap intervals.
+    """Which metric tells hallucinations from facts: AUROC and win rate per metric and domain, with intervals and q-values.
 
     Writes **detection.csv**, **dashboard.png** and **summary.md** into the run folder; for a run with
     residuals.safetensors also **probes.csv**, **generalisation.csv** and **features.csv** (probes on the

@@ -3,9 +3,11 @@
 ``make_report(run_dir)`` reads ``metrics.parquet`` + ``manifest.json`` and writes, next to them:
 
 * ``detection.csv``: for every numeric metric (each one with a ``_fact`` and a ``_hall`` column) and
-  every domain (and ``all``), the AUROC of telling the hallucinated text from the factual one with a
-  bootstrap 95% interval over samples, the paired effect (mean and SD of hall − fact) and the
-  Wilcoxon signed-rank p-value;
+  every domain (and ``all``), the AUROC of telling the hallucinated text from the factual one with its
+  score 95% interval, the within-pair win rate with its Wilson interval, the paired effect (mean and
+  SD of hall − fact), the Wilcoxon signed-rank p-value and its Benjamini-Hochberg q over every row
+  (one family), and the paired bootstrap comparison with the best log-prob baseline; the report also
+  holds the family-wise (sign-flip permutation) verdict on the best metric of each group;
 * ``dashboard.png``: the five tests at a glance plus the detection ranking;
 * ``summary.md``: the top metrics, the per-domain table, and the figure.
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -49,20 +52,36 @@ from saecli.io import METRICS_FILE, RESIDUALS_FILE, atomic_write, probe_write, r
 from saecli.report.dashboard import FACT_COLOR, HALL_COLOR, draw_dashboard
 from saecli.report.detection import (
     ALL,
+    ALPHA,
     FOLDS_DEFAULT,
     MAX_BOOTSTRAP,
+    PROBE,
     TOP_DEFAULT,
+    Best,
     Detection,
     Metric,
     Report,
+    best_metrics,
     check_options,
     detect,
     detect_metrics,
     numeric_metrics,
+    run_metrics,
 )
 from saecli.report.features import FEATURES_TOP, FeatureRow, neuronpedia_id, rank_features
 from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, scores_frame
-from saecli.report.stats import auroc, direction, paired_effect, percentile_interval, weighted_auroc, wilcoxon_p
+from saecli.report.stats import (
+    auroc,
+    auroc_interval,
+    bh_qvalues,
+    direction,
+    paired_effect,
+    percentile_interval,
+    weighted_auroc,
+    wilcoxon_p,
+    wilson_interval,
+    win_rate,
+)
 from saecli.report.summary import (
     DASHBOARD_FILE,
     DETECTION_FILE,
@@ -75,11 +94,11 @@ from saecli.report.summary import (
 from saecli.residuals import Residuals, read_residuals, residual_key
 
 __all__ = [
-    "ALL", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
+    "ALL", "ALPHA", "Best", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
     "HALL_COLOR", "MAX_BOOTSTRAP", "PROBES_FILE", "SUMMARY_FILE", "TOP_DEFAULT",
-    "Detection", "Metric", "Report", "auroc", "check_options", "check_writable", "detect", "direction", "draw_dashboard",
+    "Detection", "Metric", "Report", "auroc", "auroc_interval", "bh_qvalues", "best_metrics", "check_options", "check_writable", "detect", "direction", "draw_dashboard",
     "load_residuals", "load_run", "make_report", "numeric_metrics", "paired_effect", "percentile_interval", "summary_markdown",
-    "weighted_auroc", "wilcoxon_p", "write_files",
+    "weighted_auroc", "wilcoxon_p", "wilson_interval", "win_rate", "write_files",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -172,6 +191,7 @@ def make_report(
         seed=seed,
         rows=[],
         folds=folds,
+        trained_on_benchmark=bool(isinstance(preset, dict) and preset.get("trained_on_benchmark") is True),
     )
     log.info(
         "report of %s: %d samples, %d metrics, %d bootstrap resamples",
@@ -180,28 +200,32 @@ def make_report(
         len(numeric_metrics(layers)),
         bootstrap,
     )
-    report.rows = detect(frame, layers, bootstrap=bootstrap, seed=seed)
-    report.baselines = any(r.family == "baseline" for r in report.rows)  # summary.md says so when not
+    table, metrics = frame, run_metrics(frame, layers)
+    fits: list[Any] = []
     if residuals is None:
         report.notes.append(f"No {RESIDUALS_FILE} in the run: no probes, out-of-domain test or SAE feature ranking.")
     else:
         report.residuals = True
-        _probe_and_rank(report, frame, residuals, manifest)
+        fits = _probe_and_rank(report, frame, residuals, manifest)
+        if fits:  # the probes' out-of-fold scores join the metrics: one ranking, one family of tests
+            scores, probe_metrics = scores_frame(fits, frame["domain"].to_list())
+            table, metrics = frame.hstack(scores.drop("domain")), metrics + probe_metrics
+    report.rows = detect_metrics(table, metrics, bootstrap=bootstrap, seed=seed)
+    report.best = best_metrics(table, metrics, permutations=bootstrap, seed=seed)
+    report.baselines = any(r.family == "baseline" for r in report.rows)  # summary.md says so when not
+    if fits:
+        report.probes = probe_rows(fits, [r for r in report.rows if r.family == PROBE])
     write_files(report, frame, top=top)
     log.info("wrote %s", ", ".join(str(p) for p in report.files.values()))
     return report
 
 
-def _probe_and_rank(report: Report, frame: pl.DataFrame, residuals: Residuals, manifest: dict[str, Any]) -> None:
-    """Probes (their rows join the ranking), their generalisation, and the feature ranking per layer."""
+def _probe_and_rank(report: Report, frame: pl.DataFrame, residuals: Residuals, manifest: dict[str, Any]) -> list[Any]:
+    """Probes, their generalisation, and the feature ranking per layer; returns the probes' fits (their
+    out-of-fold scores join the detection ranking)."""
     domains = frame["domain"].to_list()
     outcome = run_probes(residuals, domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap)
     report.notes += outcome.notes
-    if outcome.fits:
-        scores, metrics = scores_frame(outcome.fits, domains)
-        rows = detect_metrics(scores, metrics, bootstrap=report.bootstrap, seed=report.seed)
-        report.rows += rows
-        report.probes = probe_rows(outcome.fits, rows)
     report.generalisation = outcome.generalisation
     for layer in residuals.layers:
         fact, hall = residuals.features.get(residual_key(layer, "fact")), residuals.features.get(residual_key(layer, "hall"))
@@ -213,6 +237,7 @@ def _probe_and_rank(report: Report, frame: pl.DataFrame, residuals: Residuals, m
         )  # fmt: skip
     if not report.features and residuals.features:
         report.notes.append("SAE features: not enough data to rank them (fewer than 2 samples, or no feature differs)")
+    return outcome.fits
 
 
 _POLARS_TYPES = {"int": pl.Int64(), "float": pl.Float64(), "str": pl.String()}
@@ -259,6 +284,18 @@ def check_writable(out_dir: Path, run_dir: Path) -> None:
         ) from None
 
 
+def _full_precision(frame: pl.DataFrame) -> pl.DataFrame:
+    """The table with every float written as Python's repr (shortest round-trip form, scientific
+    notation for small values): a p of 3e-40 is kept, not rounded to 0.000000."""
+    floats = [c for c, t in frame.schema.items() if t == pl.Float64]
+    as_text = [pl.Series(c, [_repr(v) for v in frame[c].to_list()], dtype=pl.String) for c in floats]
+    return frame.with_columns(as_text)
+
+
+def _repr(value: float | None) -> str | None:
+    return None if value is None else repr(value) if math.isfinite(value) else "NaN"
+
+
 def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT) -> None:
     """detection.csv, dashboard.png and summary.md (and, with residuals, probes.csv,
     generalisation.csv and features.csv) into ``report.out_dir``, each atomically.
@@ -267,7 +304,7 @@ def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT) 
     the files already written (kept, whole) and the fix; no file is ever left half-written.
     """
     writers = {
-        "detection": (DETECTION_FILE, lambda p: report.frame().write_csv(p, float_precision=6)),
+        "detection": (DETECTION_FILE, lambda p: _full_precision(report.frame()).write_csv(p)),
         "dashboard": (DASHBOARD_FILE, lambda p: draw_dashboard(frame, report, p)),
         "summary": (SUMMARY_FILE, lambda p: p.write_text(summary_markdown(report, top=top), encoding="utf-8")),
     }

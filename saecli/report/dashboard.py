@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from saecli.columns import KINDS, SHAPE_CLASSES, layer_column, layer_metric, paired_column
-from saecli.report.detection import ALL, BASELINE, GEOMETRY, PROBE, Detection, Report
+from saecli.report.detection import ALL, ALPHA, BASELINE, GEOMETRY, PROBE, Detection, Report
 
 FACT_COLOR, HALL_COLOR = "#2b6cb0", "#c53030"
 
@@ -33,8 +33,20 @@ def _legend_kinds(ax: Any, **kwargs: Any) -> None:
     ax.legend(handles=[Patch(color=FACT_COLOR, label="fact"), Patch(color=HALL_COLOR, label="hallucination")], **kwargs)
 
 
+def _fade(ax: Any, cells: list[tuple[int, int]]) -> None:
+    """Wash out and hatch the (row, column) cells of a heatmap that are not significant after correction,
+    so their colour does not read as an effect."""
+    from matplotlib.patches import Rectangle
+
+    for i, j in cells:
+        ax.add_patch(
+            Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", alpha=0.65, hatch="///", edgecolor="#999999", linewidth=0)
+        )
+
+
 def _delta_heatmap(ax: Any, fig: Any, frame: pl.DataFrame, report: Report, base: str, label: str) -> None:
-    """Mean hall − fact of ``l{L}_{base}``, rows domains (+ all), columns layers; * marks p < 0.05."""
+    """Mean hall − fact of ``l{L}_{base}``, rows domains (+ all), columns layers; * marks q < ALPHA
+    (Benjamini-Hochberg over the whole report), cells not significant are washed out and hatched."""
     groups = [*report.domains, ALL]
     grid = np.full((len(groups), len(report.layers)), math.nan)
     for i, d in enumerate(groups):
@@ -51,22 +63,21 @@ def _delta_heatmap(ax: Any, fig: Any, frame: pl.DataFrame, report: Report, base:
     ax.set_xticks(range(len(report.layers)), [f"layer {layer}" for layer in report.layers])
     ax.set_yticks(range(len(groups)), [f"{d} ({report.domains.get(d, report.samples)})" for d in groups])
     ax.axhline(len(groups) - 1.5, color="black", linewidth=1)
+    faded = []
     for i, d in enumerate(groups):
         for j, layer in enumerate(report.layers):
             v = grid[i, j]
             if not math.isfinite(v):
                 continue
-            star = "*" if report.get(layer_metric(layer, base), d).wilcoxon_p < 0.05 else ""
+            significant = report.get(layer_metric(layer, base), d).significant
+            if not significant:
+                faded.append((i, j))
             ax.text(
-                j,
-                i,
-                f"{v:+.{decimals}f}{star}",
-                ha="center",
-                va="center",
-                fontsize=10,
-                color="white" if abs(v) > 0.6 * bound else "black",
-            )
-    ax.set_title(f"{label}: mean Δ hall − fact\n(domain (n) × layer; * Wilcoxon p < 0.05)")
+                j, i, f"{v:+.{decimals}f}{'*' if significant else ''}", ha="center", va="center", fontsize=10, zorder=3,
+                color="white" if significant and abs(v) > 0.6 * bound else "black",
+            )  # fmt: skip
+    _fade(ax, faded)
+    ax.set_title(f"{label}: mean Δ hall − fact\n(domain (n) × layer; * q < {ALPHA}, hatched: not significant)")
 
 
 def _paired_boxes(ax: Any, groups: list[tuple[str, np.ndarray, np.ndarray]], ylabel: str) -> None:
@@ -258,22 +269,23 @@ def _versus_baselines(ax: Any, report: Report, k: int = 12) -> None:
     shown = sorted([*geometry, *(r for r in rows if r.family != GEOMETRY)], key=lambda r: (-r.separation, r.metric))
     base = report.baseline()
     if base is not None and math.isfinite(base.ci_low):
-        lo, hi = base.separation_interval
-        ax.axvspan(0.5 + lo, 0.5 + hi, color=FAMILY_COLORS[BASELINE], alpha=0.18, label=f"{base.metric} 95% CI")
+        lo, hi = base.oriented_interval
+        ax.axvspan(lo, hi, color=FAMILY_COLORS[BASELINE], alpha=0.18, label=f"{base.metric} 95% CI")
     x = np.arange(len(shown))
     for xi, r in zip(x, shown, strict=True):
         color = FAMILY_COLORS.get(r.family, "black")
-        lo, hi = r.separation_interval
+        lo, hi = r.oriented_interval
         if math.isfinite(lo):
-            ax.plot([0.5 + lo, 0.5 + hi], [xi, xi], color=color, linewidth=2.5)
-        ax.plot(0.5 + r.separation, xi, "o", color=color, markersize=7)
+            ax.plot([lo, hi], [xi, xi], color=color, linewidth=2.5)
+        filled = r.beats_baseline or r.family == BASELINE
+        ax.plot(r.oriented, xi, "o", color=color, markersize=7, markerfacecolor=color if filled else "white")
     ax.set_yticks(x, [_label(r) for r in shown], fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(0.45, 1.02)
     ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_xlabel("AUROC oriented to ≥ 0.5: max(AUROC, 1 − AUROC), with 95% interval")
     winners = len(report.beat_baseline())
-    verdict = "no baseline in this run" if base is None else f"{winners} beat the best baseline with non-overlapping intervals"
+    verdict = "no baseline in this run" if base is None else f"{winners} beat the best baseline (paired bootstrap; filled dots)"
     ax.set_title(f"Geometry metrics vs log-probability baselines and probes (all {report.samples} samples; {verdict})")
     ax.grid(axis="x", alpha=0.3)
     from matplotlib.lines import Line2D
@@ -379,8 +391,7 @@ def _forest(ax: Any, report: Report, k: int = 20) -> None:
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel("AUROC, hall vs fact (> 0.5: higher for hallucinations)")
-    ci = f"bootstrap 95% CI, {report.bootstrap} resamples" if report.bootstrap else "no bootstrap"
-    ax.set_title(f"Detection: top {len(rows)} metrics by |AUROC − 0.5|\n(all {report.samples} samples; {ci})")
+    ax.set_title(f"Detection: top {len(rows)} metrics by |AUROC − 0.5|\n(all {report.samples} samples; score 95% intervals)")
     ax.grid(axis="x", alpha=0.3)
     from matplotlib.lines import Line2D
 
@@ -398,9 +409,15 @@ def _auroc_by_domain(fig: Any, ax: Any, report: Report, k: int = 8) -> None:
     fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02).set_label("AUROC")
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set_yticks(range(len(rows)), [r.metric for r in rows])
-    for i in range(len(rows)):
-        for j in range(len(groups)):
-            v = grid[i, j]
-            if math.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9, color="white" if abs(v - 0.5) > 0.3 else "black")
-    ax.set_title(f"AUROC by domain, top {len(rows)} metrics")
+    faded = []
+    for i, r in enumerate(rows):
+        for j, d in enumerate(groups):
+            v, significant = grid[i, j], report.get(r.metric, d).significant
+            if not math.isfinite(v):
+                continue
+            if not significant:
+                faded.append((i, j))
+            star, light = ("*", abs(v - 0.5) > 0.3) if significant else ("", False)
+            ax.text(j, i, f"{v:.2f}{star}", ha="center", va="center", fontsize=9, color="white" if light else "black", zorder=3)
+    _fade(ax, faded)
+    ax.set_title(f"AUROC by domain, top {len(rows)} metrics\n(* q < {ALPHA}; hatched: not significant after correction)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,18 @@ from saecli.columns import BASELINE_METRICS, KINDS, LAYER_NUMERIC, PAIRED_METRIC
 from saecli.errors import SaecliError
 from saecli.report.stats import (
     auroc,
+    auroc_interval,
+    bh_qvalues,
     bootstrap_aurocs,
     direction,
+    flip_null_max,
     group_rng,
     paired_effect,
     percentile_interval,
+    permutation_p,
     wilcoxon_p,
+    wilson_interval,
+    win_rate,
 )
 
 ALL = "all"
@@ -37,6 +43,8 @@ FOLDS_DEFAULT = 5
 MAX_FOLDS = 100
 GEOMETRY, BASELINE, PROBE = "geometry", "baseline", "probe"
 """The families of a detection row: saecli's SAE metrics, the model's log-probability, a fitted probe."""
+ALPHA = 0.05
+"""The level of every test of the report: q < ALPHA is significant, family-wise p < ALPHA for the best."""
 MAX_BOOTSTRAP = 100_000
 """The most bootstrap resamples a report takes (default 1000): far more than a 95% interval needs, while
 the time grows with every one."""
@@ -88,15 +96,24 @@ class Detection:
     domain: str
     n: int
     auroc: float
-    ci_low: float
+    ci_low: float  # score-type 95% interval of the AUROC (stats.auroc_interval)
     ci_high: float
     direction: str
     fact_mean: float
     hall_mean: float
     mean_diff: float
     sd_diff: float
-    wilcoxon_p: float
+    wilcoxon_p: float  # raw two-sided Wilcoxon signed-rank p of hall − fact
     family: str = GEOMETRY
+    win_rate: float = math.nan  # share of pairs whose hall scores above its own fact (ties ½)
+    win_low: float = math.nan  # Wilson 95% interval over the n pairs
+    win_high: float = math.nan
+    q: float = math.nan  # Benjamini-Hochberg q of wilcoxon_p over every row of the report
+    significant: bool = False  # q < ALPHA
+    vs_baseline: float = math.nan  # oriented AUROC − the group's best baseline's oriented AUROC
+    vs_baseline_low: float = math.nan  # paired bootstrap 95% interval of that difference
+    vs_baseline_high: float = math.nan
+    beats_baseline: bool = False  # vs_baseline_low > 0
 
     @property
     def separation(self) -> float:
@@ -104,14 +121,37 @@ class Detection:
         return abs(self.auroc - 0.5) if math.isfinite(self.auroc) else -1.0
 
     @property
-    def separation_interval(self) -> tuple[float, float]:
-        """The 95% interval of the AUROC folded onto |AUROC − 0.5| (0 at the low end when it holds
-        0.5); NaN, NaN without an interval."""
-        lo, hi = self.ci_low, self.ci_high
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+    def oriented(self) -> float:
+        """The AUROC in the direction it is ranked in: max(AUROC, 1 − AUROC)."""
+        return 0.5 + self.separation if math.isfinite(self.auroc) else math.nan
+
+    @property
+    def oriented_interval(self) -> tuple[float, float]:
+        """The AUROC's interval in the direction it is ranked in (mirrored at 0.5 when AUROC < 0.5)."""
+        if not math.isfinite(self.ci_low):
             return math.nan, math.nan
-        low = 0.0 if lo <= 0.5 <= hi else min(abs(lo - 0.5), abs(hi - 0.5))
-        return low, max(abs(lo - 0.5), abs(hi - 0.5))
+        return (self.ci_low, self.ci_high) if self.auroc >= 0.5 else (1 - self.ci_high, 1 - self.ci_low)
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best metric of a group by |AUROC − 0.5|, judged against all the metrics tested with it."""
+
+    domain: str
+    metric: str
+    auroc: float
+    separation: float
+    p_family: float
+    """Share of sign-flip permutations whose best |AUROC − 0.5| (over every metric) reaches this one's."""
+    null_q95: float
+    """95th percentile of that null maximum: a best |AUROC − 0.5| above it is family-wise significant."""
+    permutations: int
+    metrics: int
+    """How many metrics the maximum is taken over."""
+
+    @property
+    def significant(self) -> bool:
+        return math.isfinite(self.p_family) and self.p_family < ALPHA
 
 
 @dataclass
@@ -137,6 +177,18 @@ class Report:
     features: list[Any] = field(default_factory=list)  # features.FeatureRow: features.csv
     notes: list[str] = field(default_factory=list)
     """What was not computed and why (no baselines, not enough data for the probes, …)."""
+    best: list[Best] = field(default_factory=list)
+    """The family-wise verdict on the best metric of each domain and of all samples."""
+    trained_on_benchmark: bool = False
+    """The preset learned the built-in benchmark (manifest ``preset.trained_on_benchmark``)."""
+
+    @property
+    def tested(self) -> int:
+        """How many rows (metric, baseline or probe × group) have a p-value: the size of the BH family."""
+        return sum(1 for r in self.rows if math.isfinite(r.wilcoxon_p))
+
+    def best_of(self, domain: str = ALL) -> Best | None:
+        return next((b for b in self.best if b.domain == domain), None)
 
     def top(self, k: int = TOP_DEFAULT, domain: str = ALL) -> list[Detection]:
         """The k metrics that separate best in ``domain``, by |AUROC − 0.5| (ties: name order)."""
@@ -152,14 +204,10 @@ class Report:
         return min(rows, key=lambda r: (-r.separation, r.metric)) if rows else None
 
     def beat_baseline(self, domain: str = ALL) -> list[Detection]:
-        """The metrics and probes whose separation interval lies wholly above the best baseline's:
-        the low end of their |AUROC − 0.5| interval above the high end of the baseline's (intervals
-        that do not overlap; a conservative reading, not a formal test). Best first."""
-        base = self.baseline(domain)
-        if base is None or not math.isfinite(base.separation_interval[1]):
-            return []
-        ceiling = base.separation_interval[1]
-        rows = [r for r in self.rows if r.domain == domain and r.family != BASELINE and r.separation_interval[0] > ceiling]
+        """The metrics and probes that beat the best baseline of ``domain``: the paired bootstrap 95%
+        interval of (their oriented AUROC − the baseline's), on the same resamples of pairs, lies
+        above 0. Best first; none without baselines or without bootstrap."""
+        rows = [r for r in self.rows if r.domain == domain and r.beats_baseline]
         return sorted(rows, key=lambda r: (-r.separation, r.metric))
 
     def frame(self) -> pl.DataFrame:
@@ -177,11 +225,16 @@ class Report:
             "bootstrap": self.bootstrap,
             "seed": self.seed,
             "auroc": "P(hall > fact) + ½·P(tie) over all hall/fact pairs; < 0.5: lower for hallucinations",
+            "trained_on_benchmark": self.trained_on_benchmark,
+            "alpha": ALPHA,
+            "tested": self.tested,
+            "statistics": STATISTICS,
             "files": {k: str(v) for k, v in self.files.items()},
             "top": [r.metric for r in self.top()],
             "rows": [{k: _json_value(v) for k, v in asdict(r).items()} for r in self.rows],
             "baselines": self.baselines,
             "beat_baseline": [r.metric for r in self.beat_baseline()],
+            "best": [{k: _json_value(v) for k, v in asdict(b).items()} | {"significant": b.significant} for b in self.best],
             "folds": self.folds,
             "probes": [{k: _json_value(v) for k, v in asdict(r).items()} for r in self.probes],
             "generalisation": [{k: _json_value(v) for k, v in asdict(r).items()} for r in self.generalisation],
@@ -194,8 +247,23 @@ _DETECTION_SCHEMA = {
     "metric": pl.String(), "layer": pl.Int64(), "domain": pl.String(), "n": pl.Int64(), "auroc": pl.Float64(),
     "ci_low": pl.Float64(), "ci_high": pl.Float64(), "direction": pl.String(), "fact_mean": pl.Float64(),
     "hall_mean": pl.Float64(), "mean_diff": pl.Float64(), "sd_diff": pl.Float64(), "wilcoxon_p": pl.Float64(),
-    "family": pl.String(),
+    "family": pl.String(), "win_rate": pl.Float64(), "win_low": pl.Float64(), "win_high": pl.Float64(),
+    "q": pl.Float64(), "significant": pl.Boolean(), "vs_baseline": pl.Float64(), "vs_baseline_low": pl.Float64(),
+    "vs_baseline_high": pl.Float64(), "beats_baseline": pl.Boolean(),
 }  # fmt: skip
+
+STATISTICS = {
+    "auroc": "P(hall > fact) + ½·P(tie) over all n×n hall/fact combinations (Mann-Whitney U / n²)",
+    "ci_low, ci_high": "95% score interval of the AUROC (Newcombe 2006 method 5: Hanley-McNeil variance at the candidate)",
+    "win_rate": "share of pairs whose hallucination scores above its own fact, ties ½",
+    "win_low, win_high": "Wilson 95% interval of the win rate over the n pairs",
+    "wilcoxon_p": "raw two-sided Wilcoxon signed-rank p of hall − fact",
+    "q": "Benjamini-Hochberg q of wilcoxon_p over every row (metrics, baselines, probes × groups)",
+    "significant": "q < alpha",
+    "vs_baseline": "oriented AUROC minus the group's best baseline's; paired bootstrap 95% interval over pairs",
+    "best.p_family": "sign-flip permutation p of the best |AUROC − 0.5| against the null maximum over all metrics",
+}
+"""What each statistic of the detection document is (``--json`` carries it)."""
 
 
 def _json_value(value: Any) -> Any:
@@ -226,8 +294,12 @@ def detect(frame: pl.DataFrame, layers: Sequence[int], *, bootstrap: int = 1000,
     """Detection statistics of every numeric metric, and of the log-probability baselines when the
     run has them (columns present with at least one value), per domain (input order) and over all
     samples (see :func:`detect_metrics`)."""
-    baselines = [m for m in baseline_metrics(frame.columns) if _has_values(frame, m)]
-    return detect_metrics(frame, numeric_metrics(layers) + baselines, bootstrap=bootstrap, seed=seed)
+    return detect_metrics(frame, run_metrics(frame, layers), bootstrap=bootstrap, seed=seed)
+
+
+def run_metrics(frame: pl.DataFrame, layers: Sequence[int]) -> list[Metric]:
+    """Every numeric metric of a run's table, then the log-probability baselines it has values of."""
+    return numeric_metrics(layers) + [m for m in baseline_metrics(frame.columns) if _has_values(frame, m)]
 
 
 def _has_values(frame: pl.DataFrame, metric: Metric) -> bool:
@@ -235,48 +307,118 @@ def _has_values(frame: pl.DataFrame, metric: Metric) -> bool:
     return bool(np.any(np.isfinite(values[0]) & np.isfinite(values[1])))
 
 
+def _groups(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    domains = list(dict.fromkeys(frame["domain"].to_list()))
+    return [(d, frame.filter(pl.col("domain") == d)) for d in domains] + [(ALL, frame)]
+
+
+def _pairs(part: pl.DataFrame, metrics: Sequence[Metric]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(hall, fact, ok) of each metric: the values of the samples that have both, and their mask."""
+    out = []
+    for metric in metrics:
+        fact = part[metric.fact].cast(pl.Float64).fill_null(math.nan).to_numpy()
+        hall = part[metric.hall].cast(pl.Float64).fill_null(math.nan).to_numpy()
+        ok = np.isfinite(fact) & np.isfinite(hall)
+        out.append((hall[ok], fact[ok], ok))
+    return out
+
+
 def detect_metrics(frame: pl.DataFrame, metrics: Sequence[Metric], *, bootstrap: int = 1000, seed: int = 0) -> list[Detection]:
     """Detection statistics of ``metrics`` (columns of ``frame``), per domain (input order) and over
-    all samples.
+    all samples, with the Benjamini-Hochberg q-values over every row returned (one family).
 
     Within a group every metric is bootstrapped on the same resamples of samples (a sample's fact and
-    hall values stay together); the resamples depend only on the seed, the group and its size, so two
-    calls on frames of the same samples (the metrics, then the probes' scores) share them. A sample
-    missing either value of a metric (null or NaN) is left out of that metric only.
+    hall values stay together): the paired bootstrap of each metric's oriented AUROC minus the best
+    baseline's (none without baselines or with ``bootstrap`` 0). The resamples depend only on the
+    seed, the group and its size. A sample missing either value of a metric (null or NaN) is left out
+    of that metric only.
     """
     check_options(bootstrap=bootstrap, seed=seed)
-    domains = list(dict.fromkeys(frame["domain"].to_list()))
-    groups = [(d, frame.filter(pl.col("domain") == d)) for d in domains] + [(ALL, frame)]
     rows: list[Detection] = []
-    for domain, part in groups:
-        pairs = []
-        for metric in metrics:
-            fact = part[metric.fact].cast(pl.Float64).fill_null(math.nan).to_numpy()
-            hall = part[metric.hall].cast(pl.Float64).fill_null(math.nan).to_numpy()
-            ok = np.isfinite(fact) & np.isfinite(hall)
-            pairs.append((hall[ok], fact[ok], ok))
-        rng = group_rng(seed, domain)
-        resampled = bootstrap_aurocs(pairs, part.height, bootstrap, rng) if bootstrap else [np.empty(0)] * len(pairs)
-        for metric, (h, f, ok), values in zip(metrics, pairs, resampled, strict=True):
-            point = auroc(h, f)
-            lo, hi = percentile_interval(values) if values.size else (math.nan, math.nan)
-            mean, sd = paired_effect(h, f)
-            rows.append(
-                Detection(
-                    metric=metric.name,
-                    layer=metric.layer,
-                    domain=domain,
-                    n=int(ok.sum()),
-                    auroc=point,
-                    ci_low=lo,
-                    ci_high=hi,
-                    direction=direction(point),
-                    fact_mean=float(f.mean()) if f.size else math.nan,
-                    hall_mean=float(h.mean()) if h.size else math.nan,
-                    mean_diff=mean,
-                    sd_diff=sd,
-                    wilcoxon_p=wilcoxon_p(h, f),
-                    family=metric.family,
-                )  # fmt: skip
-            )
-    return rows
+    for domain, part in _groups(frame):
+        pairs = _pairs(part, metrics)
+        group = [_row(metric, domain, *pair) for metric, pair in zip(metrics, pairs, strict=True)]
+        if bootstrap and any(r.family == BASELINE and math.isfinite(r.auroc) for r in group):
+            resampled = bootstrap_aurocs(pairs, part.height, bootstrap, group_rng(seed, domain))
+            group = _versus_baseline(group, resampled)
+        rows += group
+    return adjust(rows)
+
+
+def _row(metric: Metric, domain: str, h: np.ndarray, f: np.ndarray, ok: np.ndarray) -> Detection:
+    point = auroc(h, f)
+    lo, hi = auroc_interval(point, h.size, f.size)
+    wins = win_rate(h, f)
+    win_lo, win_hi = wilson_interval(wins, h.size)
+    mean, sd = paired_effect(h, f)
+    return Detection(
+        metric=metric.name, layer=metric.layer, domain=domain, n=int(ok.sum()), auroc=point, ci_low=lo, ci_high=hi,
+        direction=direction(point), fact_mean=float(f.mean()) if f.size else math.nan,
+        hall_mean=float(h.mean()) if h.size else math.nan, mean_diff=mean, sd_diff=sd, wilcoxon_p=wilcoxon_p(h, f),
+        family=metric.family, win_rate=wins, win_low=win_lo, win_high=win_hi,
+    )  # fmt: skip
+
+
+def _versus_baseline(group: list[Detection], resampled: list[np.ndarray]) -> list[Detection]:
+    """Each non-baseline row with the paired bootstrap of (its oriented AUROC − the best baseline's):
+    both oriented as ranked on the whole data (the direction is not re-chosen per resample), the
+    difference taken resample by resample, its percentile 95% interval; it beats the baseline when
+    the interval lies above 0."""
+    candidates = [i for i, r in enumerate(group) if r.family == BASELINE and math.isfinite(r.auroc)]
+    b = min(candidates, key=lambda i: (-group[i].separation, group[i].metric))
+    base = _orient(resampled[b], group[b].auroc)
+    out = []
+    for r, values in zip(group, resampled, strict=True):
+        if r.family == BASELINE or values.size == 0 or not math.isfinite(r.auroc):
+            out.append(r)
+            continue
+        lo, hi = percentile_interval(_orient(values, r.auroc) - base)
+        out.append(
+            replace(r, vs_baseline=r.oriented - group[b].oriented, vs_baseline_low=lo, vs_baseline_high=hi, beats_baseline=lo > 0)
+        )
+    return out
+
+
+def _orient(values: np.ndarray, point: float) -> np.ndarray:
+    return values if point >= 0.5 else 1.0 - values
+
+
+def adjust(rows: Sequence[Detection]) -> list[Detection]:
+    """The rows with the Benjamini-Hochberg q of their Wilcoxon p over all of them, and ``significant``."""
+    q = bh_qvalues([r.wilcoxon_p for r in rows])
+    return [replace(r, q=float(v), significant=bool(v < ALPHA)) for r, v in zip(rows, q, strict=True)]
+
+
+def best_metrics(frame: pl.DataFrame, metrics: Sequence[Metric], *, permutations: int, seed: int = 0) -> list[Best]:
+    """The family-wise verdict on the best metric of each group (domains, then all).
+
+    The best is the metric with the largest |AUROC − 0.5| (its direction chosen on the same data).
+    Its p is calibrated against the permutation null of the MAXIMUM of |AUROC − 0.5| over all
+    ``metrics``, each permutation swapping fact and hallucination within each pair with probability ½
+    (the same swaps for every metric: :func:`~saecli.report.stats.flip_null_max`), so choosing the best
+    of many is paid for. Probe scores are taken as they are (the probes are not refitted per
+    permutation). None without permutations.
+    """
+    if not permutations:
+        return []
+    out = []
+    for domain, part in _groups(frame):
+        pairs = _pairs(part, metrics)
+        seps = [abs(auroc(h, f) - 0.5) if h.size else -1.0 for h, f, _ in pairs]
+        if not pairs or max(seps) < 0:
+            continue
+        j = min(range(len(metrics)), key=lambda i: (-seps[i], metrics[i].name))
+        null = flip_null_max(pairs, part.height, permutations, group_rng(seed, f"flip:{domain}"))
+        out.append(
+            Best(
+                domain=domain,
+                metric=metrics[j].name,
+                auroc=auroc(*pairs[j][:2]),
+                separation=seps[j],
+                p_family=permutation_p(seps[j], null),
+                null_q95=float(np.percentile(null, 95)),
+                permutations=permutations,
+                metrics=sum(1 for s in seps if s >= 0),
+            )  # fmt: skip
+        )
+    return out

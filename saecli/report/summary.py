@@ -9,16 +9,39 @@ from __future__ import annotations
 import math
 
 from saecli.io import REPORT_FILES
-from saecli.report.detection import ALL, BASELINE, PROBE, TOP_DEFAULT, Detection, Report, numeric_metrics
+from saecli.report.detection import ALL, ALPHA, BASELINE, PROBE, TOP_DEFAULT, Detection, Report
 
 DETECTION_FILE, DASHBOARD_FILE, SUMMARY_FILE, PROBES_FILE, GENERALISATION_FILE, FEATURES_FILE = REPORT_FILES
 
 
-def _fmt_auc(r: Detection) -> str:
+def auroc_words(value: float) -> str:
+    """The direction of an AUROC in words: ``0.0`` → "the hallucination always scores lower — perfect separation"."""
+    if not math.isfinite(value):
+        return "no value"
+    if value in (0.0, 1.0):
+        return f"the hallucination always scores {'higher' if value else 'lower'} — perfect separation"
+    if value == 0.5:
+        return "no separation"
+    share, word = (value, "higher") if value > 0.5 else (1 - value, "lower")
+    return f"the hallucination scores {word} in {share:.0%} of hall/fact comparisons"
+
+
+def _fmt_auc(r: Detection, *, word: bool = False) -> str:
+    """``0.930 [0.905, 0.952]``, with ``word``: ``… higher*`` (direction; * when significant after correction)."""
     if not math.isfinite(r.auroc):
         return "–"
     ci = f" [{r.ci_low:.3f}, {r.ci_high:.3f}]" if math.isfinite(r.ci_low) else ""
-    return f"{r.auroc:.3f}{ci}"
+    if not word:
+        return f"{r.auroc:.3f}{ci}"
+    side = "higher" if r.auroc > 0.5 else "lower" if r.auroc < 0.5 else "none"
+    return f"{r.auroc:.3f}{ci} {side}{'*' if r.significant else ''}"
+
+
+def _fmt_win(r: Detection) -> str:
+    if not math.isfinite(r.win_rate):
+        return "–"
+    ci = f" [{r.win_low:.2f}, {r.win_high:.2f}]" if math.isfinite(r.win_low) else ""
+    return f"{r.win_rate:.2f}{ci}"
 
 
 def _fmt_p(p: float) -> str:
@@ -36,7 +59,10 @@ def _family(r: Detection) -> str:
 
 
 def _named(rows: list[Detection]) -> str:
-    return ", ".join(f"`{r.metric}` ({_fmt_auc(r)})" for r in rows)
+    return ", ".join(
+        f"`{r.metric}` (AUROC {_fmt_auc(r, word=True)}, {r.vs_baseline:+.3f} [{r.vs_baseline_low:+.3f}, {r.vs_baseline_high:+.3f}])"
+        for r in rows
+    )
 
 
 def baseline_sentence(report: Report) -> str:
@@ -47,18 +73,35 @@ def baseline_sentence(report: Report) -> str:
             "Baselines were not computed for this run (an older run, or `saecli run --no-baselines`): nothing to "
             "compare the metrics with."
         )
-    head = f"The log-probability baseline `{base.metric}` reaches AUROC {_fmt_auc(base)} ({base.direction})."
-    if not math.isfinite(base.ci_low):
-        return f"{head} Without bootstrap intervals (`--bootstrap 0`) no metric is said to beat it."
+    head = f"The log-probability baseline `{base.metric}` reaches AUROC {_fmt_auc(base)}: {auroc_words(base.auroc)}."
+    if not report.bootstrap:
+        return f"{head} Without bootstrap resamples (`--bootstrap 0`) no metric is said to beat it."
+    test = (
+        "by a paired bootstrap over pairs of (its AUROC − the baseline's), both in the direction they are ranked, "
+        f"95% interval above 0 ({report.bootstrap} resamples)"
+    )
     winners = report.beat_baseline()
     geometry = [r for r in winners if r.family != PROBE]
     probes = [r for r in winners if r.family == PROBE]
     if not winners:
-        return f"{head} **No metric and no probe beats it** with non-overlapping 95% intervals of |AUROC − 0.5|."
-    parts = [f"{head} **Beating it with non-overlapping 95% intervals of |AUROC − 0.5|:**"]
+        return f"{head} **No metric and no probe beats it** {test}."
+    parts = [f"{head} **Beating it** {test}, difference [interval] after each:"]
     parts.append(f"geometry metrics: {_named(geometry)};" if geometry else "geometry metrics: none;")
     parts.append(f"probes: {_named(probes)}." if probes else "probes: none.")
     return " ".join(parts)
+
+
+def best_sentence(report: Report, domain: str = ALL) -> str:
+    """The family-wise verdict on the best metric of ``domain`` as one sentence."""
+    b = report.best_of(domain)
+    if b is None:
+        return "no family-wise test (`--bootstrap 0`: no permutations)"
+    verdict = "significant" if b.significant else "**not** significant"
+    return (
+        f"family-wise p = {_fmt_p(b.p_family)} against the best of {b.metrics} metrics under {b.permutations} random "
+        f"swaps within pairs (the null's 95th percentile of the best |AUROC − 0.5| is {b.null_q95:.3f}, this one "
+        f"{b.separation:.3f}): {verdict}"
+    )
 
 
 def _probe_lines(report: Report, domains: list[str]) -> list[str]:
@@ -79,7 +122,7 @@ def _probe_lines(report: Report, domains: list[str]) -> list[str]:
         by_probe.setdefault(p.probe, {})[p.domain] = p
     for name, cells in by_probe.items():
         first = cells[ALL]
-        auc = [_fmt_auc(report.get(name, d)) for d in [*domains, ALL]]
+        auc = [_fmt_auc(report.get(name, d), word=True) for d in [*domains, ALL]]
         spread = f"{first.fold_auroc_mean:.3f} ± {first.fold_auroc_sd:.3f}" if math.isfinite(first.fold_auroc_sd) else "–"
         lines.append(f"| `{name}` | {first.n_features} | " + " | ".join(auc) + f" | {spread} |")
     return lines
@@ -93,7 +136,8 @@ def _generalisation_lines(report: Report) -> list[str]:
         "",
         "## Out-of-domain generalisation: trained on the other domains, tested on this one",
         "",
-        "AUROC [95% CI] on the held-out domain; in brackets the same probe cross-validated within all domains.",
+        "AUROC [95% interval] on the held-out domain (above 0.5: the probe scores the hallucination higher, the "
+        "direction it was trained in; below 0.5: lower); in parentheses the same probe cross-validated within all domains.",
         "",
         "| probe | " + " | ".join(held) + " |",
         "| --- |" + " --- |" * len(held),
@@ -125,7 +169,8 @@ def _feature_lines(report: Report, top: int) -> list[str]:
         "d_z = mean / SD of the paired difference hall − fact of the feature's activation (> 0: stronger on "
         "hallucinations), with its bootstrap 95% interval; fires: share of fact / hallucination texts where it is "
         "active; ranked by score = |d_z| · (1 − min(fires on fact, fires on hall)), so features that fire on nearly "
-        f"every text do not crowd the top. All ranked features: `{FEATURES_FILE}`.",
+        "every text do not crowd the top; AUROC: the activation as a detector (above 0.5: the hallucination's is "
+        f"higher, below: lower). All ranked features: `{FEATURES_FILE}`.",
     ]
     for layer in dict.fromkeys(f.layer for f in report.features):
         rows = [f for f in report.features if f.layer == layer][: min(top, 10)]
@@ -145,57 +190,80 @@ def _feature_lines(report: Report, top: int) -> list[str]:
     return lines
 
 
+def _head(report: Report) -> list[str]:
+    """The title, the in-sample warning, the run, and what each statistic is."""
+    per_domain = ", ".join(f"{d} {n}" for d, n in report.domains.items())
+    groups = len(report.domains) + 1
+    learned = (
+        [
+            f"> **In-sample:** the preset `{report.preset}` learned the built-in benchmark (its model was trained on "
+            "these facts): on that benchmark its log-probability and reconstruction AUROCs are in-sample, not evidence "
+            "of detection on unseen text.",
+            "",
+        ]
+        if report.trained_on_benchmark
+        else []
+    )
+    return [
+        f"# saecli report: {report.preset}, {report.samples} samples",
+        "",
+        *learned,
+        f"Run `{report.run_dir}`; data {report.data_source}; layers {', '.join(map(str, report.layers))}; domains: {per_domain}.",
+        "",
+        "**AUROC** = P(hall value > fact value) + ½·P(tie) over all n×n hall/fact combinations (Mann-Whitney U / n²): "
+        "1 means every hallucination scores higher than every fact, 0 every one lower, 0.5 no separation; its 95% "
+        "interval is a score interval (Newcombe's Hanley-McNeil method), which keeps its width at 0 and 1. "
+        "**Win rate** = share of pairs whose hallucination scores above its own fact (ties ½), with a Wilson 95% "
+        "interval over the pairs. Δ = hall − fact per sample (mean ± SD). **p**: two-sided Wilcoxon signed-rank; "
+        f"**q**: Benjamini-Hochberg over all {report.tested} tests (metrics, baselines and probes × {groups} groups); "
+        f"significant = q < {ALPHA} (* below). Each metric's direction is chosen on the same data (ranking by "
+        "|AUROC − 0.5|), so the best metric of a group is judged family-wise, against random swaps of fact and "
+        "hallucination within pairs.",
+        "",
+    ]
+
+
 def summary_markdown(report: Report, *, top: int = TOP_DEFAULT) -> str:
     """The page a researcher pastes into notes: top metrics, per-domain AUROC, the figure."""
     domains = list(report.domains)
-    per_domain = ", ".join(f"{d} {n}" for d, n in report.domains.items())
-    interval = (
-        f"bootstrap 95% interval over samples ({report.bootstrap} resamples, seed {report.seed})"
-        if report.bootstrap
-        else "no bootstrap"
-    )
     best = report.top(top)
     lines = [
-        f"# saecli report: {report.preset}, {report.samples} samples",
-        "",
-        f"Run `{report.run_dir}`; data {report.data_source}; layers {', '.join(map(str, report.layers))}; domains: {per_domain}.",
-        "",
-        "**AUROC** = P(hall value > fact value) + ½·P(tie) over all hall/fact pairs (Mann-Whitney): 1 means "
-        "every hallucination scores higher than every fact, 0 every one lower, 0.5 no separation. Intervals: "
-        f"{interval}. Δ = hall − fact per sample (mean ± SD); p: two-sided Wilcoxon signed-rank, unadjusted for "
-        f"the {len({r.metric for r in report.rows}) or len(numeric_metrics(report.layers))} metrics × {len(domains) + 1} groups tested.",
-        "",
+        *_head(report),
         *[f"> {note}" for note in report.notes],
         *([""] if report.notes else []),
         baseline_sentence(report),
         "",
+        f"**Best metric, all samples**: {best_sentence(report)}.",
+        "",
         f"## Top {len(best)} metrics, all domains (by |AUROC − 0.5|)",
         "",
-        "| # | metric | AUROC [95% CI] | direction | fact mean | hall mean | Δ mean ± SD | Wilcoxon p |",
+        "| # | metric | AUROC [95% CI] | in words | win rate [95% CI] | Δ mean ± SD | Wilcoxon p | q |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for i, r in enumerate(best, 1):
         sd = f" ± {r.sd_diff:.3g}" if math.isfinite(r.sd_diff) else ""
+        star = "*" if r.significant else ""
         lines.append(
-            f"| {i} | `{r.metric}`{_family(r)} | {_fmt_auc(r)} | {r.direction} | {r.fact_mean:.4g} | {r.hall_mean:.4g} | "
-            f"{_fmt_num(r.mean_diff)}{sd} | {_fmt_p(r.wilcoxon_p)} |"
+            f"| {i} | `{r.metric}`{_family(r)} | {_fmt_auc(r)} | {auroc_words(r.auroc)} | {_fmt_win(r)} | "
+            f"{_fmt_num(r.mean_diff)}{sd} | {_fmt_p(r.wilcoxon_p)} | {_fmt_p(r.q)}{star} |"
         )
     lines += [
         "",
         "## Per domain: AUROC [95% CI] of the top metrics",
         "",
+        f"higher / lower: the hallucination scores higher / lower than the fact; * significant after correction (q < {ALPHA}).",
+        "",
         "| metric | " + " | ".join(f"{d} (n={report.domains[d]})" for d in domains) + f" | {ALL} (n={report.samples}) |",
         "| --- |" + " --- |" * (len(domains) + 1),
     ]
     for r in best:
-        cells = [_fmt_auc(report.get(r.metric, d)) for d in [*domains, ALL]]
+        cells = [_fmt_auc(report.get(r.metric, d), word=True) for d in [*domains, ALL]]
         lines.append(f"| `{r.metric}` | " + " | ".join(cells) + " |")
     lines += ["", "Best metric per domain:", ""]
     for d in domains:
         (b,) = report.top(1, d) or [None]
         if b is not None:
-            chance = "; the interval includes 0.5" if b.ci_low <= 0.5 <= b.ci_high else ""
-            lines.append(f"* **{d}**: `{b.metric}`, AUROC {_fmt_auc(b)} ({b.direction}{chance})")
+            lines.append(f"* **{d}**: `{b.metric}`, AUROC {_fmt_auc(b)}: {auroc_words(b.auroc)}; {best_sentence(report, d)}")
     lines += _probe_lines(report, domains) + _generalisation_lines(report) + _feature_lines(report, top)
     files = (
         f"; probes `{PROBES_FILE}`, generalisation `{GENERALISATION_FILE}`, features `{FEATURES_FILE}`"

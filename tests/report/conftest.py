@@ -21,6 +21,6 @@ def no_detect(monkeypatch):
     import saecli.report
 
     def detect(*args, **kwargs):
-        raise AssertionError("detect was called")
+        raise AssertionError("detect_metrics was called")
 
-    monkeypatch.setattr(saecli.report, "detect", detect)
+    monkeypatch.setattr(saecli.report, "detect_metrics", detect)

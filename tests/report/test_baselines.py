@@ -62,14 +62,17 @@ def test_summary_says_which_metrics_beat_the_baseline(full_report):
     assert abs(base.auroc - 0.5) < 0.2  # logprob_shift 0: the baseline is weak
     winners = {r.metric for r in full_report.beat_baseline()}
     assert "l2_reconstruction_error" in winners and {"probe_resid_l0", "probe_resid_l2", "probe_resid_l3"} <= winners
-    assert all(r.separation_interval[0] > base.separation_interval[1] for r in full_report.beat_baseline())
+    for r in full_report.beat_baseline():
+        assert r.vs_baseline_low > 0 and r.vs_baseline == pytest.approx(r.oriented - base.oriented)
+    losers = [r for r in full_report.rows if r.domain == "all" and r.family == "geometry" and not r.beats_baseline]
+    assert losers and all(r.vs_baseline_low <= 0 for r in losers)
     assert f"The log-probability baseline `{base.metric}` reaches AUROC" in summary
-    assert (
-        "**Beating it with non-overlapping 95% intervals of |AUROC − 0.5|:** geometry metrics: `l2_reconstruction_error`"
-        in summary
-    )
+    assert "**Beating it** by a paired bootstrap over pairs of (its AUROC − the baseline's)" in summary
+    assert "geometry metrics: `l2_reconstruction_error` (AUROC 1.000 [" in summary
     assert "## Probes: logistic regression, 5-fold cross-validation grouped by sample" in summary
     assert "## Out-of-domain generalisation" in summary and "## SAE features that differ most" in summary
+    assert "in parentheses the same probe cross-validated" in summary and "in brackets" not in summary
+    assert f"over all {full_report.tested} tests" in summary and full_report.tested == len(full_report.rows)
 
 
 def test_probe_and_generalisation_tables(full_report):
@@ -125,6 +128,7 @@ def test_shuffled_labels_give_chance_for_every_method(tmp_path, quick_dashboard)
     assert {r.family for r in rows} == {"geometry", "baseline", "probe"}
     for r in rows:
         assert abs(r.auroc - 0.5) < 0.15, (r.metric, r.auroc)
+    assert not any(r.significant for r in report.rows)  # after correction, nothing is called significant
     for g in report.generalisation:
         assert abs(g.auroc - 0.5) < 0.2, g
     for f in report.features:
@@ -138,7 +142,8 @@ def test_a_strong_baseline_is_beaten_by_nothing_and_runs_without_residuals(tmp_p
     assert base.auroc == 0.0 and base.direction == "hall lower"  # log p(fact) always higher
     assert report.beat_baseline() == []  # l2_reconstruction_error is perfect too: the intervals touch
     summary = (run_dir / "summary.md").read_text()
-    assert "**No metric and no probe beats it** with non-overlapping 95% intervals" in summary
+    assert "**No metric and no probe beats it** by a paired bootstrap" in summary
+    assert "AUROC 0.000 [" in summary and "the hallucination always scores lower — perfect separation" in summary
     assert f"No {RESIDUALS_FILE} in the run: no probes" in summary
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "dashboard.png",

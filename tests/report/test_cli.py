@@ -18,16 +18,45 @@ def test_cli_report_table_and_json(synthetic_report, tmp_path):
     run_dir = synthetic_report.run_dir
     out = tmp_path / "elsewhere"
     result = runner.invoke(
-        app, ["report", str(run_dir), "--bootstrap", "50", "--top", "3", "--out", str(out)], env={"COLUMNS": "160"}
+        app, ["report", str(run_dir), "--bootstrap", "50", "--top", "3", "--out", str(out)], env={"COLUMNS": "300"}
     )
     assert result.exit_code == 0, result.output
-    assert "l2_reconstruction_error" in result.stdout and "1.000 [1.000, 1.000]" in result.stdout
+    perfect = synthetic_report.get("l2_reconstruction_error")
+    assert "l2_reconstruction_error" in result.stdout and f"1.000 [{perfect.ci_low:.3f}, 1.000]" in result.stdout
+    assert "the hallucination always scores higher — perfect separation" in result.stdout
+    assert "significant after Benjamini-Hochberg correction over all 80 tests" in result.stdout
+    assert "Best metric, all samples: family-wise p" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["dashboard.png", "detection.csv", "summary.md"]
     result = runner.invoke(app, ["report", str(run_dir), "--bootstrap", "0", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["samples"] == 15 and doc["domains"] == DOMAINS and doc["top"][0] == "l2_reconstruction_error"
-    assert len(doc["rows"]) == 20 * 4 and all(r["ci_low"] is None for r in doc["rows"])  # no bootstrap: no interval
+    assert len(doc["rows"]) == 20 * 4 and all(r["ci_low"] is not None for r in doc["rows"])  # analytic intervals
+    assert doc["best"] == [] and doc["tested"] == 80  # no permutations without --bootstrap
+    row = next(r for r in doc["rows"] if r["metric"] == "l2_reconstruction_error" and r["domain"] == "all")
+    assert row["auroc"] == 1.0 and row["win_rate"] == 1.0 and row["significant"] is True
+    assert 0 < row["wilcoxon_p"] <= row["q"] < 0.05 and row["win_low"] < 1.0 == row["win_high"]
+
+
+def test_json_carries_the_verdicts(synthetic_report):
+    doc = json.loads(json.dumps(synthetic_report.to_dict()))
+    for key in ("auroc", "ci_low", "ci_high", "win_rate", "win_low", "win_high", "wilcoxon_p", "q", "significant"):
+        assert all(key in r for r in doc["rows"]), key
+    (best,) = [b for b in doc["best"] if b["domain"] == "all"]
+    assert best["metric"] == "l2_reconstruction_error" and best["significant"] is True and best["permutations"] == 200
+    assert best["p_family"] == 1 / 201 and 0 < best["null_q95"] < 0.5 and best["metrics"] == 20
+    assert doc["alpha"] == 0.05 and "q" in doc["statistics"]
+
+
+def test_detection_csv_keeps_full_precision(synthetic_report):
+    with open(synthetic_report.run_dir / "detection.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_key = {(r.metric, r.domain): r for r in synthetic_report.rows}
+    for row in rows:
+        r = by_key[row["metric"], row["domain"]]
+        assert float(row["wilcoxon_p"]) == r.wilcoxon_p and float(row["q"]) == r.q  # round-trip exact
+    tiny = [row["wilcoxon_p"] for row in rows if float(row["wilcoxon_p"]) < 1e-3]
+    assert tiny and all(float(text) > 0 and len(text) > 8 for text in tiny)  # e.g. 0.00016244084518680075, not 0.000162
 
 
 def test_not_a_run_folder_is_one_line(tmp_path):

@@ -27,3 +27,27 @@ def test_importing_the_report_loads_neither_matplotlib_nor_scipy():
     code = f"import sys, saecli.report, saecli.io; print(sorted({heavy} & {{m.split('.')[0] for m in sys.modules}}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cells_not_significant_after_correction_are_faded(synthetic_report, tmp_path, monkeypatch):
+    import polars as pl
+
+    import saecli.report.dashboard as dashboard
+
+    faded = []
+    monkeypatch.setattr(dashboard, "_fade", lambda ax, cells: faded.append(sorted(cells)))
+    draw_dashboard(pl.read_parquet(synthetic_report.run_dir / "metrics.parquet"), synthetic_report, tmp_path / "d.png")
+    reconstruction, sphericity, by_domain = faded
+    groups = [*synthetic_report.domains, "all"]
+    expected = sorted(
+        (i, j)
+        for i, d in enumerate(groups)
+        for j, layer in enumerate(synthetic_report.layers)
+        if not synthetic_report.get(f"l{layer}_reconstruction_error", d).significant
+    )
+    assert reconstruction == expected and (3, 1) not in reconstruction  # l2 over all samples: significant
+    assert len(sphericity) == 4 * 3  # random: nothing significant, every cell faded
+    top = [r.metric for r in synthetic_report.top(8)]
+    significant = {(i, j) for i, m in enumerate(top) for j, d in enumerate([*synthetic_report.domains, "all"])
+                   if synthetic_report.get(m, d).significant}  # fmt: skip
+    assert significant and not significant & set(by_domain) and len(by_domain) == 8 * 4 - len(significant)

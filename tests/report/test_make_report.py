@@ -58,7 +58,10 @@ def test_report_of_a_real_run(tmp_path):
     result = runner.invoke(app, ["run", "--limit", "12", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = make_report(out, bootstrap=100)
-    layers = json.loads((out / "manifest.json").read_text())["layers"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    layers = manifest["layers"]
+    assert manifest["preset"]["trained_on_benchmark"] is True and report.trained_on_benchmark  # the embedded preset
+    assert "> **In-sample:**" in (out / "summary.md").read_text()
     frame = pl.read_csv(out / "detection.csv")
     geometry = frame.filter(pl.col("family") == "geometry")
     assert geometry.height == len(numeric_metrics(layers)) * (frame["domain"].n_unique())
