@@ -69,7 +69,7 @@ from saecli.report.detection import (
     run_metrics,
 )
 from saecli.report.features import FEATURES_TOP, FeatureRow, neuronpedia_id, rank_features
-from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, scores_frame
+from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, sample_groups, scores_frame
 from saecli.report.stats import (
     auroc,
     auroc_interval,
@@ -220,11 +220,34 @@ def make_report(
     return report
 
 
+def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report) -> Any:
+    """The probes' fold groups (samples that share a text stay in one fold), from the run's own data
+    read again as the run read it; None (each sample its own group, said in the notes) when that
+    data cannot be read any more or no longer holds the run's samples."""
+    from saecli.data import load_samples
+
+    config = manifest.get("config") or {}
+    try:
+        samples = load_samples(
+            config.get("data"), domains=config.get("domains"), limit=config.get("limit"), columns=config.get("columns")
+        )
+    except SaecliError as exc:
+        report.notes.append(f"Probe folds: the run's data cannot be read again ({exc.message}); each sample is its own group.")
+        return None
+    by_id = {s.id: s for s in samples}
+    ids = frame["sample_id"].to_list()
+    if not all(i in by_id for i in ids):
+        report.notes.append("Probe folds: the run's data no longer holds all its samples; each sample is its own group.")
+        return None
+    return sample_groups([by_id[i] for i in ids])
+
+
 def _probe_and_rank(report: Report, frame: pl.DataFrame, residuals: Residuals, manifest: dict[str, Any]) -> list[Any]:
     """Probes, their generalisation, and the feature ranking per layer; returns the probes' fits (their
     out-of-fold scores join the detection ranking)."""
     domains = frame["domain"].to_list()
-    outcome = run_probes(residuals, domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap)
+    groups = _text_groups(frame, manifest, report)
+    outcome = run_probes(residuals, domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap, groups=groups)
     report.notes += outcome.notes
     report.generalisation = outcome.generalisation
     for layer in residuals.layers:

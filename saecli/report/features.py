@@ -1,33 +1,51 @@
-"""The SAE features that differ most between a sample's fact and its hallucination, per layer.
+"""The SAE features that differ most between a sample's fact and its hallucination, per layer, and
+which of them the data support.
 
 For feature j of layer L's SAE and sample i, ``d_ij = f_j(hall_i) − f_j(fact_i)`` (activations at the
 text's last token, 0 where the feature does not fire). Per feature, over the n samples:
 
 * ``effect_size`` = ``mean(d_j) / sd(d_j)`` (sd with ddof = 1): the paired standardised mean
-  difference, Cohen's d_z. It is scale-free (SAE features differ in scale by orders of magnitude) and
-  pairs each hallucination with its own fact, like the rest of the report. > 0: stronger on
-  hallucinations. ±inf when every sample differs by the same non-zero amount (sd 0);
-* ``ci_low``/``ci_high``: a percentile bootstrap 95% interval of d_z over samples (the features
-  listed only; ``--bootstrap`` resamples, seeded per layer);
-* ``freq_fact`` / ``freq_hall``: the fraction of fact / hallucination texts where the feature fires
-  (f > 0);
-* ``score`` = ``|d_z| · (1 − min(freq_fact, freq_hall))``, the ranking. A dense, generic feature fires
-  on nearly every text of both kinds, and its small but regular shifts can give it a large |d_z|; the
-  factor takes it down in proportion to how often it fires on *both* kinds of text. A feature that
-  fires on every hallucination and no fact (min = 0) keeps its whole effect, one that fires
-  everywhere (min = 1) scores 0. Rare features need no such factor: d_z is small when few samples
-  differ (one differing sample of n gives |d_z| ≈ 1/√n);
-* ``auroc``: the AUROC of the feature's activation, hall vs fact (as for a metric; ties at 0 count ½).
+  difference, Cohen's d_z. > 0: stronger on hallucinations. ±inf when every sample differs by the
+  same non-zero amount (sd 0);
+* ``freq_fact`` / ``freq_hall``: the fraction of fact / hallucination texts where the feature fires;
+* ``score`` = ``|d_z| · (1 − min(freq_fact, freq_hall))``, the ranking: a dense, generic feature that
+  fires on nearly every text of both kinds (whose small regular shifts can give a large |d_z|) is taken
+  down in proportion, a feature that fires on hallucinations and not on facts keeps its whole effect;
+* ``auroc``: the AUROC of the feature's activation, hall vs fact (ties at 0 count ½).
+
+**Which differences are real.** Every feature that fires on at least one text of the layer (fact or
+hallucination) is tested, ``tested`` of them per layer; the FDR is controlled per layer.
+
+* ``p``: the exact two-sided **sign test** of the paired differences: of the ``n_up + n_down``
+  samples where the feature's activation differs, ``n_up`` are higher on the hallucination;
+  ``p = min(1, 2·P(X ≤ min(n_up, n_down)))``, X ~ Binomial(n_up + n_down, ½). Under "fact and
+  hallucination are exchangeable within a pair" each non-zero difference is + or − with probability
+  ½ independently, so p is exact whatever the scale or sparsity of the feature (4 samples all one
+  way: p = 0.125).
+* ``q``: the Benjamini–Hochberg adjusted p over all ``tested`` features of the layer
+  (``q_(k) = min_{j ≥ k} p_(j)·m / j``); q ≤ α (0.05) keeps the expected share of false discoveries
+  among them at most α.
+* ``null_threshold``: the score a feature must beat. Fact and hallucination are swapped at random
+  within pairs (each sample's pair flipped with probability ½, the same flips for every feature:
+  ``bootstrap`` draws, seeded per layer), the scores of all features recomputed, and the maximum
+  over features kept; the threshold is the 95th percentile of those maxima. Under no effect the
+  best-scoring feature beats it in only 5% of datasets.
+* ``significant``: 1 when ``q ≤ α`` **and** ``score > null_threshold``, else 0. Without draws
+  (``bootstrap`` = 0) there is no threshold and no feature is called significant.
+
+``ci_low``/``ci_high`` are NaN: the bootstrap interval of d_z after selecting the top features by the
+same data is not evidence (a one-way rare feature always "excludes 0"); the fields stay so that
+readers of older columns see a missing value.
 
 Only features that differ on at least one sample are ranked; the top N by score (ties: lower index
 first) are kept per layer. ``url`` is the feature's Neuronpedia page,
 ``https://www.neuronpedia.org/{neuronpedia_id}/{feature}``, when the SAE's manifest entry carries a
 non-empty ``neuronpedia_id``; empty otherwise.
 
-Vectorised on CSR matrices: the sums over samples are sparse column sums (O(non-zeros)), so d_sae of
-65536 with n of a few thousand costs milliseconds; the bootstrap touches the N listed features only.
+Vectorised on CSR matrices: the sums over samples are sparse column sums (O(non-zeros)), the null
+draws sparse products of a (draws × n) sign matrix with the differences (O(draws × non-zeros)).
 
-Boundary: numpy and scipy.sparse (imported inside the functions); no files, no drawing.
+Boundary: numpy and scipy (imported inside the functions); no files, no drawing.
 """
 
 from __future__ import annotations
@@ -38,10 +56,14 @@ from typing import Any
 
 import numpy as np
 
-from saecli.report.stats import auroc, bootstrap_chunks, group_rng, percentile_interval
+from saecli.report.stats import auroc, group_rng
 
 FEATURES_TOP = 50
 """Features kept per layer in features.csv."""
+FEATURES_ALPHA = 0.05
+"""The FDR level of ``q`` and the tail of the null threshold (its 1 − α percentile)."""
+NULL_BLOCK = 1 << 20
+"""Draws × d_sae values held at once by the null (8 MiB of float64 per array)."""
 NEURONPEDIA = "https://www.neuronpedia.org"
 
 
@@ -54,7 +76,7 @@ class FeatureRow:
     feature: int
     score: float
     effect_size: float
-    ci_low: float
+    ci_low: float  # NaN: post-selection intervals are not reported (module docstring)
     ci_high: float
     mean_fact: float
     mean_hall: float
@@ -64,6 +86,24 @@ class FeatureRow:
     auroc: float
     n: int
     url: str
+    n_up: int = 0  # samples where the activation is higher on the hallucination
+    n_down: int = 0  # … lower
+    p: float = math.nan  # exact two-sided sign test
+    q: float = math.nan  # Benjamini–Hochberg over the layer's tested features
+    tested: int = 0  # features of the layer that fire on at least one text (BH's m)
+    null_threshold: float = math.nan  # 95th percentile of the max score under random swaps
+    significant: int = 0  # 1: q ≤ α and score > null_threshold
+
+
+@dataclass(frozen=True)
+class FeatureTests:
+    """The sign test of every feature of a layer (arrays of length d_sae)."""
+
+    n_up: np.ndarray
+    n_down: np.ndarray
+    p: np.ndarray  # 1 for a feature no sample moves; NaN where untested
+    q: np.ndarray  # NaN where untested
+    tested: np.ndarray  # bool: fires on at least one text
 
 
 def neuronpedia_url(neuronpedia_id: Any, feature: int) -> str:
@@ -85,6 +125,16 @@ def _column_sums(m: Any) -> np.ndarray:
     return np.asarray(m.sum(axis=0), dtype=np.float64).ravel()
 
 
+def _fires(m: Any) -> Any:
+    """The 0/1 CSR matrix of the entries > 0."""
+    import scipy.sparse as sp
+
+    m = sp.csr_matrix(m)
+    out = sp.csr_matrix(((m.data > 0).astype(np.float64), m.indices, m.indptr), shape=m.shape)
+    out.eliminate_zeros()
+    return out
+
+
 def firing_frequency(activations: Any) -> np.ndarray:
     """Fraction of rows of a CSR matrix where each column is > 0."""
     import scipy.sparse as sp
@@ -92,6 +142,17 @@ def firing_frequency(activations: Any) -> np.ndarray:
     m = sp.csr_matrix(activations)
     counts = np.bincount(m.indices[m.data > 0], minlength=m.shape[1])
     return counts / max(m.shape[0], 1)
+
+
+def _d_z(mean: np.ndarray, sum_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """SD (ddof 1) and d_z from the mean and the sum of squares of the differences (any shape)."""
+    var = (sum_sq - n * mean**2) / (n - 1)
+    sd = np.sqrt(np.clip(var, 0.0, None))
+    # Rounding leaves a constant column a tiny SD instead of 0: below 1e-12 of its scale it is 0.
+    sd[sd <= 1e-12 * np.abs(mean)] = 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dz = np.where(sd > 0, mean / sd, np.where(mean == 0, 0.0, np.copysign(np.inf, mean)))
+    return sd, dz
 
 
 def paired_effect_sizes(fact: Any, hall: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,35 +165,88 @@ def paired_effect_sizes(fact: Any, hall: Any) -> tuple[np.ndarray, np.ndarray, n
     mean = _column_sums(d) / n
     if n < 2:
         return mean, np.full(mean.shape, math.nan), np.zeros(mean.shape)
-    var = (_column_sums(d.multiply(d)) - n * mean**2) / (n - 1)
-    sd = np.sqrt(np.clip(var, 0.0, None))
-    # Rounding leaves a constant column a tiny SD instead of 0: below 1e-12 of its scale it is 0.
-    sd[sd <= 1e-12 * np.abs(mean)] = 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dz = np.where(sd > 0, mean / sd, np.where(mean == 0, 0.0, np.copysign(np.inf, mean)))
+    sd, dz = _d_z(mean, _column_sums(d.multiply(d)), n)
     return mean, sd, dz
 
 
-def _bootstrap_dz(diffs: np.ndarray, bootstrap: int, rng: np.random.Generator) -> list[tuple[float, float]]:
-    """Percentile intervals of d_z for each column of ``diffs`` (n × k), resampling rows."""
-    n, k = diffs.shape
-    values = np.empty((bootstrap, k))
-    start = 0
-    for w in bootstrap_chunks(n, bootstrap, rng):
-        m1 = w @ diffs / n
-        m2 = w @ (diffs**2) / n
-        sd = np.sqrt(np.clip((m2 - m1**2) * n / (n - 1), 0.0, None))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            values[start : start + w.shape[0]] = m1 / sd
-        start += w.shape[0]
-    return [percentile_interval(values[:, j]) for j in range(k)]
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (q) of ``p``, over all its entries: ``q_(k) = min_{j ≥ k}
+    p_(j)·m / j``, at most 1."""
+    p = np.asarray(p, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, kind="mergesort")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q = np.empty(m)
+    q[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    return q
+
+
+def sign_tests(fact: Any, hall: Any) -> FeatureTests:
+    """The exact two-sided sign test of hall − fact for every feature, and the BH q over the features
+    that fire on at least one text (module docstring)."""
+    import scipy.sparse as sp
+    from scipy.stats import binom
+
+    fact, hall = sp.csr_matrix(fact, dtype=np.float64), sp.csr_matrix(hall, dtype=np.float64)
+    d_sae = fact.shape[1]
+    d = hall - fact
+    n_up = np.bincount(d.indices[d.data > 0], minlength=d_sae)
+    n_down = np.bincount(d.indices[d.data < 0], minlength=d_sae)
+    moved = n_up + n_down
+    p = np.minimum(1.0, 2.0 * binom.cdf(np.minimum(n_up, n_down), moved, 0.5))
+    p[moved == 0] = 1.0
+    tested = (firing_frequency(fact) > 0) | (firing_frequency(hall) > 0)
+    p[~tested] = math.nan
+    q = np.full(d_sae, math.nan)
+    q[tested] = benjamini_hochberg(p[tested])
+    return FeatureTests(n_up=n_up, n_down=n_down, p=p, q=q, tested=tested)
+
+
+def null_max_scores(fact: Any, hall: Any, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """The largest score over all features in each of ``draws`` datasets where each sample's fact and
+    hallucination are swapped with probability ½ (the same swaps for every feature).
+
+    A swap of sample i negates d_i (the mean moves, the sum of squares does not) and trades which of
+    its texts counts as the fact in the firing frequencies; both are sparse products of the draws'
+    swap matrix with the n × d_sae differences, in blocks of :data:`NULL_BLOCK` values.
+    """
+    import scipy.sparse as sp
+
+    fact, hall = sp.csr_matrix(fact, dtype=np.float64), sp.csr_matrix(hall, dtype=np.float64)
+    n, d_sae = fact.shape
+    d = hall - fact
+    sum_sq = _column_sums(d.multiply(d))
+    fires_fact, fires_hall = _fires(fact), _fires(hall)
+    total_fact, total_both = _column_sums(fires_fact), _column_sums(fires_fact + fires_hall)
+    d_t, gain_t = d.T.tocsr(), (fires_hall - fires_fact).T.tocsr()  # d_sae × n
+    out = np.empty(draws)
+    rows = max(1, NULL_BLOCK // max(d_sae, 1))
+    for start in range(0, draws, rows):
+        swapped = rng.random((min(rows, draws - start), n)) < 0.5  # draws × n
+        signs = np.where(swapped, -1.0, 1.0)
+        mean = np.asarray(d_t @ signs.T).T / n
+        _, dz = _d_z(mean, sum_sq, n)
+        on_fact = total_fact + np.asarray(gain_t @ swapped.T.astype(np.float64)).T
+        both = np.minimum(on_fact, total_both - on_fact) / n
+        out[start : start + swapped.shape[0]] = (np.abs(dz) * (1.0 - both)).max(axis=1)
+    return out
+
+
+def null_threshold(fact: Any, hall: Any, draws: int, rng: np.random.Generator, alpha: float = FEATURES_ALPHA) -> float:
+    """The 1 − α percentile of :func:`null_max_scores` (NaN without draws)."""
+    if draws <= 0 or fact.shape[0] < 2:
+        return math.nan
+    return float(np.percentile(null_max_scores(fact, hall, draws, rng), 100 * (1 - alpha)))
 
 
 def rank_features(
     fact: Any, hall: Any, *, layer: int, top: int = FEATURES_TOP, bootstrap: int = 1000, seed: int = 0,
-    neuronpedia: str | None = None,
+    neuronpedia: str | None = None, alpha: float = FEATURES_ALPHA,
 ) -> list[FeatureRow]:  # fmt: skip
-    """The ``top`` features of one layer by score (module docstring), with their statistics."""
+    """The ``top`` features of one layer by score, with their sign test, BH q, the null threshold of
+    the score (``bootstrap`` random-swap draws, seeded by ``seed`` and the layer) and the verdict."""
     import scipy.sparse as sp
 
     fact, hall = sp.csr_matrix(fact), sp.csr_matrix(hall)
@@ -146,15 +260,14 @@ def rank_features(
     order = candidates[np.lexsort((candidates, -score[candidates]))][:top]
     if order.size == 0:
         return []
+    tests = sign_tests(fact, hall)
+    threshold = null_threshold(fact, hall, bootstrap, group_rng(seed, f"features-null:l{layer}"), alpha)
+    tested = int(tests.tested.sum())
     f_cols = fact[:, order].toarray().astype(np.float64)
     h_cols = hall[:, order].toarray().astype(np.float64)
-    intervals = (
-        _bootstrap_dz(h_cols - f_cols, bootstrap, group_rng(seed, f"features:l{layer}"))
-        if bootstrap
-        else [(math.nan, math.nan)] * order.size
-    )
     rows = []
-    for rank, (j, (lo, hi)) in enumerate(zip(order.tolist(), intervals, strict=True), 1):
+    for rank, j in enumerate(order.tolist(), 1):
+        q = float(tests.q[j])
         rows.append(
             FeatureRow(
                 layer=int(layer),
@@ -162,8 +275,8 @@ def rank_features(
                 feature=int(j),
                 score=float(score[j]),
                 effect_size=float(dz[j]),
-                ci_low=lo,
-                ci_high=hi,
+                ci_low=math.nan,
+                ci_high=math.nan,
                 mean_fact=float(f_cols[:, rank - 1].mean()),
                 mean_hall=float(h_cols[:, rank - 1].mean()),
                 mean_diff=float(mean[j]),
@@ -172,6 +285,13 @@ def rank_features(
                 auroc=auroc(h_cols[:, rank - 1], f_cols[:, rank - 1]),
                 n=int(n),
                 url=neuronpedia_url(neuronpedia, j),
+                n_up=int(tests.n_up[j]),
+                n_down=int(tests.n_down[j]),
+                p=float(tests.p[j]),
+                q=q,
+                tested=tested,
+                null_threshold=threshold,
+                significant=int(q <= alpha and math.isfinite(threshold) and score[j] > threshold),
             )  # fmt: skip
         )
     return rows

@@ -11,20 +11,29 @@ Each is scikit-learn's ``LogisticRegression`` (L2, ``C`` = :data:`PROBE_C`, lbfg
 in a ``Pipeline``, so the scaling is fitted on the training folds only. Every sample gives two rows
 (its fact text, label 0; its hallucination, label 1).
 
-**Cross-validation, folds grouped by sample.** ``StratifiedGroupKFold`` with the sample as the group
-and the domain as the stratum (shuffled, seeded): a sample's two texts are always in the same fold, so
-a probe is never tested on a text whose twin it was trained on, and each fold holds the domains in
-about their overall proportions. Each text gets the decision score of the model that did not see it
-(out of fold); the AUROC of those scores, hall vs fact, with its bootstrap interval over samples, is
-computed per domain and over all exactly as for a metric (:func:`saecli.report.detection.detect_metrics`),
-on the same resamples. The interval covers the resampling of the test samples, not the variation of
-the fitted models; the spread of the per-fold AUROCs is reported beside it (probes.csv).
+**Repeated cross-validation, folds grouped by sample and by text.** Samples that share any identical
+text (the prompt, the fact text prompt + " " + fact or the hallucination text, in any field) are joined
+into one group, transitively (union-find, :func:`text_groups`, :func:`sample_groups`); without texts
+each sample is its own group. ``StratifiedGroupKFold``
+with those groups and the domain as the stratum: a sample's two texts, and every sample sharing a text
+with it, are always in the same fold, so a probe is never tested on a text it was trained on. The
+split is repeated ``repeats`` times with the fold seeds ``seed``, ``seed + 1``, …; each repeat gives
+every text the decision score of the model that did not see it (out of fold).
+
+The probe's AUROC (per domain and over all) is the **mean over repeats** of the out-of-fold AUROCs.
+Its interval is the 2.5–97.5 percentiles of the AUROCs of *every repeat on every bootstrap resample*
+of samples (the resamples the detection table draws for that group, :func:`~saecli.report.stats.group_rng`):
+the pooled spread holds the resampling of the test samples and the choice of folds (law of total
+variance), though not the refitting on resampled training sets. ``fact``/``hall`` of a
+:class:`ProbeFit` are each text's score averaged over the repeats (the paired statistics of the
+detection row are computed on them); the per-fold and per-repeat AUROCs are reported beside (probes.csv).
 
 **Out-of-domain generalisation.** For each domain D, a probe is trained on every sample of the other
 domains and tested on D's: its AUROC on D with the bootstrap interval over D's samples, beside the
-in-domain cross-validated AUROC on D.
+in-domain cross-validated AUROC on D. A training sample that shares a text with a sample of D is
+left out of D's training set.
 
-Too little data is said, not crashed on: fewer samples than folds (no cross-validation), a single
+Too little data is said, not crashed on: fewer groups than folds (no cross-validation), a single
 domain (no generalisation), an empty training set.
 
 Boundary: numpy, scipy.sparse and scikit-learn (imported inside the functions); reads no file, draws
@@ -36,7 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +54,15 @@ import polars as pl
 
 from saecli.columns import paired_column
 from saecli.report.detection import ALL, PROBE, Detection, Metric
-from saecli.report.stats import auroc, bootstrap_aurocs, group_rng, percentile_interval
+from saecli.report.stats import (
+    auroc,
+    bootstrap_aurocs,
+    direction,
+    group_rng,
+    paired_effect,
+    percentile_interval,
+    wilcoxon_p,
+)
 from saecli.residuals import RESIDUAL_KINDS, Residuals, residual_key
 
 log = logging.getLogger(__name__)
@@ -53,6 +70,8 @@ log = logging.getLogger(__name__)
 PROBE_C = 1.0
 """Inverse L2 strength of the logistic regression (scikit-learn's default), on scaled inputs."""
 PROBE_MAX_ITER = 2000
+PROBE_REPEATS = 3
+"""Repeats of the grouped cross-validation (fold seeds ``seed`` … ``seed + repeats − 1``)."""
 RESIDUAL, SAE = "residual", "sae"
 """What a probe reads: the residual-stream vector, or the SAE's feature activations."""
 
@@ -71,10 +90,17 @@ class ProbeFit:
     source: str
     n_features: int
     folds: int
-    fact: np.ndarray  # out-of-fold decision score of each sample's fact text
+    fact: np.ndarray  # out-of-fold decision score of each sample's fact text, averaged over the repeats
     hall: np.ndarray  # … and of its hallucination
-    fold: np.ndarray  # the test fold of each sample
-    fold_aurocs: list[float] = field(default_factory=list)
+    fold: np.ndarray  # the test fold of each sample (first repeat)
+    fold_aurocs: list[float] = field(default_factory=list)  # every fold of every repeat
+    repeats: int = 1
+    repeat_fact: np.ndarray | None = None  # repeats × n out-of-fold scores
+    repeat_hall: np.ndarray | None = None
+    repeat_aurocs: list[float] = field(default_factory=list)  # AUROC over all samples, per repeat
+    groups: int = 0  # cross-validation groups (samples joined by shared texts)
+    detections: list[Detection] = field(default_factory=list)  # per domain and all: mean AUROC, pooled interval
+    repeat_sd: dict[str, float] = field(default_factory=dict)  # per domain and all: SD of the repeats' AUROCs
 
 
 @dataclass(frozen=True)
@@ -86,14 +112,17 @@ class ProbeRow:
     input: str
     domain: str
     n: int
-    auroc: float
-    ci_low: float
+    auroc: float  # mean over repeats
+    ci_low: float  # pooled over repeats and resamples
     ci_high: float
     folds: int
     n_features: int
     fold_auroc_mean: float
     fold_auroc_sd: float
     c: float = PROBE_C
+    repeats: int = 1
+    repeat_auroc_sd: float = math.nan  # SD of the repeats' AUROCs (this group)
+    groups: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,35 +185,79 @@ def _fit_scores(x: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> n
     return np.asarray(model.decision_function(x[test]), dtype=np.float64)
 
 
-def grouped_folds(strata: Sequence[Any], n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def text_groups(texts: Sequence[Iterable[Any]]) -> np.ndarray:
+    """A group label per sample (0, 1, … in first-seen order): samples that share any identical text
+    (stripped, non-empty; in any field: a prompt equal to another sample's fact counts) are in one
+    group, transitively (union-find). ``texts[i]``: sample i's texts, e.g. (prompt, fact, hallucination)."""
+    parent = list(range(len(texts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, row in enumerate(texts):
+        for text in row:
+            if isinstance(text, str) and text.strip():
+                j = first.setdefault(text.strip(), i)
+                a, b = root(i), root(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    roots = [root(i) for i in range(len(texts))]
+    labels = {r: k for k, r in enumerate(dict.fromkeys(roots))}
+    return np.asarray([labels[r] for r in roots], dtype=np.int64)
+
+
+def sample_groups(samples: Sequence[Any]) -> np.ndarray:
+    """:func:`text_groups` of :class:`saecli.data.Sample`-like objects over the texts a run reads: the
+    prompt, the fact text (prompt + " " + fact) and the hallucination text (prompt + " " + hallucination).
+    Pass the samples in the run's row order."""
+    return text_groups([(s.prompt, s.fact_text, s.hall_text) for s in samples])
+
+
+def _sample_groups(n: int, groups: Sequence[Any] | None) -> np.ndarray:
+    """Integer codes of the per-sample ``groups`` (each sample its own group when None)."""
+    if groups is None:
+        return np.arange(n)
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group labels for {n} samples")
+    return np.unique(np.asarray(list(groups), dtype=object).astype(str), return_inverse=True)[1]
+
+
+def grouped_folds(
+    strata: Sequence[Any], n_splits: int, seed: int, groups: Sequence[Any] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (train, test) row indices of each fold over the 2n rows fact₀…factₙ₋₁, hall₀…hallₙ₋₁.
 
-    ``StratifiedGroupKFold`` (shuffled with ``seed``), groups = the sample (row i and row n + i),
-    strata = each sample's domain (``strata``): a sample's two texts never straddle train and test.
+    ``StratifiedGroupKFold`` (shuffled with ``seed``), groups = ``groups`` (a label per sample; default:
+    the sample itself) on both of a sample's rows, strata = each sample's domain (``strata``): a
+    group's texts never straddle train and test.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
     n = len(strata)
     codes = np.unique(np.asarray(list(strata), dtype=object).astype(str), return_inverse=True)[1]
-    groups = np.tile(np.arange(n), 2)
+    rows = np.tile(_sample_groups(n, groups), 2)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only k members"
-        return [(train, test) for train, test in splitter.split(np.zeros((2 * n, 1)), np.tile(codes, 2), groups)]
+        return [(train, test) for train, test in splitter.split(np.zeros((2 * n, 1)), np.tile(codes, 2), rows)]
 
 
 def cross_validate(
-    fact: Any, hall: Any, strata: Sequence[Any], *, n_splits: int, seed: int
+    fact: Any, hall: Any, strata: Sequence[Any], *, n_splits: int, seed: int, groups: Sequence[Any] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """Out-of-fold decision scores of the fact and hall texts of n samples (rows of ``fact``/``hall``),
-    the test fold of each sample, and the AUROC within each fold."""
+    the test fold of each sample, and the AUROC within each fold (one split, fold seed ``seed``)."""
     n = fact.shape[0]
     x = _stack(fact, hall)
     y = np.r_[np.zeros(n), np.ones(n)]
     scores = np.full(2 * n, math.nan)
     fold = np.full(n, -1, dtype=np.int64)
     fold_aurocs = []
-    for k, (train, test) in enumerate(grouped_folds(strata, n_splits, seed)):
+    for k, (train, test) in enumerate(grouped_folds(strata, n_splits, seed, groups)):
         scores[test] = _fit_scores(x, y, train, test)
         samples = np.unique(test % n)
         fold[samples] = k
@@ -192,20 +265,90 @@ def cross_validate(
     return scores[:n], scores[n:], fold, fold_aurocs
 
 
+def repeated_cross_validate(
+    fact: Any, hall: Any, strata: Sequence[Any], *, n_splits: int, seed: int, repeats: int = PROBE_REPEATS,
+    groups: Sequence[Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:  # fmt: skip
+    """:func:`cross_validate` with the fold seeds ``seed`` … ``seed + repeats − 1``: the fact and hall
+    scores and the folds as (repeats × n) arrays, and the AUROCs of every fold of every repeat."""
+    runs = [cross_validate(fact, hall, strata, n_splits=n_splits, seed=seed + r, groups=groups) for r in range(repeats)]
+    return (
+        np.stack([r[0] for r in runs]),
+        np.stack([r[1] for r in runs]),
+        np.stack([r[2] for r in runs]),
+        [a for r in runs for a in r[3]],
+    )
+
+
+def _parts(domains: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """(domain, sample mask) per domain in first-seen order, then (``all``, every sample)."""
+    labels = np.asarray(list(domains), dtype=object)
+    return [(str(d), labels == d) for d in dict.fromkeys(labels.tolist())] + [(ALL, np.ones(labels.size, dtype=bool))]
+
+
+def repeated_detections(fit: ProbeFit, domains: Sequence[str], *, bootstrap: int, seed: int) -> list[Detection]:
+    """The probe's detection rows per domain (first-seen order) and over all: AUROC = the mean of the
+    repeats' AUROCs; interval = percentiles of every repeat's AUROC on every bootstrap resample (the
+    resamples :func:`~saecli.report.detection.detect_metrics` draws for that group); the paired
+    statistics on the repeat-averaged scores."""
+    f_all = fit.repeat_fact if fit.repeat_fact is not None else fit.fact[None, :]
+    h_all = fit.repeat_hall if fit.repeat_hall is not None else fit.hall[None, :]
+    rows = []
+    for domain, mask in _parts(domains):
+        f, h = f_all[:, mask], h_all[:, mask]
+        m = int(mask.sum())
+        point = float(np.mean([auroc(h[r], f[r]) for r in range(f.shape[0])]))
+        lo, hi = math.nan, math.nan
+        if bootstrap:
+            ok = np.ones(m, dtype=bool)
+            values = bootstrap_aurocs([(h[r], f[r], ok) for r in range(f.shape[0])], m, bootstrap, group_rng(seed, domain))
+            lo, hi = percentile_interval(np.concatenate(values))
+        f_mean, h_mean = f.mean(axis=0), h.mean(axis=0)
+        mean, sd = paired_effect(h_mean, f_mean)
+        rows.append(
+            Detection(
+                metric=fit.name,
+                layer=fit.layer,
+                domain=domain,
+                n=m,
+                auroc=point,
+                ci_low=lo,
+                ci_high=hi,
+                direction=direction(point),
+                fact_mean=float(f_mean.mean()),
+                hall_mean=float(h_mean.mean()),
+                mean_diff=mean,
+                sd_diff=sd,
+                wilcoxon_p=wilcoxon_p(h_mean, f_mean),
+                family=PROBE,
+            )  # fmt: skip
+        )
+    return rows
+
+
+def probe_detections(fits: Sequence[ProbeFit]) -> list[Detection]:
+    """The detection rows of every probe (repeated CV, :func:`repeated_detections`), for the ranking:
+    what the report should add to its rows instead of ``detect_metrics`` on :func:`scores_frame`."""
+    return [row for fit in fits for row in fit.detections]
+
+
 def generalise(
-    fact: Any, hall: Any, domains: Sequence[str], *, bootstrap: int, seed: int
+    fact: Any, hall: Any, domains: Sequence[str], *, bootstrap: int, seed: int, groups: Sequence[Any] | None = None
 ) -> list[tuple[str, int, int, float, float, float]]:
-    """For each domain D (first-seen order): train on the other domains' samples, test on D's:
-    (D, n_train, n_test, AUROC, ci_low, ci_high); the interval is the bootstrap over D's samples, on
-    the resamples the detection table draws for D (:func:`~saecli.report.stats.group_rng`)."""
+    """For each domain D (first-seen order): train on the other domains' samples (less any that shares
+    a group, i.e. a text, with a sample of D), test on D's: (D, n_train, n_test, AUROC, ci_low,
+    ci_high); the interval is the bootstrap over D's samples, on the resamples the detection table
+    draws for D (:func:`~saecli.report.stats.group_rng`)."""
     n = fact.shape[0]
     labels = np.asarray(list(domains), dtype=object)
+    codes = _sample_groups(n, groups)
     x = _stack(fact, hall)
     y = np.r_[np.zeros(n), np.ones(n)]
     out = []
     for domain in dict.fromkeys(labels.tolist()):
         held = labels == domain
-        test_samples, train_samples = np.flatnonzero(held), np.flatnonzero(~held)
+        test_samples = np.flatnonzero(held)
+        train_samples = np.flatnonzero(~held & ~np.isin(codes, codes[held]))
         if train_samples.size == 0:
             continue
         train, test = np.r_[train_samples, n + train_samples], np.r_[test_samples, n + test_samples]
@@ -220,9 +363,35 @@ def generalise(
     return out
 
 
-def run_probes(residuals: Residuals, domains: Sequence[str], *, n_splits: int, seed: int, bootstrap: int) -> ProbeOutcome:
-    """Every probe the residuals allow (residual and SAE features, per layer), cross-validated, and
-    its leave-one-domain-out generalisation. ``residuals`` rows are the run's rows (``domains``)."""
+def _fit_probe(
+    source: str, layer: int, fact: Any, hall: Any, domains: Sequence[str], *, n_splits: int, seed: int, bootstrap: int,
+    repeats: int, groups: Sequence[Any] | None,
+) -> ProbeFit:  # fmt: skip
+    """One probe, cross-validated ``repeats`` times, with its detection rows."""
+    name = probe_name(source, layer)
+    f, h, folds, fold_aurocs = repeated_cross_validate(
+        fact, hall, domains, n_splits=n_splits, seed=seed, repeats=repeats, groups=groups
+    )
+    fit = ProbeFit(
+        name, layer, source, int(fact.shape[1]), n_splits, f.mean(axis=0), h.mean(axis=0), folds[0], fold_aurocs,
+        repeats=repeats, repeat_fact=f, repeat_hall=h, repeat_aurocs=[auroc(h[r], f[r]) for r in range(repeats)],
+        groups=int(np.unique(_sample_groups(fact.shape[0], groups)).size),
+    )  # fmt: skip
+    fit.detections = repeated_detections(fit, domains, bootstrap=bootstrap, seed=seed)
+    if repeats > 1:
+        fit.repeat_sd = {d: float(np.std([auroc(h[r, m], f[r, m]) for r in range(repeats)], ddof=1)) for d, m in _parts(domains)}
+    log.info("%s: cross-validated AUROC %.3f (%d folds × %d repeats)", name, np.mean(fit.repeat_aurocs), n_splits, repeats)
+    return fit
+
+
+def run_probes(
+    residuals: Residuals, domains: Sequence[str], *, n_splits: int, seed: int, bootstrap: int,
+    groups: Sequence[Any] | None = None, repeats: int = PROBE_REPEATS,
+) -> ProbeOutcome:  # fmt: skip
+    """Every probe the residuals allow (residual and SAE features, per layer), cross-validated
+    ``repeats`` times with folds grouped by ``groups`` (a label per sample, e.g. :func:`text_groups`;
+    default: the sample), and its leave-one-domain-out generalisation. ``residuals`` rows are the
+    run's rows (``domains``)."""
     outcome = ProbeOutcome()
     n = residuals.n
     distinct = list(dict.fromkeys(domains))
@@ -235,23 +404,32 @@ def run_probes(residuals: Residuals, domains: Sequence[str], *, n_splits: int, s
     if not inputs:
         outcome.notes.append("the residuals file holds no layer with both texts: no probe fitted")
         return outcome
-    cv = n >= n_splits
+    codes = _sample_groups(n, groups)
+    n_groups, shared = int(np.unique(codes).size), int((np.bincount(codes)[codes] > 1).sum())
+    if shared:
+        outcome.notes.append(
+            f"probes: {shared} samples share a text with another sample; the {n} samples form {n_groups} "
+            "groups, each kept in one fold"
+        )
+    cv = n_groups >= n_splits
     if not cv:
-        outcome.notes.append(f"probes: not enough data for {n_splits}-fold cross-validation ({n} samples); no probe AUROC")
+        outcome.notes.append(
+            f"probes: not enough data for {n_splits}-fold cross-validation ({n} samples, {n_groups} groups); no probe AUROC"
+        )
     if len(distinct) < 2:
         outcome.notes.append("out-of-domain generalisation: not enough data (one domain only)")
     for source, layer, fact, hall in inputs:
-        name = probe_name(source, layer)
         in_domain: dict[str, float] = {}
         if cv:
-            f, h, fold, fold_aurocs = cross_validate(fact, hall, domains, n_splits=n_splits, seed=seed)
-            fit = ProbeFit(name, layer, source, int(fact.shape[1]), n_splits, f, h, fold, fold_aurocs)
+            fit = _fit_probe(source, layer, fact, hall, domains, n_splits=n_splits, seed=seed, bootstrap=bootstrap,
+                             repeats=repeats, groups=groups)  # fmt: skip
             outcome.fits.append(fit)
-            labels = np.asarray(list(domains), dtype=object)
-            in_domain = {d: auroc(h[labels == d], f[labels == d]) for d in distinct}
-            log.info("%s: cross-validated AUROC %.3f (%d folds)", name, auroc(h, f), n_splits)
+            in_domain = {r.domain: r.auroc for r in fit.detections}
         if len(distinct) >= 2:
-            for domain, n_train, n_test, point, lo, hi in generalise(fact, hall, domains, bootstrap=bootstrap, seed=seed):
+            name = probe_name(source, layer)
+            for domain, n_train, n_test, point, lo, hi in generalise(
+                fact, hall, domains, bootstrap=bootstrap, seed=seed, groups=groups
+            ):
                 outcome.generalisation.append(
                     Generalisation(name, layer, source, domain, n_train, n_test, point, lo, hi, in_domain.get(domain, math.nan))
                 )
@@ -259,8 +437,8 @@ def run_probes(residuals: Residuals, domains: Sequence[str], *, n_splits: int, s
 
 
 def scores_frame(fits: Sequence[ProbeFit], domains: Sequence[str]) -> tuple[pl.DataFrame, list[Metric]]:
-    """The out-of-fold scores as a frame (``domain``, ``{probe}_fact``, ``{probe}_hall``) and their
-    metrics, for :func:`~saecli.report.detection.detect_metrics`."""
+    """The out-of-fold scores (averaged over the repeats) as a frame (``domain``, ``{probe}_fact``,
+    ``{probe}_hall``) and their metrics, for :func:`~saecli.report.detection.detect_metrics`."""
     columns: dict[str, Any] = {"domain": list(domains)}
     metrics = []
     for fit in fits:
@@ -270,31 +448,33 @@ def scores_frame(fits: Sequence[ProbeFit], domains: Sequence[str]) -> tuple[pl.D
     return pl.DataFrame(columns), metrics
 
 
-def probe_rows(fits: Sequence[ProbeFit], rows: Sequence[Detection]) -> list[ProbeRow]:
-    """probes.csv: each probe's detection rows (per domain and all) with its fit's details."""
+def probe_rows(fits: Sequence[ProbeFit], rows: Sequence[Detection] = ()) -> list[ProbeRow]:
+    """probes.csv: each probe's repeated-CV detection rows (per domain and all; ``rows`` are used only
+    for a fit without them) with its fit's details."""
     by_name = {fit.name: fit for fit in fits}
     out = []
-    for r in rows:
-        fit = by_name.get(r.metric)
-        if fit is None:
-            continue
+    for fit in fits:
         per_fold = np.asarray(fit.fold_aurocs, dtype=np.float64)
         per_fold = per_fold[np.isfinite(per_fold)]
-        out.append(
-            ProbeRow(
-                probe=fit.name,
-                layer=fit.layer,
-                input=fit.source,
-                domain=r.domain,
-                n=r.n,
-                auroc=r.auroc,
-                ci_low=r.ci_low,
-                ci_high=r.ci_high,
-                folds=fit.folds,
-                n_features=fit.n_features,
-                fold_auroc_mean=float(per_fold.mean()) if per_fold.size else math.nan,
-                fold_auroc_sd=float(per_fold.std(ddof=1)) if per_fold.size > 1 else math.nan,
-            )  # fmt: skip
-        )
+        for r in fit.detections or [r for r in rows if r.metric == fit.name]:
+            out.append(
+                ProbeRow(
+                    probe=fit.name,
+                    layer=fit.layer,
+                    input=fit.source,
+                    domain=r.domain,
+                    n=r.n,
+                    auroc=r.auroc,
+                    ci_low=r.ci_low,
+                    ci_high=r.ci_high,
+                    folds=fit.folds,
+                    n_features=fit.n_features,
+                    fold_auroc_mean=float(per_fold.mean()) if per_fold.size else math.nan,
+                    fold_auroc_sd=float(per_fold.std(ddof=1)) if per_fold.size > 1 else math.nan,
+                    repeats=fit.repeats,
+                    repeat_auroc_sd=fit.repeat_sd.get(r.domain, math.nan),
+                    groups=fit.groups,
+                )  # fmt: skip
+            )
     order = {name: i for i, name in enumerate(by_name)}
     return sorted(out, key=lambda p: (order[p.probe], p.domain == ALL))

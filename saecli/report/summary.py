@@ -167,25 +167,31 @@ def _feature_lines(report: Report, top: int) -> list[str]:
         "## SAE features that differ most between fact and hallucination",
         "",
         "d_z = mean / SD of the paired difference hall − fact of the feature's activation (> 0: stronger on "
-        "hallucinations), with its bootstrap 95% interval; fires: share of fact / hallucination texts where it is "
-        "active; ranked by score = |d_z| · (1 − min(fires on fact, fires on hall)), so features that fire on nearly "
-        "every text do not crowd the top; AUROC: the activation as a detector (above 0.5: the hallucination's is "
-        f"higher, below: lower). All ranked features: `{FEATURES_FILE}`.",
+        "hallucinations); fires: share of fact / hallucination texts where it is active; ranked by score = |d_z| · "
+        "(1 − min(fires on fact, fires on hall)), so features that fire on nearly every text do not crowd the top; "
+        "AUROC: the activation as a detector (above 0.5: the hallucination's is higher, below: lower). p: exact "
+        "two-sided sign test on the pairs where the feature differs (up / down: hall higher / lower); q: "
+        "Benjamini-Hochberg over every feature of the layer that fires at least once; threshold: the 95th percentile "
+        "of the best score under random swaps of fact and hallucination within pairs. A feature is significant (*) "
+        f"only when q ≤ 0.05 and its score beats the threshold. All ranked features: `{FEATURES_FILE}`.",
     ]
     for layer in dict.fromkeys(f.layer for f in report.features):
         rows = [f for f in report.features if f.layer == layer][: min(top, 10)]
+        first = rows[0]
+        found = sum(f.significant for f in report.features if f.layer == layer)
         lines += [
             "",
-            f"**Layer {layer}**",
+            f"**Layer {layer}**: {first.tested} features tested, null threshold {first.null_threshold:.3f}, {found} significant.",
             "",
-            "| # | feature | d_z [95% CI] | fires fact / hall | AUROC | score |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| # | feature | d_z | up / down | p | q | fires fact / hall | AUROC | score |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for f in rows:
             name = f"[{f.feature}]({f.url})" if f.url else str(f.feature)
-            ci = f" [{f.ci_low:+.2f}, {f.ci_high:+.2f}]" if math.isfinite(f.ci_low) else ""
+            star = "*" if f.significant else ""
             lines.append(
-                f"| {f.rank} | {name} | {f.effect_size:+.2f}{ci} | {f.freq_fact:.0%} / {f.freq_hall:.0%} | {f.auroc:.3f} | {f.score:.3f} |"
+                f"| {f.rank} | {name} | {f.effect_size:+.2f} | {f.n_up} / {f.n_down} | {f.p:.2g} | {f.q:.2g}{star} | "
+                f"{f.freq_fact:.0%} / {f.freq_hall:.0%} | {f.auroc:.3f} | {f.score:.3f}{star} |"
             )
     return lines
 

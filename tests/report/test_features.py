@@ -1,4 +1,6 @@
-"""saecli.report.features: the paired effect per feature, the ranking, Neuronpedia links."""
+"""saecli.report.features: the paired effect per feature, the ranking, Neuronpedia links.
+
+The sign test, FDR and null threshold, and their simulations: test_feature_claims.py."""
 
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ def test_planted_feature_ranks_first_and_the_dense_one_is_held_down():
     assert rows[0].feature == PLANTED_FEATURE and rows[0].rank == 1  # ... but the planted one ranks first
     assert DENSE_FEATURE not in [r.feature for r in rows]  # fires on every text of both kinds: score 0
     top = rows[0]
-    assert top.effect_size > 0 and top.ci_low < top.effect_size < top.ci_high and top.ci_low > 0
+    assert top.effect_size > 0 and math.isnan(top.ci_low) and math.isnan(top.ci_high)  # no post-selection interval
+    assert top.significant == 1 and top.q < 1e-6 and top.score > top.null_threshold
     assert 0.6 < top.freq_hall < 0.95 and top.freq_fact < 0.2 and top.auroc > 0.8
     assert top.score == top.effect_size * (1 - min(top.freq_fact, top.freq_hall))
     assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
