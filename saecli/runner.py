@@ -148,10 +148,16 @@ IDENTITY_FIELDS = (
     "dtype",
     "mode",
     "truncate",
+    "truncation",
     "columns",
     "baselines",
 )
 """What must not change between a run and its resumption."""
+
+TRUNCATION = "one window"
+"""How ``--truncate`` cuts a sample (:func:`saecli.plan.cut_to_context`). Runs made before it cut P,
+F and H apart (and scored the whole window) recorded no such field, so resuming one is refused
+rather than mixing the two."""
 
 
 def identity(config: RunConfig, loaded_layers: list[int], dtype: str, samples: list[Any]) -> dict[str, Any]:
@@ -171,6 +177,7 @@ def identity(config: RunConfig, loaded_layers: list[int], dtype: str, samples: l
         "dtype": dtype,
         "mode": config.mode,
         "truncate": config.truncate,
+        "truncation": TRUNCATION if config.truncate else None,
         "columns": config.columns,
         "baselines": config.baselines,
     }

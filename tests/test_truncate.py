@@ -214,3 +214,19 @@ def test_cut_to_context_on_plain_tokens():
     assert cut.prompt == [25, 26, 27, 28, 29] and cut.fact == [25, 26, 27, 28, 29, 1, 2, 3]
     assert cut.fact_start == 5 and cut.hall == [25, 26, 27, 28, 29, 4] and cut.hall_start == 5
     assert len(cut_to_context(bare, 2, None).fact) == 2 and cut_to_context(bare, 2, None).fact_start == 1
+
+
+def test_a_truncated_run_from_before_the_fix_is_not_resumed(tmp_path):
+    """A --truncate run written by the old cut (no `truncation` in its identity) is refused, not mixed."""
+    from saecli.config import RunConfig
+    from saecli.errors import SaecliError
+    from saecli.runner import _check_resumable, identity
+
+    current = identity(RunConfig(truncate=True), [0, 2, 3], "float32", [])
+    old = {k: v for k, v in current.items() if k != "truncation"}
+    with pytest.raises(SaecliError, match="truncation"):
+        _check_resumable({"identity": old}, current, tmp_path)
+    plain = identity(RunConfig(), [0, 2, 3], "float32", [])
+    _check_resumable(
+        {"identity": {k: v for k, v in plain.items() if k != "truncation"}}, plain, tmp_path
+    )  # untruncated: as before

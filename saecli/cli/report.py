@@ -12,11 +12,21 @@ from rich.table import Table
 from saecli.cli.app import command, emit_json, stdout
 from saecli.cli.options import json_option
 from saecli.report import ALPHA, FOLDS_DEFAULT, MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
-from saecli.report.summary import auroc_words, baseline_sentence, best_sentence
+from saecli.report.summary import baseline_sentence, best_sentence
 
 
 def _ci(low: float, high: float, digits: int = 3) -> str:
     return f"[{low:.{digits}f}, {high:.{digits}f}]" if math.isfinite(low) else "–"
+
+
+def _short_words(value: float) -> str:
+    """The direction of an AUROC in a few words, for the table (summary.md says it in full)."""
+    if not math.isfinite(value) or value == 0.5:
+        return "no separation" if math.isfinite(value) else "–"
+    if value in (0.0, 1.0):
+        return f"hall always {'higher' if value else 'lower'}"
+    share, word = (value, "higher") if value > 0.5 else (1 - value, "lower")
+    return f"hall {word} in {share:.0%}"
 
 
 def _side(value: float) -> str:
@@ -27,7 +37,7 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
     """The top metrics as a Rich table on stdout, then the verdicts and where the files are."""
     table = Table(title=f"Top {top} metrics by |AUROC − 0.5|, hall vs fact ({report.preset}, {report.samples} samples)")
     for name, justify in (
-        ("metric", "left"), ("AUROC [95% CI]", "left"), ("in words", "left"), ("win rate [95% CI]", "left"),
+        ("metric", "left"), ("AUROC [95% CI]", "left"), ("direction", "left"), ("win rate [95% CI]", "left"),
         ("Δ hall − fact", "right"), (f"q (BH, {report.tested} tests)", "right"), ("best domain", "left"),
     ):  # fmt: skip
         table.add_column(name, justify=justify, no_wrap=name == "metric", overflow="fold")
@@ -41,7 +51,7 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
         table.add_row(
             r.metric,
             f"[bold {color}]{r.auroc:.3f}[/] {_ci(r.ci_low, r.ci_high)}" if math.isfinite(r.auroc) else "–",
-            auroc_words(r.auroc),
+            _short_words(r.auroc),
             win,
             f"{r.mean_diff:+#.3g}{sd}",
             f"{r.q:.1e}{' *' if r.significant else ''}" if math.isfinite(r.q) else "–",
@@ -51,6 +61,7 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
     for note in report.notes:
         stdout.print(note, highlight=False, soft_wrap=True, markup=False)
     for line in (
+        f"direction: how often the hallucination scores higher (lower) than a fact, over all hall/fact comparisons. "
         f"* q < {ALPHA}: significant after Benjamini-Hochberg correction over all {report.tested} tests.",
         f"Best metric, all samples: {best_sentence(report)}.".replace("**", ""),
         baseline_sentence(report).replace("**", ""),
