@@ -79,9 +79,12 @@ def _sane_flops(r):
 @pytest.mark.slow
 def test_bench_cli_writes_json_and_csv(tmp_path):
     out = tmp_path / "b"
-    result = runner.invoke(app, ["bench", "--sizes", "1,2", "--limit", "4", "--repeats", "1", "--out", str(out), "--json"])
+    args = ["bench", "--sizes", "1,2", "--limit", "4", "--repeats", "1", "--seed", "3", "--domains", "entity, logical"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
+    config = doc["config"]  # the resolved run configuration measured
+    assert (config["seed"], config["domains"], config["limit"], config["preset"]) == (3, ["entity", "logical"], 4, "tiny")
     assert doc == json.loads((out / "bench.json").read_text()) | {"out_dir": doc["out_dir"]}
     sizes = [r["size"] for r in doc["results"]]
     assert sizes == [SEQUENTIAL, 1, 2] and all(r["ok"] for r in doc["results"])

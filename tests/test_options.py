@@ -231,43 +231,14 @@ def test_every_path_resolves_the_same_configuration(capture, options):
 
 @pytest.mark.slow
 def test_every_path_records_the_same_configuration(ray_cluster, tmp_path):
-    """The same options on every path, run for real: the manifests, bench.json and compare --json
-    record one resolved configuration (mode and batch size aside, each path's own)."""
+    """The same options on every path, run for real: the manifests and compare --json record one
+    resolved configuration (mode and batch size aside, each path's own). bench.json records its own
+    (tests/test_bench.py, tests/test_ray_tools.py); the property test above checks every path resolves alike."""
     options = ["--limit", "4", "--seed", "3", "--noise-std", "0.2", "--domains", "entity, logical", "--dtype", "float64",
                "--threads", "1", "--truncate"]  # fmt: skip
     paths = {
         "run": ["run", *options, "--batch-size", "2", "--out", str(tmp_path / "run"), "--json"],
         "run --ray": ["run", "--ray", "--workers", "1", *options, "--batch-size", "2", "--out", str(tmp_path / "ray"), "--json"],
-        "bench": [
-            "bench",
-            *options,
-            "--sizes",
-            "2",
-            "--repeats",
-            "1",
-            "--no-sequential",
-            "--baselines",
-            "on",
-            "--out",
-            str(tmp_path / "bench"),
-            "--json",
-        ],  # fmt: skip
-        "bench --ray": [
-            "bench",
-            "--ray",
-            "--workers",
-            "1",
-            *options,
-            "--sizes",
-            "2",
-            "--repeats",
-            "1",
-            "--baselines",
-            "on",
-            "--out",
-            str(tmp_path / "bench-ray"),
-            "--json",
-        ],  # fmt: skip
         "compare": ["compare", *options, "--batch-size", "2", "--json"],
     }
     recorded = {}

@@ -134,10 +134,27 @@ def test_doctor_ray_unreachable_address_is_a_failed_check_quickly(tmp_path):
 def test_bench_ray_two_worker_counts(ray_cluster, tmp_path):
     out = tmp_path / "b"
     result = runner.invoke(
-        app, ["bench", "--ray", "--workers", "1,2", "--limit", "8", "--repeats", "1", "--baselines", "on", "--out", str(out)]
+        app,
+        [
+            "bench",
+            "--ray",
+            "--workers",
+            "1,2",
+            "--limit",
+            "8",
+            "--repeats",
+            "1",
+            "--baselines",
+            "on",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "bench.json").read_text())
+    assert (saved["config"]["seed"], saved["config"]["batch_size"], saved["config"]["limit"]) == (3, 16, 8)  # the resolved config
     assert saved["kind"] == "ray" and saved["batch_size"] == 16 and saved["samples"] == 8
     rows = saved["results"]
     assert [r["workers"] for r in rows] == [1, 2] and all(r["ok"] and r["samples_per_second"] > 0 for r in rows)
