@@ -249,3 +249,14 @@ def test_every_path_records_the_same_configuration(ray_cluster, tmp_path):
     assert recorded["run"]["domains"] == ["entity", "logical"] and recorded["run"]["truncate"] is True
     for name, config in recorded.items():
         assert config == recorded["run"], name
+
+
+@pytest.mark.parametrize(
+    "args", [["bench", "--sizes", "1,,4"], ["bench", "--ray", "--workers", "1,"], ["compare", "--sizes", ",8"]]
+)
+def test_an_empty_element_in_a_list_of_counts_is_refused(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("saecli.cluster.import_ray", lambda: None)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "positive whole numbers separated by commas" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
