@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shlex
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ import polars as pl
 from saecli.columns import metric_columns
 from saecli.errors import SaecliError
 from saecli.faults import crash_point
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -64,18 +70,55 @@ def probe_write(folder: Path) -> None:
     os.unlink(probe)
 
 
+def parquet_bytes(frame: pl.DataFrame, metadata: dict[str, str] | None = None) -> bytes:
+    """``frame`` as Parquet bytes (with key-value ``metadata``). Built in memory and written by
+    Python: a full disk is then an OSError like any other write, not an error inside polars."""
+    buffer = BytesIO()
+    frame.write_parquet(buffer, metadata=metadata)
+    return buffer.getvalue()
+
+
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    """Write ``frame`` to exactly ``path`` (through a file handle, as :func:`read_parquet` reads)."""
+    """Write ``frame`` to exactly ``path``."""
+    data = parquet_bytes(frame)
     with open(path, "wb") as handle:
-        frame.write_parquet(handle)
+        handle.write(data)
+
+
+def parquet_from_bytes(data: bytes) -> tuple[pl.DataFrame, dict[str, str]]:
+    """A Parquet file's table and key-value metadata; a ValueError saying why for bytes that are
+    not a readable Parquet file. Polars panics on some corruptions (``PanicException`` is not an
+    ``Exception``), so that is caught too."""
+    try:
+        with native_stderr_silenced():
+            metadata = pl.read_parquet_metadata(BytesIO(data))
+            return pl.read_parquet(BytesIO(data)), metadata
+    except (Exception, pl.exceptions.PanicException) as exc:  # noqa: BLE001 - whatever a broken file raises
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"not a readable Parquet file ({reason})") from None
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Silence file descriptor 2 for the duration: a panic inside polars (a corrupted file) prints
+    the Rust panic and its backtrace there before Python sees the exception, which saecli then
+    reports in one line. Python's own ``sys.stderr`` is flushed first, so nothing of ours is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def read_parquet(path: Path) -> pl.DataFrame:
-    """A Parquet file at exactly ``path``. Polars reads a path string as a glob pattern (``[``,
-    ``*``, ``?``), so a run folder named ``e[12]`` would read ``e1`` and ``e2``; an open file
-    handle is always the one file."""
-    with open(path, "rb") as handle:
-        return pl.read_parquet(handle)
+    """A Parquet file at exactly ``path`` (a ValueError for a broken one). Polars reads a path
+    string as a glob pattern (``[``, ``*``, ``?``), so a run folder named ``e[12]`` would read
+    ``e1`` and ``e2``; its bytes are always the one file."""
+    return parquet_from_bytes(Path(path).read_bytes())[0]
 
 
 def file_sha256(path: Path) -> str:
@@ -104,48 +147,44 @@ def atomic_write(path: Path, write: Any) -> None:
 
 def write_metrics(frame: pl.DataFrame, run_dir: Path) -> Path:
     path = run_dir / METRICS_FILE
-    atomic_write(path, lambda tmp: write_parquet(frame, tmp))
+    data = parquet_bytes(frame)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return path
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What the final manifest records of a file it vouches for (``files``): its size and SHA-256."""
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def verify_file(run_dir: Path, manifest: dict[str, Any], name: str) -> None:
+    """Refuse ``run_dir/name`` unless it is the file the run recorded in its manifest: a bit flip, a
+    truncation or a file copied from another run is caught here, not read as this run's results.
+    Manifests written before the record existed (no ``files``) are taken as they are."""
+    files = manifest.get("files")
+    if files is None:
+        log.info("%s was written before saecli recorded checksums: %s is not verified", run_dir / MANIFEST_FILE, name)
+        return
+    record = files.get(name) if isinstance(files, dict) else None
+    path = run_dir / name
+    if not isinstance(record, dict):
+        raise SaecliError(f"{path} is not part of the run in {run_dir} (its manifest does not record it)",
+                          hint="move it away, or rerun `saecli run` into a fresh --out")  # fmt: skip
+    try:
+        same = path.stat().st_size == record.get("bytes") and file_sha256(path) == record.get("sha256")
+    except OSError as exc:
+        raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not same:
+        raise SaecliError(
+            f"{path} is not the file this run wrote (its size or SHA-256 differs from {MANIFEST_FILE}): corrupted or replaced",
+            hint="rerun `saecli run` into a fresh --out",
+        )
 
 
 def write_manifest(manifest: dict[str, Any], run_dir: Path) -> Path:
     path = run_dir / MANIFEST_FILE
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n"))
     return path
-
-
-def write_part(frame: pl.DataFrame, run_dir: Path, number: int) -> Path:
-    path = run_dir / PARTS_DIR / f"part-{number:06d}.parquet"
-    atomic_write(path, lambda tmp: write_parquet(frame, tmp))
-    return path
-
-
-def read_parts(run_dir: Path, layers: Sequence[int]) -> tuple[list[pl.DataFrame], list[Path]]:
-    """The readable part files of a run, and the corrupted ones (which are removed: redone)."""
-    frames, bad = [], []
-    for path in part_files(run_dir):
-        try:
-            frame = read_parquet(path)
-            if frame.schema != pl.Schema(schema(layers)):
-                raise ValueError("unexpected columns")
-            frames.append(frame)
-        except Exception:  # noqa: BLE001 - any unreadable part is redone, whatever broke it
-            bad.append(path)
-            path.unlink(missing_ok=True)
-    return frames, bad
-
-
-def merge_parts(run_dir: Path, layers: Sequence[int], sample_ids: Sequence[str]) -> pl.DataFrame:
-    """The part files of a run as one table, rows in the order of ``sample_ids``, which they must
-    hold exactly (each once)."""
-    frames, _ = read_parts(run_dir, layers)
-    merged = pl.concat(frames) if frames else rows_to_frame([], layers)
-    position = {sid: i for i, sid in enumerate(sample_ids)}
-    order = merged["sample_id"].map_elements(position.get, return_dtype=pl.Int64)
-    frame = merged.with_columns(order.alias("__order")).sort("__order").drop("__order")
-    if frame["sample_id"].to_list() != list(sample_ids):
-        raise SaecliError(f"{run_dir}: the merged results do not match the samples", hint="start a new run", exit_code=1)
-    return frame
 
 
 def _temporaries(folder: Path, names: Sequence[str]) -> list[Path]:
@@ -164,14 +203,9 @@ def remove_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
-def residual_part_path(run_dir: Path, number: int) -> Path:
-    """The residuals of part ``number`` (written just before its table, removed with it)."""
-    return run_dir / PARTS_DIR / f"part-{number:06d}.residuals.safetensors"
-
-
 def part_files(run_dir: Path) -> list[Path]:
     """The finished part files of an unfinished run, in the order they were written."""
-    return sorted((run_dir / PARTS_DIR).glob("part-[0-9]*.parquet"))
+    return sorted(p for p in (run_dir / PARTS_DIR).glob("part-[0-9]*.parquet") if p.is_file())
 
 
 def remove_parts(run_dir: Path) -> list[Path]:
@@ -199,7 +233,64 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise SaecliError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if not isinstance(manifest, dict):
         raise SaecliError(f"{path} is not a saecli manifest (not a JSON object)")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise SaecliError(
+            f"{path} is not a valid saecli manifest: {problem}", hint="was it edited? rerun `saecli run` into a fresh --out"
+        )
     return manifest
+
+
+_NUMBER = (int, float)
+_MANIFEST_SHAPE: dict[str, Any] = {
+    "status": str, "mode": str, "config": dict, "identity": dict, "config_hash": str, "created_at": str,
+    "preset": {"name": str, "synthetic": bool, "trained_on_benchmark": bool}, "layers": [int], "hooks": [str],
+    "saes": dict, "baselines": bool, "dtype": str, "device": str, "device_reason": str, "batch_size": int,
+    "seed": int, "noise_std": _NUMBER, "samples": int, "data_source": str, "finished_ids": [str], "backoffs": [dict],
+    "files": {METRICS_FILE: {"bytes": int, "sha256": str}, RESIDUALS_FILE: {"bytes": int, "sha256": str}},
+    "timings": {"load_seconds": _NUMBER, "analysis_seconds": _NUMBER, "samples_per_second": (*_NUMBER, type(None)),
+                "tokens_per_second": (*_NUMBER, type(None)), "stages_seconds": dict},
+    "tokens": int, "resumed": bool, "padding": dict, "peak_memory": dict,
+}  # fmt: skip
+"""The types of the manifest fields saecli reads back (a field may be absent); a nested dict lists
+the types of its own fields."""
+_COMPLETE_NEEDS = ("preset", "layers", "samples", "timings", "device", "dtype", "batch_size")
+"""What a complete run's manifest must hold for ``run --resume`` to print its summary again."""
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """Why ``manifest`` is not one saecli wrote (a field of the wrong type, a missing one), or None."""
+    if manifest.get("status") not in ("running", "complete"):
+        return f"status is {manifest.get('status')!r}, not 'running' or 'complete'"
+    return _shape_problem(manifest, _MANIFEST_SHAPE, "")
+
+
+def check_complete(manifest: dict[str, Any], run_dir: Path) -> None:
+    """Refuse a complete run's manifest that lacks what its summary is printed from."""
+    missing = [key for key in _COMPLETE_NEEDS if key not in manifest]
+    if missing:
+        raise SaecliError(f"{run_dir / MANIFEST_FILE} is not a valid saecli manifest: the field {missing[0]!r} is missing",
+                          hint="was it edited? rerun `saecli run` into a fresh --out")  # fmt: skip
+
+
+def _shape_problem(value: Any, shape: Any, where: str) -> str | None:
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'the manifest'} is {type(value).__name__}, not an object"
+        for key, inner in shape.items():
+            if key in value and (problem := _shape_problem(value[key], inner, f"{where}.{key}".lstrip("."))):
+                return problem
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} is {type(value).__name__}, not a list"
+        return next((p for i, item in enumerate(value) if (p := _shape_problem(item, shape[0], f"{where}[{i}]"))), None)
+    kinds = shape if isinstance(shape, tuple) else (shape,)
+    if isinstance(value, bool) and bool not in kinds:  # JSON true is not a count
+        return f"{where} is a boolean"
+    if not isinstance(value, kinds):
+        return f"{where} is {type(value).__name__}, not {' or '.join(k.__name__ for k in kinds)}"
+    return None
 
 
 def resume_command(run_dir: Path, manifest: dict[str, Any]) -> str:
@@ -222,7 +313,8 @@ def read_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     metrics = run_dir / METRICS_FILE
     if not metrics.is_file():
         raise SaecliError(f"{run_dir} is not a saecli run folder (no {METRICS_FILE})")
+    verify_file(run_dir, manifest, METRICS_FILE)
     try:
         return read_parquet(metrics), manifest
-    except (OSError, pl.exceptions.PolarsError) as exc:
+    except (OSError, ValueError) as exc:
         raise SaecliError(f"cannot read {metrics}: {exc}".splitlines()[0], hint="rerun `saecli run` into a fresh --out") from None

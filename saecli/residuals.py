@@ -2,13 +2,12 @@
 the probes ``saecli report`` fits after it.
 
 Belongs here: :class:`Residuals` (one row per sample: the dense residuals and the sparse SAE feature
-activations, keyed by :func:`residual_key`), its safetensors layout (:func:`write_residuals`,
-:func:`read_residuals`), and the residuals of an unfinished run's parts and their merge in the
-table's order (:func:`write_residual_part`, :func:`merge_residual_parts`).
+activations, keyed by :func:`residual_key`) and its safetensors layout (:func:`write_residuals`,
+:func:`read_residuals`).
 
-Does not belong here: the names and places of run-folder files, atomic writes and the part tables
-(``saecli.io``, which this imports); computing the vectors (``saecli.engine``); the probes
-(``saecli.report.probes``). numpy, scipy and safetensors only inside functions, so that importing
+Does not belong here: the names and places of run-folder files and atomic writes (``saecli.io``,
+which this imports); the residuals of an unfinished run's parts (``saecli.parts``); computing the
+vectors (``saecli.engine``); the probes (``saecli.report.probes``). numpy, scipy and safetensors only inside functions, so that importing
 this (and the report) stays light.
 """
 
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from saecli.errors import SaecliError
-from saecli.io import RESIDUALS_FILE, atomic_write, part_files, residual_part_path
+from saecli.io import atomic_write
 
 RESIDUALS_SCHEMA = 1
 """Version of the layout below, in the file's metadata (``schema``)."""
@@ -56,6 +55,8 @@ class Residuals:
     dense: dict[str, Any] = field(default_factory=dict)  # str → np.ndarray
     features: dict[str, Any] = field(default_factory=dict)  # str → scipy.sparse.csr_matrix
     d_sae: dict[int, int] = field(default_factory=dict)
+    run: str = ""
+    """The ``config_hash`` of the run that wrote the file (empty for residuals not bound to a run)."""
 
     @property
     def n(self) -> int:
@@ -119,6 +120,7 @@ class Residuals:
             dense={k: v[rows] for k, v in self.dense.items()},
             features={k: v[rows] for k, v in self.features.items()},
             d_sae=dict(self.d_sae),
+            run=self.run,
         )
 
 
@@ -145,6 +147,7 @@ def residuals_bytes(residuals: Residuals) -> bytes:
         "layers": json.dumps([int(layer) for layer in residuals.layers]),
         "sample_ids": json.dumps(list(residuals.sample_ids), ensure_ascii=False),
         "d_sae": json.dumps({str(layer): int(width) for layer, width in residuals.d_sae.items()}),
+        "run": residuals.run,
     }
     return save(tensors, metadata=metadata)
 
@@ -208,7 +211,8 @@ def read_residuals(path: Path) -> Residuals:
                     (tensors[f"{prefix}.data"].astype(np.float32), tensors[f"{prefix}.indices"], tensors[f"{prefix}.indptr"]),
                     shape=(rows, cols),
                 )
-        residuals = Residuals(layers=layers, sample_ids=sample_ids, dense=dense, features=features, d_sae=d_sae)
+        residuals = Residuals(layers=layers, sample_ids=sample_ids, dense=dense, features=features, d_sae=d_sae,
+                              run=str(meta.get("run", "")))  # fmt: skip
         residuals.check(str(path))
     except SaecliError as exc:
         raise SaecliError(exc.message, hint=hint) from None
@@ -216,23 +220,3 @@ def read_residuals(path: Path) -> Residuals:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SaecliError(f"{path} is not a readable saecli residuals file: {reason}", hint=hint) from None
     return residuals
-
-
-def write_residual_part(residuals: Residuals, run_dir: Path, number: int) -> Path:
-    return write_residuals(residual_part_path(run_dir, number), residuals)
-
-
-def merge_residual_parts(run_dir: Path, sample_ids: Sequence[str]) -> Path:
-    """Write ``residuals.safetensors`` from the residuals of the finished parts, rows in the order
-    of ``sample_ids`` (a part whose table is missing was not finished: its residuals are ignored)."""
-    numbers = [int(p.stem.split("-")[1]) for p in part_files(run_dir)]
-    paths = [residual_part_path(run_dir, n) for n in numbers]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise SaecliError(
-            f"{run_dir}: the residuals of {len(missing)} finished part(s) are missing ({missing[0]})",
-            hint="start a new run (or run with --no-baselines)",
-            exit_code=1,
-        )
-    merged = Residuals.concat([read_residuals(p) for p in paths]).select(list(sample_ids))
-    return write_residuals(run_dir / RESIDUALS_FILE, merged)

@@ -29,7 +29,8 @@ from saecli.hub import package_versions
 from saecli.memory import is_out_of_memory as is_oom
 from saecli.memory import oom_message
 from saecli.models import LoadedPreset, PresetInfo, check_preset_files, load_preset
-from saecli.residuals import merge_residual_parts, write_residual_part
+from saecli.parts import Parts, check_parts, merge_parts, merged_residuals, write_part
+from saecli.residuals import write_residuals
 from saecli.rundir import claim_run_dir, clear_outputs
 from saecli.validation import split_domains
 
@@ -201,8 +202,15 @@ def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
             f"{run_dir / io.MANIFEST_FILE}: unknown config key {unknown[0]!r}", hint="was it written by another saecli version?"
         )
     values = {**stored, **{k: v for k, v in overrides.items() if v is not None}}
-    values["domains"] = split_domains(values.get("domains"))
-    return RunConfig(**values)
+    try:
+        values["domains"] = split_domains(values.get("domains"))
+        return RunConfig(**values)
+    except SaecliError as exc:
+        raise SaecliError(f"{run_dir / io.MANIFEST_FILE}: config: {exc.message}", hint="was it edited? start a new run") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise SaecliError(
+            f"{run_dir / io.MANIFEST_FILE}: config is not valid ({exc})", hint="was it edited? start a new run"
+        ) from None
 
 
 def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: Path) -> None:
@@ -213,6 +221,14 @@ def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: P
                 f"cannot resume {run_dir}: {key} was {stored.get(key)!r} and is now {ident.get(key)!r}",
                 hint="resume with the run's own settings, or start a new run",
             )
+
+
+def _stored_identity(config: RunConfig, manifest: dict[str, Any], samples: list[Any]) -> dict[str, Any]:
+    """The identity of ``config`` for a complete run, whose model is not loaded again: the layers
+    and (unless ``config`` names one) the dtype are the run's."""
+    recorded = manifest.get("identity") or {}
+    dtype = recorded.get("dtype") if config.dtype in (None, "auto") else config.dtype
+    return identity(config, recorded.get("layers") or [], str(dtype), samples)
 
 
 def remaining(samples: list[Any], finished: Iterable[str]) -> list[int]:
@@ -292,7 +308,9 @@ def _execute_claimed(
 ) -> RunResult:
     previous = io.read_manifest(run_dir) if resuming else None
     if previous is not None and previous.get("status") == "complete" and not (run_dir / io.PARTS_DIR).exists():
+        _check_resumable(previous, _stored_identity(config, previous, samples), run_dir)
         frame, manifest = io.read_run(run_dir)
+        io.check_complete(manifest, run_dir)
         log.warning("%s is already complete; nothing to resume", run_dir)
         return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
     if preset.synthetic:
@@ -327,13 +345,13 @@ def _analyse(
     # On --resume only the samples still to do are tokenized (the finished ones were checked when
     # they ran): 40,000 samples take 20 s to tokenize here. Before anything is written, so that a
     # text too long for the model leaves the folder as it was.
-    finished = _finished_so_far(run_dir, samples, info.layers) if previous is not None else []
+    done = _finished_so_far(run_dir, samples, info.layers, ident, config.mode) if previous is not None else Parts()
+    finished = done.sample_ids()
     todo = remaining(samples, finished)
     toks = backend.tokenize([samples[i] for i in todo])
     state, batch_size = _start(config, run_dir, samples, backend, ident, previous=previous)
     state["finished_ids"] = finished
-    work = _Work(done=len(finished), part_number=max((int(p.stem.split("-")[1]) for p in io.part_files(run_dir)), default=0),
-                 earlier_backoffs=list(state["backoffs"]))  # fmt: skip
+    work = _Work(done=len(finished), part_number=done.last_number, earlier_backoffs=list(state["backoffs"]))
     if progress is not None:
         progress(work.done, len(samples))
     started = time.perf_counter()
@@ -398,16 +416,16 @@ def _start(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backen
     return state, batch_size
 
 
-def _finished_so_far(run_dir: Path, samples: list[Any], layers: list[int]) -> list[str]:
-    """The ids of this run's samples in readable part files (an unreadable part is analysed again)."""
+def _finished_so_far(run_dir: Path, samples: list[Any], layers: list[int], ident: dict[str, Any], mode: str) -> Parts:
+    """The checked parts of the run (:func:`saecli.parts.check_parts`: a broken part is removed and
+    analysed again; another run's part is refused), before any work starts."""
+    parts = check_parts(run_dir, layers, ident, io.resume_command(run_dir, {"mode": mode}))
     position = {s.id: i for i, s in enumerate(samples)}
-    frames, corrupted = io.read_parts(run_dir, layers)
-    for path in corrupted:
-        log.warning("part file %s was unreadable; its samples are analysed again", path.name)
-    finished = [sid for frame in frames for sid in frame["sample_id"].to_list() if sid in position]
-    if len(set(finished)) != len(finished):
-        raise SaecliError(f"{run_dir}: the part files hold a sample twice", hint="start a new run", exit_code=1)
-    return finished
+    finished = parts.sample_ids()
+    if len(set(finished)) != len(finished) or any(sid not in position for sid in finished):
+        raise SaecliError(f"{run_dir}: the part files hold a sample twice, or one not in the data", hint="start a new run",
+                          exit_code=1)  # fmt: skip
+    return parts
 
 
 def _write_part(batch: BatchResult, run_dir: Path, state: dict[str, Any], work: _Work, layers: list[int]) -> None:
@@ -415,9 +433,7 @@ def _write_part(batch: BatchResult, run_dir: Path, state: dict[str, Any], work: 
     its table is there), and its work counted."""
     part = io.rows_to_frame(batch.rows, layers)
     work.part_number += 1
-    if batch.residuals is not None:
-        write_residual_part(batch.residuals, run_dir, work.part_number)
-    io.write_part(part, run_dir, work.part_number)
+    write_part(part, run_dir, work.part_number, state["identity"], batch.residuals)
     crash_point("after_part")
     state["finished_ids"] += part["sample_id"].to_list()
     work.done += len(batch.indices)
@@ -431,13 +447,18 @@ def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backe
     """Merge the parts into metrics.parquet (and the residuals), write the final manifest, remove the parts."""
     crash_point("before_merge")
     ids = [s.id for s in samples]
+    layers = backend.info.layers
+    parts = _finished_so_far(run_dir, samples, layers, state["identity"], config.mode)
+    files = {}
     with backend.timer("write"), _writing(run_dir, work.done, state):
-        frame = io.merge_parts(run_dir, backend.info.layers, ids)
+        frame = merge_parts(parts, layers, ids, run_dir)
         if config.baselines:
-            merge_residual_parts(run_dir, ids)
-        io.write_metrics(frame, run_dir)
+            residuals = merged_residuals(parts, run_dir, ids)
+            residuals.run = state["config_hash"]
+            files[io.RESIDUALS_FILE] = io.file_record(write_residuals(run_dir / io.RESIDUALS_FILE, residuals))
+        files[io.METRICS_FILE] = io.file_record(io.write_metrics(frame, run_dir))
     crash_point("after_merge")
-    state = {**state, "backoffs": work.earlier_backoffs + backend.backoffs, **backend.record()}
+    state = {**state, "backoffs": work.earlier_backoffs + backend.backoffs, **backend.record(), "files": files}
     forwarded, real = work.forwarded, work.forwarded_real
     state["padding"] = {
         "forwarded_tokens": forwarded,

@@ -72,3 +72,18 @@ def random_loaded(
         load_seconds=0.0,
         identities={"model": "random", "saes": {}},
     )
+
+
+def rerecord(run_dir: Any, name: str = "metrics.parquet") -> None:
+    """After a test edits a run's file on purpose, record it in the manifest as the run's own (as
+    if the run had written it), so the edit itself is what the test exercises, not the checksum."""
+    import json
+    from pathlib import Path
+
+    from saecli.io import file_record
+
+    path = Path(run_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if "files" in manifest:
+        manifest["files"][name] = file_record(Path(run_dir) / name)
+        path.write_text(json.dumps(manifest))

@@ -7,6 +7,7 @@ import shutil
 
 import polars as pl
 import pytest
+from helpers import rerecord
 from typer.testing import CliRunner
 
 from saecli.cli import app
@@ -68,6 +69,7 @@ def _copy(run_dir, tmp_path, edit):
     shutil.copytree(run_dir, other)
     frame = pl.read_parquet(other / "metrics.parquet")
     edit(frame).write_parquet(other / "metrics.parquet")
+    rerecord(other)
     return other
 
 

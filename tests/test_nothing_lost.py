@@ -184,15 +184,15 @@ def test_interrupted_force_run_is_never_read_as_finished(tmp_path, monkeypatch, 
 
 def test_disk_full_keeps_finished_samples_and_resume_completes(tmp_path, monkeypatch, reference):
     out = tmp_path / "out"
-    original, calls = io.write_part, []
+    original, calls = run_module.write_part, []
 
-    def full_disk(frame, run_dir, number):
+    def full_disk(frame, run_dir, number, *args):
         calls.append(number)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(frame, run_dir, number)
+        return original(frame, run_dir, number, *args)
 
-    monkeypatch.setattr(io, "write_part", full_disk)
+    monkeypatch.setattr(run_module, "write_part", full_disk)
     result = _invoke("run", *SMALL, "--out", str(out))
     _one_line_error(result, 1, "No space left on device", "4 samples finished so far are kept", f"saecli run --resume {out}")
     monkeypatch.undo()

@@ -116,7 +116,7 @@ def test_corrupted_part_is_redone(tmp_path, reference):
     part.write_bytes(b"not parquet")
     resumed = _saecli(["run", "--resume", str(out)])
     assert resumed.returncode == 0, resumed.stderr
-    assert part.name in resumed.stderr and "unreadable" in resumed.stderr
+    assert part.name in resumed.stderr and "is broken" in resumed.stderr
     assert compare_frames(reference, pl.read_parquet(out / "metrics.parquet"), atol=1e-6).passed
 
 

@@ -48,7 +48,7 @@ from typing import Any
 import polars as pl
 
 from saecli.errors import SaecliError
-from saecli.io import METRICS_FILE, RESIDUALS_FILE, atomic_write, probe_write, read_run
+from saecli.io import METRICS_FILE, RESIDUALS_FILE, atomic_write, probe_write, read_run, verify_file
 from saecli.report.dashboard import FACT_COLOR, HALL_COLOR, draw_dashboard
 from saecli.report.detection import (
     ALL,
@@ -141,13 +141,22 @@ def load_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any], list[int]]:
     return frame.with_columns(pl.col("domain").fill_null("(none)")), manifest, layers
 
 
-def load_residuals(run_dir: Path, frame: pl.DataFrame) -> Residuals | None:
+def load_residuals(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None = None) -> Residuals | None:
     """The run's residuals, rows in ``frame``'s order, or None for a run without them. A file that
-    is unreadable or lacks a sample of the table is an error (with the way to report without it)."""
+    is unreadable, is not the one the run recorded in its ``manifest``, or lacks a sample of the
+    table is an error (with the way to report without it)."""
     path = Path(run_dir) / RESIDUALS_FILE
     if not path.exists():
         return None
+    if manifest is not None:
+        verify_file(Path(run_dir), manifest, RESIDUALS_FILE)
     residuals = read_residuals(path)
+    layers = manifest.get("layers") if manifest is not None else None
+    if layers and residuals.layers != layers:
+        raise SaecliError(
+            f"{path} holds layers {residuals.layers}, the run has {layers}",
+            hint=f"rerun `saecli run`, or move {RESIDUALS_FILE} away to report without probes",
+        )
     if "sample_id" not in frame.columns:
         raise SaecliError(f"{Path(run_dir) / METRICS_FILE} has no sample_id column to match {RESIDUALS_FILE} with")
     try:
@@ -174,7 +183,7 @@ def make_report(
     check_options(bootstrap=bootstrap, seed=seed, top=top, folds=folds)
     run_dir = Path(run_dir)
     frame, manifest, layers = load_run(run_dir)
-    residuals = load_residuals(run_dir, frame)
+    residuals = load_residuals(run_dir, frame, manifest)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     check_writable(out_dir, run_dir)
     preset = manifest.get("preset")
