@@ -12,13 +12,16 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
+from rich.text import Text
 
 import saecli
 from saecli.errors import SaecliError
 
-stderr = Console(stderr=True)
-stdout = Console()
+# Neither console reads markup or emoji codes in what it prints: domains, ids, topics, paths and
+# messages are the user's text and print as typed. Our own styling is Text with a style
+# (``Text.assemble(("error:", "bold red"), " ", message)``), never markup around a value.
+stderr = Console(stderr=True, markup=False, emoji=False)
+stdout = Console(markup=False, emoji=False)
 
 
 # Usage errors of click and of typer (which ships its own copy of click), and their exits.
@@ -46,9 +49,8 @@ def emit_json(document: Any) -> None:
 
 def error_line(message: str, hint: str | None = None) -> None:
     """An error the user can act on, as one line on stderr (their own text may hold newlines)."""
-    line = " ".join(message.split())
-    extra = f" [dim](hint: {escape(' '.join(hint.split()))})[/]" if hint else ""
-    stderr.print(f"[bold red]error:[/] {escape(line)}{extra}", highlight=False, soft_wrap=True)
+    extra = (f" (hint: {' '.join(hint.split())})", "dim") if hint else ""
+    stderr.print(Text.assemble(("error:", "bold red"), " ", " ".join(message.split()), extra), soft_wrap=True)
 
 
 OPTIONAL_VALUE = {"--ray": "local"}
@@ -98,7 +100,7 @@ class _Group(typer.core.TyperGroup):
             error_line(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            stderr.print("[yellow]interrupted[/]")
+            stderr.print(Text("interrupted", style="yellow"))
             raise typer.Exit(130) from None
         except _EXITS:
             raise
@@ -109,9 +111,11 @@ class _Group(typer.core.TyperGroup):
         except Exception:
             stderr.print_exception(show_locals=False)
             stderr.print(
-                "[bold red]internal error:[/] this is a bug in saecli, not in what you typed. Please report it with "
-                "the command, `saecli doctor --json` and the traceback above.",
-                highlight=False,
+                Text.assemble(
+                    ("internal error:", "bold red"),
+                    " this is a bug in saecli, not in what you typed. Please report it with the command, "
+                    "`saecli doctor --json` and the traceback above.",
+                ),
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None
@@ -152,7 +156,7 @@ def _root(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=stderr, show_path=False, show_time=False)],
+        handlers=[RichHandler(console=stderr, show_path=False, show_time=False, markup=False)],
         force=True,
     )
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from saecli.cli.app import command, emit_json, stdout
 from saecli.cli.options import json_option
@@ -50,7 +51,7 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
         win = f"{r.win_rate:.2f} {_ci(r.win_low, r.win_high, 2)}" if math.isfinite(r.win_rate) else "–"
         table.add_row(
             r.metric,
-            f"[bold {color}]{r.auroc:.3f}[/] {_ci(r.ci_low, r.ci_high)}" if math.isfinite(r.auroc) else "–",
+            Text.assemble((f"{r.auroc:.3f}", f"bold {color}"), f" {_ci(r.ci_low, r.ci_high)}") if math.isfinite(r.auroc) else "–",
             _short_words(r.auroc),
             win,
             f"{r.mean_diff:+#.3g}{sd}",
@@ -59,14 +60,14 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
         )
     stdout.print(table)
     for note in report.notes:
-        stdout.print(note, highlight=False, soft_wrap=True, markup=False)
+        stdout.print(note, highlight=False, soft_wrap=True)
     for line in (
         f"direction: how often the hallucination scores higher (lower) than a fact, over all hall/fact comparisons. "
         f"* q < {ALPHA}: significant after Benjamini-Hochberg correction over all {report.tested} tests.",
         f"Best metric, all samples: {best_sentence(report)}.".replace("**", ""),
         baseline_sentence(report).replace("**", ""),
     ):
-        stdout.print(line, highlight=False, soft_wrap=True, markup=False)
+        stdout.print(line, highlight=False, soft_wrap=True)
     for path in report.files.values():
         stdout.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
