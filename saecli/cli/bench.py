@@ -30,7 +30,7 @@ from saecli.bench import (
     save,
 )
 from saecli.bench.sweep import sweep
-from saecli.cli.app import command, emit_json, stderr, stdout
+from saecli.cli.app import command, emit_json, results_in, stderr, stdout
 from saecli.cli.options import (
     ColumnsOpt,
     ConfigOpt,
@@ -295,6 +295,7 @@ def _save_and_print(result: Sweep | RaySweep, folder: Path, show: Any) -> None:
     except SaecliError as exc:
         show(None)
         raise SaecliError(f"{exc.message} (the results are printed above)", hint=exc.hint, exit_code=exc.exit_code) from None
+    results_in(folder)
     show(folder)
 
 

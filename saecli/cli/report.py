@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from saecli.cli.app import command, emit_json, stdout
+from saecli.cli.app import command, emit_json, results_in, stdout
 from saecli.cli.options import json_option
 from saecli.report import ALPHA, FOLDS_DEFAULT, MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
 from saecli.report.summary import baseline_sentence, best_sentence
@@ -109,6 +109,7 @@ def report(
     Example: `saecli report runs/20250101T000000Z-tiny`, `saecli report RUN --bootstrap 2000 --json`.
     """
     result = make_report(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top, folds=folds)
+    results_in(result.out_dir)
     if json_:
         emit_json(result.to_dict())
     else:

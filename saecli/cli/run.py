@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from saecli.cli.app import command, emit_json, stderr, stdout
+from saecli.cli.app import command, emit_json, results_in, stderr, stdout
 from saecli.cli.options import (
     BaselinesOpt,
     BatchSizeOpt,
@@ -145,6 +145,7 @@ def _run(
         except SaecliError:
             progress.live.transient = True  # the error is the one line left on stderr
             raise
+    results_in(result.run_dir)
     _render(result, as_json)
     if report:
         from saecli.cli.report import render_report
