@@ -176,6 +176,16 @@ def test_bench_results_survive_a_full_disk(tmp_path, monkeypatch):
     assert "fwd GF/s" in result.stdout and "SAE GF/s" in result.stdout  # the columns, empty (–) when not measured
 
 
+def test_bench_folder_named_like_markup_prints_as_typed(tmp_path, monkeypatch):
+    import saecli.cli.bench
+
+    monkeypatch.setattr(saecli.cli.bench, "sweep", _fake_sweep)
+    out = tmp_path / "b [baseline]:smile:"
+    result = runner.invoke(app, ["bench", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"saved: {out / 'bench.json'}, {out / 'bench.csv'}" in result.stdout
+
+
 def test_default_bench_folders_never_collide(tmp_path, monkeypatch):
     import saecli.cli.bench
     import saecli.rundir

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
+import sys
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Annotated, Any
 
 import click
@@ -12,13 +17,60 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
+from rich.text import Text
 
 import saecli
 from saecli.errors import SaecliError
 
-stderr = Console(stderr=True)
-stdout = Console()
+
+class StdoutError(Exception):
+    """Standard output cannot be written (a closed pipe, a full disk): not a bug, and not the
+    command's failure either, so the boundary tells it apart from every other OSError."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Stdout(Console):
+    """The results console: a failed write becomes a :class:`StdoutError`."""
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().print(*args, **kwargs)
+        except OSError as exc:
+            self._failed(exc)
+
+    def out(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().out(*args, **kwargs)
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        # What could not go out stays in Rich's buffer and would lead the next print (the app run
+        # again in one process, as tests do): drop it.
+        del self._buffer[:]
+        raise StdoutError(exc) from None
+
+    def on_broken_pipe(self) -> None:
+        # Rich's own answer is to exit on the spot; the boundary decides instead (see _stdout_failed).
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+# Neither console reads markup or emoji codes in what it prints: domains, ids, topics, paths and
+# messages are the user's text and print as typed. Our own styling is Text with a style
+# (``Text.assemble(("error:", "bold red"), " ", message)``), never markup around a value.
+stderr = Console(stderr=True, markup=False, emoji=False)
+stdout = _Stdout(markup=False, emoji=False)
+
+BROKEN_PIPE_EXIT = 141
+"""The exit code when stdout is a pipe its reader closed (``saecli run | head -1``): 128 + SIGPIPE,
+what a shell reports for a program the signal ended, so that ``set -o pipefail`` scripts can tell it
+from a failure."""
+
+_results: ContextVar[Path | None] = ContextVar("saecli_results", default=None)
+"""Where the running command's results are on disk, once they are (see :func:`results_in`)."""
 
 
 # Usage errors of click and of typer (which ships its own copy of click), and their exits.
@@ -46,9 +98,39 @@ def emit_json(document: Any) -> None:
 
 def error_line(message: str, hint: str | None = None) -> None:
     """An error the user can act on, as one line on stderr (their own text may hold newlines)."""
-    line = " ".join(message.split())
-    extra = f" [dim](hint: {escape(' '.join(hint.split()))})[/]" if hint else ""
-    stderr.print(f"[bold red]error:[/] {escape(line)}{extra}", highlight=False, soft_wrap=True)
+    extra = (f" (hint: {' '.join(hint.split())})", "dim") if hint else ""
+    stderr.print(Text.assemble(("error:", "bold red"), " ", " ".join(message.split()), extra), soft_wrap=True)
+
+
+def results_in(folder: Path) -> None:
+    """Note where the command's results are on disk, for the message when stdout cannot take them."""
+    _results.set(folder)
+
+
+def _flush_stdout() -> None:
+    # Text another library wrote to sys.stdout would otherwise fail at the interpreter's exit flush,
+    # outside the boundary, as "Exception ignored".
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        raise StdoutError(exc) from None
+
+
+def _stdout_failed(exc: StdoutError) -> int:
+    """The exit code for a stdout that cannot be written; a closed pipe ends quietly, as other Unix
+    tools end, anything else is one line on stderr naming where the results are."""
+    try:  # what is still buffered then goes nowhere, instead of failing again at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor behind sys.stdout (tests)
+        pass
+    if isinstance(exc.cause, BrokenPipeError):
+        return BROKEN_PIPE_EXIT
+    folder = _results.get()
+    where = f"; the results are in {folder}" if folder is not None else ""
+    error_line(f"cannot write to standard output ({exc.cause.strerror or exc.cause}){where}")
+    return 1
 
 
 OPTIONAL_VALUE = {"--ray": "local"}
@@ -83,22 +165,35 @@ class Command(typer.core.TyperCommand):
 
 class _Group(typer.core.TyperGroup):
     """The one boundary where errors become messages: a SaecliError or a usage error is one line on
-    stderr and its exit code; anything else is a bug, shown in full with a request to report it."""
+    stderr and its exit code; a stdout that cannot be written is neither (:func:`_stdout_failed`);
+    anything else is a bug, shown in full with a request to report it."""
 
     def get_params(self, ctx: click.Context) -> list[Any]:
         return _plain_flags(super().get_params(ctx))
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, _fill_optional_values(args))
+        try:  # --version prints while the arguments are parsed, before invoke
+            return super().parse_args(ctx, _fill_optional_values(args))
+        except StdoutError as exc:
+            raise typer.Exit(_stdout_failed(exc)) from None
 
     def invoke(self, ctx: click.Context) -> Any:
+        _results.set(None)  # a command run before in this process (tests) said where its results were
         try:
-            return super().invoke(ctx)
+            try:
+                result = super().invoke(ctx)
+            except _EXITS:
+                _flush_stdout()
+                raise
+            _flush_stdout()
+            return result
+        except StdoutError as exc:
+            raise typer.Exit(_stdout_failed(exc)) from None
         except SaecliError as exc:
             error_line(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            stderr.print("[yellow]interrupted[/]")
+            stderr.print(Text("interrupted", style="yellow"))
             raise typer.Exit(130) from None
         except _EXITS:
             raise
@@ -109,9 +204,11 @@ class _Group(typer.core.TyperGroup):
         except Exception:
             stderr.print_exception(show_locals=False)
             stderr.print(
-                "[bold red]internal error:[/] this is a bug in saecli, not in what you typed. Please report it with "
-                "the command, `saecli doctor --json` and the traceback above.",
-                highlight=False,
+                Text.assemble(
+                    ("internal error:", "bold red"),
+                    " this is a bug in saecli, not in what you typed. Please report it with the command, "
+                    "`saecli doctor --json` and the traceback above.",
+                ),
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None
@@ -152,7 +249,7 @@ def _root(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=stderr, show_path=False, show_time=False)],
+        handlers=[RichHandler(console=stderr, show_path=False, show_time=False, markup=False)],
         force=True,
     )
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from saecli.bench import (
     BASELINE_MODES,
@@ -29,7 +30,7 @@ from saecli.bench import (
     save,
 )
 from saecli.bench.sweep import sweep
-from saecli.cli.app import command, emit_json, stderr, stdout
+from saecli.cli.app import command, emit_json, results_in, stderr, stdout
 from saecli.cli.options import (
     ColumnsOpt,
     ConfigOpt,
@@ -176,7 +177,9 @@ def _bench_sizes(flags: RunFlags, *, sizes: str | None, sequential: bool | None,
     run_config = dataclasses.replace(run_config, limit=run_config.limit or 4 * max(size_list))
     target = prepare_out_dir(out, chosen.name)  # before measuring: a folder that refuses files loses nothing
     if chosen.synthetic:
-        stderr.print(f"[yellow]note:[/] {chosen.name} has random weights: it measures cost; its metrics mean nothing.")
+        stderr.print(
+            Text.assemble(("note:", "yellow"), f" {chosen.name} has random weights: it measures cost; its metrics mean nothing.")
+        )
     try:
         with stderr.status("") as status:
             result = sweep(
@@ -219,7 +222,7 @@ def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
     for r in result.results:
         label = "seq" if r.size == SEQUENTIAL else str(r.size)
         if not r.ok:
-            table.add_row(label, "[red]OOM[/]" if r.oom else "[red]failed[/]", *[""] * (len(columns) - 2))
+            table.add_row(label, Text("OOM" if r.oom else "failed", style="red"), *[""] * (len(columns) - 2))
             continue
         table.add_row(
             label, f"{r.seconds_median:.3f}", f"{r.samples_per_second:.1f}",
@@ -239,9 +242,9 @@ def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:
     if best is not None:
         stdout.print(f"time per stage at batch {best.size}: {_stages(best, 6)}")
     if result.recommended is not None:
-        stdout.print(f"recommended: [bold]--batch-size {result.recommended}[/] ({result.reason})")
+        stdout.print(Text.assemble("recommended: ", (f"--batch-size {result.recommended}", "bold"), f" ({result.reason})"))
     else:
-        stdout.print(f"[red]no recommendation:[/] {result.reason}")
+        stdout.print(Text.assemble(("no recommendation:", "red"), f" {result.reason}"))
     if saved is not None:
         stdout.print(f"saved: {saved / JSON_FILE}, {saved / CSV_FILE}", highlight=False, soft_wrap=True)
 
@@ -266,7 +269,9 @@ def _bench_ray(address: str, flags: RunFlags, *, workers: str | None, worker_cpu
                                      limit=run_config.limit or 4 * size_list[0] * max(worker_list))  # fmt: skip
     target = prepare_out_dir(out, chosen.name)
     if chosen.synthetic:
-        stderr.print(f"[yellow]note:[/] {chosen.name} has random weights: it measures cost; its metrics mean nothing.")
+        stderr.print(
+            Text.assemble(("note:", "yellow"), f" {chosen.name} has random weights: it measures cost; its metrics mean nothing.")
+        )
 
     def started(k: int, runs: int) -> None:
         what = "warm-up run (not counted)" if runs == 0 else f"{runs} run(s)"
@@ -290,6 +295,7 @@ def _save_and_print(result: Sweep | RaySweep, folder: Path, show: Any) -> None:
     except SaecliError as exc:
         show(None)
         raise SaecliError(f"{exc.message} (the results are printed above)", hint=exc.hint, exit_code=exc.exit_code) from None
+    results_in(folder)
     show(folder)
 
 
@@ -315,7 +321,7 @@ def _print_ray(result: RaySweep, json_: bool, *, saved: Path | None) -> None:
         table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for r in result.results:
         if not r.ok:
-            table.add_row(str(r.workers), "[red]failed[/]", *[""] * (len(columns) - 2))
+            table.add_row(str(r.workers), Text("failed", style="red"), *[""] * (len(columns) - 2))
             continue
         table.add_row(
             str(r.workers), f"{r.seconds_median:.3f}", f"{r.samples_per_second:.1f}",
@@ -330,7 +336,7 @@ def _print_ray(result: RaySweep, json_: bool, *, saved: Path | None) -> None:
                  highlight=False)  # fmt: skip
     for r in result.results:
         if not r.ok:
-            stdout.print(f"[red]{r.workers} worker(s) failed:[/] {r.error}", highlight=False)
+            stdout.print(Text.assemble((f"{r.workers} worker(s) failed:", "red"), f" {r.error}"))
     if saved is not None:
         stdout.print(f"saved: {saved / JSON_FILE}, {saved / CSV_FILE}", highlight=False, soft_wrap=True)
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from saecli.cli.app import command, emit_json, stderr, stdout
 from saecli.cli.options import (
@@ -42,32 +43,36 @@ def _fmt(value: float) -> str:
     return "inf" if value == float("inf") else f"{value:.3g}"
 
 
+def _flagged(label: str, rest: str, style: str = "red") -> None:
+    """A coloured label, then sample ids and run folders (the user's text) as typed, on one line."""
+    stdout.print(Text.assemble((label, style), rest), soft_wrap=True)
+
+
 def _render(result: Comparison) -> None:
     title = f"{result.label_b} vs {result.label_a}: {result.samples} samples, atol {result.atol:g}, rtol {result.rtol:g}"
     table = Table(title=title)
     for name, justify in (("column", "left"), ("max |Δ|", "right"), ("max rel Δ", "right"), ("at sample", "left"), ("", "left")):
         table.add_column(name, justify=justify)
     for c in result.columns:
-        verdict = "[green]pass[/]" if c.passed else f"[red]FAIL ({c.mismatches})[/]"
+        verdict = Text("pass", style="green") if c.passed else Text(f"FAIL ({c.mismatches})", style="red")
         if c.kind == "discrete":
             table.add_row(c.column, "equal" if c.passed else "differs", "", c.worst_sample or "", verdict)
         else:
             table.add_row(c.column, _fmt(c.max_abs), _fmt(c.max_rel), c.worst_sample or "", verdict)
     stdout.print(table)
     for sid in result.missing_in_b:
-        stdout.print(f"[red]missing[/] sample {sid} is in {result.label_a} but not in {result.label_b}")
+        _flagged("missing", f" sample {sid} is in {result.label_a} but not in {result.label_b}")
     for sid in result.missing_in_a:
-        stdout.print(f"[red]extra[/] sample {sid} is in {result.label_b} but not in {result.label_a}")
+        _flagged("extra", f" sample {sid} is in {result.label_b} but not in {result.label_a}")
     for m in result.mismatches[:MAX_LINES]:
         near = result.near_threshold.get(m.sample_id)
         note = f" ({near} near-threshold SAE features)" if near is not None else ""
-        stdout.print(f"[red]mismatch[/] sample {m.sample_id} column {m.column}: {m.a!r} vs {m.b!r}{note}")
+        _flagged("mismatch", f" sample {m.sample_id} column {m.column}: {m.a!r} vs {m.b!r}{note}")
     if len(result.mismatches) > MAX_LINES:
         stdout.print(f"... and {len(result.mismatches) - MAX_LINES} more mismatches (see --json)")
-    verdict = "[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
-    stdout.print(
-        f"{verdict} {result.label_b} vs {result.label_a}: max |Δ| {_fmt(result.max_abs)} over {len(result.columns)} columns"
-    )
+    verdict, style = ("PASS", "bold green") if result.passed else ("FAIL", "bold red")
+    summary = f" {result.label_b} vs {result.label_a}: max |Δ| {_fmt(result.max_abs)} over {len(result.columns)} columns"
+    _flagged(verdict, summary, style)
 
 
 def _render_drift(drift: dict[str, Comparison]) -> None:
@@ -163,7 +168,11 @@ def compare(
         size_list = parse_counts(sizes, "--sizes") if sizes is not None else [size]
         _, run_config = resolve_run(flags, dtype="float64")
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr
+            TextColumn("{task.description}", style="bold", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=stderr,
         ) as bar:
             tasks: dict[str, int] = {}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from saecli.cli.app import command, emit_json, stderr, stdout
 from saecli.cli.options import (
@@ -32,7 +32,7 @@ from saecli.cli.options import (
 from saecli.doctor import Report, diagnose
 from saecli.memory import GiB
 
-_STATUS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
+_STATUS = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "bold red")}
 
 
 @command()
@@ -103,10 +103,10 @@ def _render(report: Report) -> None:
     table.add_column("status", no_wrap=True)
     table.add_column("detail / what to do")
     for check in report.checks:
-        cell = escape(check.detail)
+        cell = Text(check.detail)
         if check.hint:
-            cell += f"\n[cyan]→ {escape(check.hint)}[/]"
-        table.add_row(check.name, _STATUS[check.status], cell)
+            cell.append(f"\n→ {check.hint}", style="cyan")
+        table.add_row(check.name, Text(*_STATUS[check.status]), cell)
     stdout.print(table)
     est = report.estimate
     if est is not None and est.per_batch:
@@ -127,8 +127,8 @@ def _render(report: Report) -> None:
                 p["outcome"],
             )
         stdout.print(probes)
-    stdout.print("[bold]If a run runs out of memory:[/]")
+    stdout.print(Text("If a run runs out of memory:", style="bold"))
     for hint in report.oom_hints:
-        stdout.print(f"  • {escape(hint)}", highlight=False)
+        stdout.print(f"  • {hint}", highlight=False)
     counts = {s: sum(c.status == s for c in report.checks) for s in ("ok", "warn", "fail")}
     stdout.print(f"{counts['ok']} ok, {counts['warn']} warnings, {counts['fail']} failed", highlight=False)

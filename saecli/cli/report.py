@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from saecli.cli.app import command, emit_json, stdout
+from saecli.cli.app import command, emit_json, results_in, stdout
 from saecli.cli.options import json_option
 from saecli.report import ALPHA, FOLDS_DEFAULT, MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
 from saecli.report.summary import baseline_sentence, best_sentence
@@ -50,7 +51,7 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
         win = f"{r.win_rate:.2f} {_ci(r.win_low, r.win_high, 2)}" if math.isfinite(r.win_rate) else "–"
         table.add_row(
             r.metric,
-            f"[bold {color}]{r.auroc:.3f}[/] {_ci(r.ci_low, r.ci_high)}" if math.isfinite(r.auroc) else "–",
+            Text.assemble((f"{r.auroc:.3f}", f"bold {color}"), f" {_ci(r.ci_low, r.ci_high)}") if math.isfinite(r.auroc) else "–",
             _short_words(r.auroc),
             win,
             f"{r.mean_diff:+#.3g}{sd}",
@@ -59,14 +60,14 @@ def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
         )
     stdout.print(table)
     for note in report.notes:
-        stdout.print(note, highlight=False, soft_wrap=True, markup=False)
+        stdout.print(note, highlight=False, soft_wrap=True)
     for line in (
         f"direction: how often the hallucination scores higher (lower) than a fact, over all hall/fact comparisons. "
         f"* q < {ALPHA}: significant after Benjamini-Hochberg correction over all {report.tested} tests.",
         f"Best metric, all samples: {best_sentence(report)}.".replace("**", ""),
         baseline_sentence(report).replace("**", ""),
     ):
-        stdout.print(line, highlight=False, soft_wrap=True, markup=False)
+        stdout.print(line, highlight=False, soft_wrap=True)
     for path in report.files.values():
         stdout.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
@@ -108,6 +109,7 @@ def report(
     Example: `saecli report runs/20250101T000000Z-tiny`, `saecli report RUN --bootstrap 2000 --json`.
     """
     result = make_report(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top, folds=folds)
+    results_in(result.out_dir)
     if json_:
         emit_json(result.to_dict())
     else:

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from saecli.cli.app import command, emit_json, stderr, stdout
+from saecli.cli.app import command, emit_json, results_in, stderr, stdout
 from saecli.cli.options import (
     BaselinesOpt,
     BatchSizeOpt,
@@ -39,7 +40,7 @@ from saecli.runner import RunResult, domain_summary, execute
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # the description names the user's preset
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} samples/s"),
@@ -57,7 +58,7 @@ def _render(result: RunResult, as_json: bool) -> None:
         return
     m = result.manifest
     if m["preset"]["synthetic"]:
-        stderr.print("[yellow]note:[/] this preset has random weights; its metrics mean nothing.")
+        stderr.print(Text.assemble(("note:", "yellow"), " this preset has random weights; its metrics mean nothing."))
     summary = domain_summary(result.frame, m["layers"])
     table = Table(title=f"Mean hall − fact by domain ({m['preset']['name']}, {m['samples']} samples)")
     table.add_column("metric", no_wrap=True)
@@ -72,7 +73,7 @@ def _render(result: RunResult, as_json: bool) -> None:
         f"{m['samples']} samples in {t['analysis_seconds']:.1f}s ({t['samples_per_second']:.1f} samples/s, "
         f"load {t['load_seconds']:.1f}s) on {m['device']} ({m['device_reason']}), {m['dtype']}, batch size {m['batch_size']}"
     )
-    stdout.print(f"results: {result.run_dir / 'metrics.parquet'}")
+    stdout.print(f"results: {result.run_dir / 'metrics.parquet'}", soft_wrap=True)  # a path, whole on one line
 
 
 def _run(
@@ -134,16 +135,17 @@ def _run(
             result = execute(run_config, out=out, force=force, progress=update, resume=resume, ray=ray_options)
         except RunInterrupted as stop:
             progress.stop()
-            stderr.print("[yellow]interrupted.[/] Finished samples are kept; continue with:")
-            stderr.print(f"  {stop.resume_command}", highlight=False, soft_wrap=True, markup=False)
+            stderr.print(Text.assemble(("interrupted.", "yellow"), " Finished samples are kept; continue with:"))
+            stderr.print(f"  {stop.resume_command}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
             progress.stop()
-            stderr.print("[yellow]interrupted.[/] Nothing was written.")
+            stderr.print(Text.assemble(("interrupted.", "yellow"), " Nothing was written."))
             raise typer.Exit(130) from None
         except SaecliError:
             progress.live.transient = True  # the error is the one line left on stderr
             raise
+    results_in(result.run_dir)
     _render(result, as_json)
     if report:
         from saecli.cli.report import render_report

@@ -120,7 +120,10 @@ def draw_dashboard(frame: pl.DataFrame, report: Report, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rc = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10}
+    # text.parse_math off: a domain or preset name is the user's text, and a "$" in it would be read as
+    # mathtext (and a "$\\frac$" fail to draw at all).
+    rc = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+          "text.parse_math": False}  # fmt: skip
     import matplotlib
 
     with matplotlib.rc_context(rc):
