@@ -35,12 +35,37 @@ TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 REQUIRED = ("prompt", "fact", "hallucination")
 TEXTS = ("id", "prompt", "fact", "hallucination", "domain")
 """Fields a sample must have as non-empty text: an empty or null cell is "empty", not "missing"."""
-_WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
+_WHOLE_NUMBER = re.compile(r"\s*([+-]?)0*(\d+)\s*")
 
 
 def table_format(path: Path) -> str | None:
     """``csv``, ``tsv`` or ``parquet`` by the file's suffix; None for any other file."""
     return TABLE_FORMATS.get(path.suffix.lower())
+
+
+class LongNumber:
+    """A whole number with more digits than Python turns into an int (``sys.get_int_max_str_digits()``,
+    4300 by default), kept as its digits: far beyond any complexity a sample accepts, so the
+    sample's own check refuses it by name, while an id keeps it as its text."""
+
+    def __init__(self, digits: str):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"a {len(self.digits.lstrip('+-'))}-digit number"
+
+
+def whole_number(text: str) -> int | LongNumber | None:
+    """``text`` as a whole number (a sign, digits, spaces around): an int, a :class:`LongNumber`
+    where int() would refuse that many digits, or None when it is no whole number."""
+    match = _WHOLE_NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    sign, digits = match.groups()  # leading zeros dropped: they would count towards the limit
+    try:
+        return int(sign + digits)
+    except ValueError:
+        return LongNumber(sign + digits)
 
 
 @dataclass(frozen=True)
@@ -318,7 +343,8 @@ def records(table: Table, mapping: ColumnMap) -> Iterator[tuple[dict[str, Any], 
             elif target == "topic" and (value is None or (isinstance(value, str) and not value.strip())):
                 value = None
             elif target == "complexity" and isinstance(value, str):
-                value = int(value) if _WHOLE_NUMBER.fullmatch(value) else (None if not value.strip() else value)
+                number = whole_number(value)
+                value = number if number is not None else (None if not value.strip() else value)
             record[target] = value
         if isinstance(mapping.fields.get("id"), PairId):
             record["id"] = pair_id(record.get("prompt"), record.get("fact"), record.get("hallucination"))

@@ -110,6 +110,9 @@ def test_csv_details(tmp_path):
         None,
         12,
     )
+    # Leading zeros do not count towards the 4300 digits Python turns into an int.
+    path.write_text("prompt,fact,hallucination,complexity\nP,f,h,-" + "0" * 5000 + "12\n")
+    assert load_samples(path)[0].complexity == -12
 
 
 def test_literal_paths(tmp_path):
@@ -143,6 +146,12 @@ def test_literal_paths(tmp_path):
         ("id,prompt,fact,hallucination\n", None, "t.csv: no samples"),
         ("id,prompt,fact,hallucination,complexity\na,P,f,h,3.5\n", None, "column 'complexity' must be an integer, got str"),
         ('id,prompt,fact,hallucination\na,"P,f,h\n', None, "t.csv: invalid CSV at line"),
+        (
+            "id,prompt,fact,hallucination,complexity\na,P,f,h," + "9" * 5000 + "\n",
+            None,
+            "t.csv line 2 (id 'a'): column 'complexity' must be an integer from -9223372036854775808 to 9223372036854775807, "
+            "got a 5000-digit number",
+        ),
     ],
 )
 def test_bad_tables(tmp_path, content, columns, message):
