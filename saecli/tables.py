@@ -79,6 +79,11 @@ class Table:
 def parse_delimited(text: str, path: Path, delimiter: str) -> Table:
     """A CSV (``,``) or TSV (tab) text with a header row; every cell stays a string. Quoted cells may
     hold the delimiter and line breaks (as spreadsheet programs, pandas and Polars write them)."""
+    # csv refuses a cell over csv.field_size_limit() (128 KiB by default), a limit JSON data has not;
+    # no cell is longer than the whole text. Only ever raised: the limit is the whole process's, and
+    # putting it back could cut short a parse in another thread.
+    if csv.field_size_limit() < len(text):
+        csv.field_size_limit(len(text))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     kind = "TSV" if delimiter == "\t" else "CSV"
     rows: list[tuple[dict[str, Any], str]] = []

@@ -115,6 +115,14 @@ def test_csv_details(tmp_path):
     assert load_samples(path)[0].complexity == -12
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_cell_as_long_as_json_allows(tmp_path, suffix):
+    # Python's csv refuses cells over 128 KiB by default; the same text in JSON loads.
+    long = [{**RECORDS[0], "prompt": "word " * 41_000 + "is"}]  # over 200 KiB
+    (tmp_path / "d.json").write_text(json.dumps(long))
+    assert load_samples(write_table(tmp_path / f"d{suffix}", records=long)) == load_samples(tmp_path / "d.json")
+
+
 def test_literal_paths(tmp_path):
     # A name holding glob characters and a space is one file, never a pattern (Polars would read a
     # path string as a glob: "d[12] *?.parquet" could match other files).
