@@ -2,10 +2,10 @@
 
 Belongs here: reading a table's header and rows exactly as written (CSV/TSV through Python's
 ``csv`` module, every cell a string; Parquet through an open file handle, never a path string that
-Polars would read as a glob pattern), and turning rows into sample records by a column mapping
-(:class:`ColumnMap`): each field from a column (``--columns fact=best_answer``), a fixed value, an
-element of a list column, a choice of a labelled struct column, or a stable id. A missing column is
-one error naming the columns there are. ``saecli.hfdata`` maps the rows of Hugging Face datasets
+Polars would read as a glob pattern, a damaged file one error even where Polars panics), and
+turning rows into sample records by a column mapping (:class:`ColumnMap`): each field from a
+column (``--columns fact=best_answer``), a fixed value, an element of a list column, a choice of a
+labelled struct column, or a stable id. A missing column is one error naming the columns there are. ``saecli.hfdata`` maps the rows of Hugging Face datasets
 with the same pieces.
 
 Does not belong here: checking the fields' values (``saecli.data.Sample`` does, and
@@ -17,15 +17,19 @@ Parquet reader.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import os
 import re
-from collections.abc import Iterator, Mapping
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 from saecli.errors import SaecliError
 from saecli.validation import COLUMN_TARGETS
@@ -35,6 +39,7 @@ TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 REQUIRED = ("prompt", "fact", "hallucination")
 TEXTS = ("id", "prompt", "fact", "hallucination", "domain")
 """Fields a sample must have as non-empty text: an empty or null cell is "empty", not "missing"."""
+T = TypeVar("T")
 _WHOLE_NUMBER = re.compile(r"\s*([+-]?)0*(\d+)\s*")
 
 
@@ -126,14 +131,68 @@ def read_parquet_table(path: Path) -> Table:
     pattern), rows as Python values (lists and structs as lists and dicts)."""
     import polars as pl
 
+    frame = read_parquet_file(path, pl.read_parquet)
+    return Table(tuple(frame.columns), [(row, f"{path} row {i}") for i, row in enumerate(frame.iter_rows(named=True))])
+
+
+def read_parquet_file(path: Path, read: Callable[[BinaryIO], T]) -> T:
+    """``read(handle)`` (a Polars reader) of the file at exactly ``path``. A file that cannot be
+    opened, or that Polars fails on (damaged, cut short, not Parquet), is one SaecliError naming it.
+    Polars panics on some damage: a ``PanicException``, which derives from BaseException and so
+    escapes ``except Exception``, after Rust has printed the panic and its backtrace on stderr."""
+    import polars as pl
+
     try:
-        with open(path, "rb") as handle:
-            frame = pl.read_parquet(handle)
+        with open(path, "rb") as handle, _panic_report_dropped(pl.exceptions.PanicException):
+            return read(handle)
     except OSError as exc:
         raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except pl.exceptions.PanicException:
+        raise SaecliError(
+            f"{path} is not a readable Parquet file: it is damaged or cut short (Polars failed on it)",
+            hint="write the file again",
+        ) from None
     except pl.exceptions.PolarsError as exc:
         raise SaecliError(f"{path} is not a readable Parquet file: {str(exc).splitlines()[0]}") from None
-    return Table(tuple(frame.columns), [(row, f"{path} row {i}") for i, row in enumerate(frame.iter_rows(named=True))])
+
+
+@contextlib.contextmanager
+def _panic_report_dropped(panic: type[BaseException]) -> Iterator[None]:
+    """Hold what is written to the process's stderr (file descriptor 2, where Rust prints a panic)
+    while the block runs, and pass it on afterwards unless the block panicked: then it is the
+    panic's report, and the one-line error stands for it."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to keep clean
+        yield
+        return
+    panicked = False
+    with tempfile.TemporaryFile() as held:
+        _flush_stderr()  # what Python wrote before goes out first, in its place
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException as exc:
+            panicked = isinstance(exc, panic)
+            raise
+        finally:
+            _flush_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not panicked:
+                held.seek(0)
+                _pass_on(held.read())
+
+
+def _flush_stderr() -> None:
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # None, closed, or a closed pipe
+        sys.stderr.flush()
+
+
+def _pass_on(data: bytes) -> None:
+    with contextlib.suppress(OSError):  # stderr gone: never mask the reader's own outcome
+        while data:
+            data = data[os.write(2, data) :]
 
 
 # -- from a row to a sample record ------------------------------------------------------------------
