@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import faulthandler
 import hashlib
 import io
 import json
@@ -167,15 +168,23 @@ def _panic_report_dropped(panic: type[BaseException]) -> Iterator[None]:
         yield
         return
     panicked = False
+    # Some damage makes Polars abort the process (an allocation of exabytes), which no except
+    # sees and which would take the held report with it: Python's own fatal-error report, naming
+    # this reader, goes to the real stderr instead of a silent exit.
+    watch = not faulthandler.is_enabled()
     with tempfile.TemporaryFile() as held:
         _flush_stderr()  # what Python wrote before goes out first, in its place
         os.dup2(held.fileno(), 2)
+        if watch:
+            faulthandler.enable(file=saved)
         try:
             yield
         except BaseException as exc:
             panicked = isinstance(exc, panic)
             raise
         finally:
+            if watch:
+                faulthandler.disable()
             _flush_stderr()
             os.dup2(saved, 2)
             os.close(saved)
