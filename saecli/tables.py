@@ -5,8 +5,8 @@ Belongs here: reading a table's header and rows exactly as written (CSV/TSV thro
 Polars would read as a glob pattern, a damaged file one error even where Polars panics), and
 turning rows into sample records by a column mapping (:class:`ColumnMap`): each field from a
 column (``--columns fact=best_answer``), a fixed value, an element of a list column, a choice of a
-labelled struct column, or a stable id. A missing column is one error naming the columns there are. ``saecli.hfdata`` maps the rows of Hugging Face datasets
-with the same pieces.
+labelled struct column, or a stable id. A missing column is one error naming the columns there
+are. ``saecli.hfdata`` maps the rows of Hugging Face datasets with the same pieces.
 
 Does not belong here: checking the fields' values (``saecli.data.Sample`` does, and
 ``saecli.data`` words the error with the file, row and column), decoding a file's bytes
@@ -154,7 +154,8 @@ def read_parquet_file(path: Path, read: Callable[[BinaryIO], T]) -> T:
             hint="write the file again",
         ) from None
     except pl.exceptions.PolarsError as exc:
-        raise SaecliError(f"{path} is not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SaecliError(f"{path} is not a readable Parquet file: {first}") from None
 
 
 @contextlib.contextmanager
