@@ -6,6 +6,7 @@ run manifest (:func:`dataset_identity`)."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,12 +46,23 @@ class SampleFieldError(SaecliError):
         self.problem = problem
 
 
+def _type_name(value: Any) -> str:
+    return "int" if isinstance(value, tables.LongNumber) else type(value).__name__
+
+
+def _int_text(value: int) -> str:
+    """An int for a message: str() refuses one of more than ``sys.get_int_max_str_digits()`` digits."""
+    if value.bit_length() <= 256:
+        return str(value)
+    return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+
+
 def _text_problem(value: Any, *, optional: bool = False) -> str | None:
     """Why ``value`` cannot be one of a sample's texts, or None when it can."""
     if value is None:
         return None if optional else "is missing"
     if not isinstance(value, str):
-        return f"must be a string, got {type(value).__name__}"
+        return f"must be a string, got {_type_name(value)}"
     if not optional and not value.strip():
         return "is empty"
     try:
@@ -65,11 +77,13 @@ def _text_problem(value: Any, *, optional: bool = False) -> str | None:
 def _complexity_problem(value: Any) -> str | None:
     if value is None:
         return None
+    if isinstance(value, tables.LongNumber):
+        return f"must be an integer from {INT64_MIN} to {INT64_MAX}, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, int):
         return f"must be an integer, got {type(value).__name__}"
     if not INT64_MIN <= value <= INT64_MAX:
         # Stored as Int64 in metrics.parquet: a larger value would fail at the first write.
-        return f"must be an integer from {INT64_MIN} to {INT64_MAX}, got {value}"
+        return f"must be an integer from {INT64_MIN} to {INT64_MAX}, got {_int_text(value)}"
     return None
 
 
@@ -135,7 +149,7 @@ def _read_text(path: Path) -> str:
 def _parse_json(text: str, path: Path, lineno: int | None = None) -> Any:
     """One JSON document; a syntax error or absurd nesting is one error with the file and line."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=tables.whole_number)
     except json.JSONDecodeError as exc:
         line = lineno if lineno is not None else exc.lineno
         raise SaecliError(f"{path}: invalid JSON at line {line}, column {exc.colno}: {exc.msg}") from None
@@ -170,8 +184,9 @@ def _to_sample(record: Any, where: str, suite: str | None, nouns: dict[str, str]
         raise SaecliError(f"{where}: expected an object, got {type(record).__name__}")
     rid = record.get("id")
     label = f"{where} (id {_short(rid)})" if rid is not None else where
-    # Whole-number ids are accepted as their text (some benchmarks number their records).
+    # Whole-number ids are accepted as their text (some benchmarks number their records), however long.
     sample_id = str(rid) if isinstance(rid, int) and not isinstance(rid, bool) else rid
+    sample_id = rid.digits if isinstance(rid, tables.LongNumber) else sample_id
     own_domain = record.get("domain")
     # In an HB-1000 suite file the file names the domain and the record's own "domain" is a topic.
     domain, topic = (suite, own_domain) if suite is not None else (own_domain, record.get("topic"))

@@ -31,6 +31,7 @@ from saecli.tables import (
     Source,
     Table,
     Template,
+    read_parquet_file,
     read_parquet_table,
     resolve_mapping,
 )
@@ -161,8 +162,7 @@ def identity(text: str, given: dict[str, str] | None) -> dict[str, Any]:
     located = locate(parse_spec(text))
     import polars as pl
 
-    with open(located.snapshot / located.files[0], "rb") as handle:
-        columns = tuple(pl.read_parquet_schema(handle))
+    columns = tuple(read_parquet_file(located.snapshot / located.files[0], pl.read_parquet_schema))
     return {
         "format": "hf",
         "requested": text,

@@ -2,11 +2,11 @@
 
 Belongs here: reading a table's header and rows exactly as written (CSV/TSV through Python's
 ``csv`` module, every cell a string; Parquet through an open file handle, never a path string that
-Polars would read as a glob pattern), and turning rows into sample records by a column mapping
-(:class:`ColumnMap`): each field from a column (``--columns fact=best_answer``), a fixed value, an
-element of a list column, a choice of a labelled struct column, or a stable id. A missing column is
-one error naming the columns there are. ``saecli.hfdata`` maps the rows of Hugging Face datasets
-with the same pieces.
+Polars would read as a glob pattern, a damaged file one error even where Polars panics), and
+turning rows into sample records by a column mapping (:class:`ColumnMap`): each field from a
+column (``--columns fact=best_answer``), a fixed value, an element of a list column, a choice of a
+labelled struct column, or a stable id. A missing column is one error naming the columns there
+are. ``saecli.hfdata`` maps the rows of Hugging Face datasets with the same pieces.
 
 Does not belong here: checking the fields' values (``saecli.data.Sample`` does, and
 ``saecli.data`` words the error with the file, row and column), decoding a file's bytes
@@ -17,15 +17,20 @@ Parquet reader.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import faulthandler
 import hashlib
 import io
 import json
+import os
 import re
-from collections.abc import Iterator, Mapping
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 from saecli.errors import SaecliError
 from saecli.validation import COLUMN_TARGETS
@@ -35,12 +40,38 @@ TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 REQUIRED = ("prompt", "fact", "hallucination")
 TEXTS = ("id", "prompt", "fact", "hallucination", "domain")
 """Fields a sample must have as non-empty text: an empty or null cell is "empty", not "missing"."""
-_WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
+T = TypeVar("T")
+_WHOLE_NUMBER = re.compile(r"\s*([+-]?)0*(\d+)\s*")
 
 
 def table_format(path: Path) -> str | None:
     """``csv``, ``tsv`` or ``parquet`` by the file's suffix; None for any other file."""
     return TABLE_FORMATS.get(path.suffix.lower())
+
+
+class LongNumber:
+    """A whole number with more digits than Python turns into an int (``sys.get_int_max_str_digits()``,
+    4300 by default), kept as its digits: far beyond any complexity a sample accepts, so the
+    sample's own check refuses it by name, while an id keeps it as its text."""
+
+    def __init__(self, digits: str):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"a {len(self.digits.lstrip('+-'))}-digit number"
+
+
+def whole_number(text: str) -> int | LongNumber | None:
+    """``text`` as a whole number (a sign, digits, spaces around): an int, a :class:`LongNumber`
+    where int() would refuse that many digits, or None when it is no whole number."""
+    match = _WHOLE_NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    sign, digits = match.groups()  # leading zeros dropped: they would count towards the limit
+    try:
+        return int(sign + digits)
+    except ValueError:
+        return LongNumber(sign + digits)
 
 
 @dataclass(frozen=True)
@@ -54,6 +85,11 @@ class Table:
 def parse_delimited(text: str, path: Path, delimiter: str) -> Table:
     """A CSV (``,``) or TSV (tab) text with a header row; every cell stays a string. Quoted cells may
     hold the delimiter and line breaks (as spreadsheet programs, pandas and Polars write them)."""
+    # csv refuses a cell over csv.field_size_limit() (128 KiB by default), a limit JSON data has not;
+    # no cell is longer than the whole text. Only ever raised: the limit is the whole process's, and
+    # putting it back could cut short a parse in another thread.
+    if csv.field_size_limit() < len(text):
+        csv.field_size_limit(len(text))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     kind = "TSV" if delimiter == "\t" else "CSV"
     rows: list[tuple[dict[str, Any], str]] = []
@@ -96,14 +132,77 @@ def read_parquet_table(path: Path) -> Table:
     pattern), rows as Python values (lists and structs as lists and dicts)."""
     import polars as pl
 
+    frame = read_parquet_file(path, pl.read_parquet)
+    return Table(tuple(frame.columns), [(row, f"{path} row {i}") for i, row in enumerate(frame.iter_rows(named=True))])
+
+
+def read_parquet_file(path: Path, read: Callable[[BinaryIO], T]) -> T:
+    """``read(handle)`` (a Polars reader) of the file at exactly ``path``. A file that cannot be
+    opened, or that Polars fails on (damaged, cut short, not Parquet), is one SaecliError naming it.
+    Polars panics on some damage: a ``PanicException``, which derives from BaseException and so
+    escapes ``except Exception``, after Rust has printed the panic and its backtrace on stderr."""
+    import polars as pl
+
     try:
-        with open(path, "rb") as handle:
-            frame = pl.read_parquet(handle)
+        with open(path, "rb") as handle, _panic_report_dropped(pl.exceptions.PanicException):
+            return read(handle)
     except OSError as exc:
         raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except pl.exceptions.PanicException:
+        raise SaecliError(
+            f"{path} is not a readable Parquet file: it is damaged or cut short (Polars failed on it)",
+            hint="write the file again",
+        ) from None
     except pl.exceptions.PolarsError as exc:
-        raise SaecliError(f"{path} is not a readable Parquet file: {str(exc).splitlines()[0]}") from None
-    return Table(tuple(frame.columns), [(row, f"{path} row {i}") for i, row in enumerate(frame.iter_rows(named=True))])
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SaecliError(f"{path} is not a readable Parquet file: {first}") from None
+
+
+@contextlib.contextmanager
+def _panic_report_dropped(panic: type[BaseException]) -> Iterator[None]:
+    """Hold what is written to the process's stderr (file descriptor 2, where Rust prints a panic)
+    while the block runs, and pass it on afterwards unless the block panicked: then it is the
+    panic's report, and the one-line error stands for it."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to keep clean
+        yield
+        return
+    panicked = False
+    # Some damage makes Polars abort the process (an allocation of exabytes), which no except
+    # sees and which would take the held report with it: Python's own fatal-error report, naming
+    # this reader, goes to the real stderr instead of a silent exit.
+    watch = not faulthandler.is_enabled()
+    with tempfile.TemporaryFile() as held:
+        _flush_stderr()  # what Python wrote before goes out first, in its place
+        os.dup2(held.fileno(), 2)
+        if watch:
+            faulthandler.enable(file=saved)
+        try:
+            yield
+        except BaseException as exc:
+            panicked = isinstance(exc, panic)
+            raise
+        finally:
+            if watch:
+                faulthandler.disable()
+            _flush_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not panicked:
+                held.seek(0)
+                _pass_on(held.read())
+
+
+def _flush_stderr() -> None:
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # None, closed, or a closed pipe
+        sys.stderr.flush()
+
+
+def _pass_on(data: bytes) -> None:
+    with contextlib.suppress(OSError):  # stderr gone: never mask the reader's own outcome
+        while data:
+            data = data[os.write(2, data) :]
 
 
 # -- from a row to a sample record ------------------------------------------------------------------
@@ -318,7 +417,8 @@ def records(table: Table, mapping: ColumnMap) -> Iterator[tuple[dict[str, Any], 
             elif target == "topic" and (value is None or (isinstance(value, str) and not value.strip())):
                 value = None
             elif target == "complexity" and isinstance(value, str):
-                value = int(value) if _WHOLE_NUMBER.fullmatch(value) else (None if not value.strip() else value)
+                number = whole_number(value)
+                value = number if number is not None else (None if not value.strip() else value)
             record[target] = value
         if isinstance(mapping.fields.get("id"), PairId):
             record["id"] = pair_id(record.get("prompt"), record.get("fact"), record.get("hallucination"))

@@ -96,6 +96,12 @@ GOOD = {"id": "a", "domain": "entity", "prompt": "P", "fact": "f", "hallucinatio
         ("complexity", 1.0, "field 'complexity' must be an integer, got float"),
         ("complexity", 2**63, "field 'complexity' must be an integer from -9223372036854775808 to 9223372036854775807"),
         ("complexity", -(2**63) - 1, "field 'complexity' must be an integer from"),
+        pytest.param(
+            "complexity",
+            10**5000,
+            "field 'complexity' must be an integer from .* got a number of about 5001 digits",
+            id="5001 digits",
+        ),
     ],
 )
 def test_sample_checks_every_field(field, value, message):
@@ -126,6 +132,38 @@ def test_bad_fields_name_file_record_and_field(tmp_path, record, message):
     with pytest.raises(SaecliError) as info:
         load_samples(path)
     assert message in info.value.message
+
+
+BIG = "9" * 5000  # beyond the 4300 digits Python turns into an int
+
+
+def _with_number(key: str, digits: str, **record) -> str:
+    """A JSON record of ``GOOD`` whose ``key`` holds the number ``digits``, written as it is."""
+    return json.dumps({**GOOD, **record, key: "@"}).replace('"@"', digits)
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("d.json", f"[{_with_number('complexity', BIG)}]",
+         "d.json record 0 (id 'a'): field 'complexity' must be an integer from -9223372036854775808 to 9223372036854775807, "
+         "got a 5000-digit number"),
+        ("d.jsonl", json.dumps({**GOOD, "id": "b"}) + "\n" + _with_number("complexity", "-" + BIG) + "\n",
+         "d.jsonl:2 (id 'a'): field 'complexity' must be an integer from"),
+        ("d.json", f"[{_with_number('topic', BIG)}]", "d.json record 0 (id 'a'): field 'topic' must be a string, got int"),
+    ],
+    ids=["complexity in JSON", "complexity in JSONL", "topic"],
+)  # fmt: skip
+def test_integers_beyond_pythons_digit_limit_are_named(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(SaecliError) as info:
+        load_samples(tmp_path / name)
+    assert message in info.value.message
+
+
+def test_a_whole_number_id_of_any_length_is_its_text(tmp_path):
+    (tmp_path / "d.json").write_text(f"[{_with_number('id', BIG)}]")
+    assert load_samples(tmp_path / "d.json")[0].id == BIG
 
 
 def test_hb_suite_names_the_records_own_domain_field(tmp_path):

@@ -7,15 +7,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from saecli import doctor, hub
 from saecli.cli import app
-from saecli.config import find_preset
+from saecli.config import assets_dir, find_preset
 from saecli.doctor import (
     GPU,
     KNOWN_SHAPES,
@@ -290,6 +292,24 @@ def test_a_missing_local_file_fails(tmp_path):
     )
     check = check_preset(facts)
     assert check.status == "fail" and str(tmp_path / "config.json") in check.detail
+
+
+def test_a_preset_run_refuses_fails_with_runs_own_message(tmp_path):
+    # One check of a preset's files for both (saecli.models.check_preset_files): doctor passed a
+    # preset with truncated weights that run refused.
+    shutil.copytree(assets_dir() / "tiny", tmp_path / "tiny")
+    weights = tmp_path / "tiny" / "saes" / "layer_2" / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    config = tmp_path / "p.toml"
+    config.write_text(Path(find_preset("tiny").source).read_text().replace("builtin:tiny", str(tmp_path / "tiny")))
+    ran = runner.invoke(app, ["run", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert ran.exit_code == 2 and not (tmp_path / "run").exists(), ran.output
+    result = runner.invoke(app, ["doctor", "--config", str(config), "--json"])
+    assert result.exit_code == 1, result.output
+    (check,) = [c for c in json.loads(result.stdout)["checks"] if c["name"] == "preset"]
+    message = check["detail"].removeprefix("tiny (local): ")
+    assert check["status"] == "fail" and f"{weights} is truncated" in message
+    assert ran.stderr.strip() == f"error: {message} (hint: {check['hint']})"
 
 
 # -- memory ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -14,6 +15,7 @@ import pytest
 from fake_datasets import custom_dataset
 
 import saecli
+from saecli import tables
 from saecli.config import RunConfig, load_preset_file, resolve_run_config
 from saecli.data import Sample, dataset_identity, load_samples
 from saecli.errors import SaecliError
@@ -110,6 +112,17 @@ def test_csv_details(tmp_path):
         None,
         12,
     )
+    # Leading zeros do not count towards the 4300 digits Python turns into an int.
+    path.write_text("prompt,fact,hallucination,complexity\nP,f,h,-" + "0" * 5000 + "12\n")
+    assert load_samples(path)[0].complexity == -12
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_cell_as_long_as_json_allows(tmp_path, suffix):
+    # Python's csv refuses cells over 128 KiB by default; the same text in JSON loads.
+    long = [{**RECORDS[0], "prompt": "word " * 41_000 + "is"}]  # over 200 KiB
+    (tmp_path / "d.json").write_text(json.dumps(long))
+    assert load_samples(write_table(tmp_path / f"d{suffix}", records=long)) == load_samples(tmp_path / "d.json")
 
 
 def test_literal_paths(tmp_path):
@@ -143,6 +156,12 @@ def test_literal_paths(tmp_path):
         ("id,prompt,fact,hallucination\n", None, "t.csv: no samples"),
         ("id,prompt,fact,hallucination,complexity\na,P,f,h,3.5\n", None, "column 'complexity' must be an integer, got str"),
         ('id,prompt,fact,hallucination\na,"P,f,h\n', None, "t.csv: invalid CSV at line"),
+        (
+            "id,prompt,fact,hallucination,complexity\na,P,f,h," + "9" * 5000 + "\n",
+            None,
+            "t.csv line 2 (id 'a'): column 'complexity' must be an integer from -9223372036854775808 to 9223372036854775807, "
+            "got a 5000-digit number",
+        ),
     ],
 )
 def test_bad_tables(tmp_path, content, columns, message):
@@ -166,6 +185,38 @@ def test_bad_parquet_cells(tmp_path):
     path.write_bytes(b"PAR1 not really")
     with pytest.raises(SaecliError, match="t.parquet is not a readable Parquet file"):
         load_samples(path)
+
+
+def test_a_damaged_parquet_file_is_one_error_naming_it(tmp_path, capfd):
+    # Polars 2.1 panics on this file with byte 1177 or 1402 flipped: a PanicException, which escapes
+    # `except Exception`, after Rust has printed the panic on stderr. Byte 1176 flipped, or the
+    # file cut short, is a ComputeError. Each is one error naming the file, and nothing more.
+    path = write_table(tmp_path / "d.parquet")
+    good = path.read_bytes()
+    flipped = [good[:offset] + bytes([good[offset] ^ 0xFF]) + good[offset + 1 :] for offset in (1176, 1177, 1402)]
+    for content in [good[: len(good) // 2], *flipped]:
+        path.write_bytes(content)
+        with pytest.raises(SaecliError, match="d.parquet is not a readable Parquet file") as info:
+            load_samples(path)
+        assert "\n" not in str(info.value)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_panic_report_is_dropped_and_other_stderr_kept(tmp_path, capfd):
+    path = write_table(tmp_path / "d.parquet")
+
+    def panics(handle):
+        os.write(2, b"thread 'async-executor-0' panicked at ...\n")
+        raise pl.exceptions.PanicException("assertion failed")
+
+    def warns(handle):
+        os.write(2, b"a warning\n")
+        return "read"
+
+    with pytest.raises(SaecliError, match="d.parquet is not a readable Parquet file: it is damaged or cut short"):
+        tables.read_parquet_file(path, panics)
+    assert tables.read_parquet_file(path, warns) == "read"
+    assert capfd.readouterr().err == "a warning\n"
 
 
 @pytest.mark.parametrize(

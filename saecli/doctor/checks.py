@@ -270,8 +270,11 @@ def check_device(env: Environment, requested: str, dtype: str) -> Check:
 
 
 def check_preset(facts: PresetFacts) -> Check:
-    """Every file and cache entry the preset needs; for each missing one, the command that fetches it."""
+    """Every file and cache entry the preset needs; for each missing one, the command that fetches it.
+    A local file that ``run`` refuses fails with ``run``'s own message."""
     label = f"{facts.name} ({facts.kind}{', random weights: benchmarking only' if facts.synthetic else ''})"
+    if facts.files_error is not None:
+        return Check("preset", "fail", f"{label}: {facts.files_error}", facts.files_hint)
     if facts.problems:
         return Check(
             "preset",

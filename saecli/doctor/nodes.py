@@ -3,8 +3,8 @@
 One tiny Ray task per alive node, pinned to it (``NodeAffinitySchedulingStrategy``, no CPU taken),
 reads what a run's worker would need there: saecli and its version, free memory, the GPUs
 (``nvidia-smi``: a task that takes no GPU does not see them through torch), and the preset's files
-(:func:`saecli.models.check_preset_files`, the check a worker makes before loading, and
-:func:`saecli.doctor.preset.gather_preset` for the Hugging Face cache entries).
+and Hugging Face cache entries (:func:`saecli.doctor.preset.gather_preset`, whose files check is
+:func:`saecli.models.check_preset_files`, the one a worker makes before loading).
 
 Belongs here: :func:`gather_cluster` (the only function that touches Ray) filling a
 :class:`ClusterFacts`, and :func:`check_cluster`, a pure function of it. Ray stays optional:
@@ -88,7 +88,6 @@ def probe_node(preset: Any) -> dict[str, Any]:
     from saecli.doctor.checks import check_preset
     from saecli.doctor.preset import gather_preset
     from saecli.memory import system_memory
-    from saecli.models import check_preset_files
 
     memory = system_memory()
     out: dict[str, Any] = {
@@ -96,7 +95,6 @@ def probe_node(preset: Any) -> dict[str, Any]:
         "memory_available": memory.get("MemAvailable"), "memory_total": memory.get("MemTotal"), "gpu_list": _gpus(),
     }  # fmt: skip
     try:
-        check_preset_files(preset)
         found = check_preset(gather_preset(preset, None, check_hub=False))
         out.update(preset_status=found.status, preset_detail=found.detail, preset_hint=found.hint)
     except SaecliError as exc:

@@ -65,6 +65,10 @@ class PresetFacts:
     n_samples: int = 0
     problems: list[str] = field(default_factory=list)
     """What could not be worked out (an unknown SAELens release, an unreadable config)."""
+    files_error: str | None = None
+    """Why ``run`` refuses the preset's local files (a missing, truncated or unreadable one): the
+    message of :func:`saecli.models.check_preset_files`, the check both make; None when they pass."""
+    files_hint: str | None = None
 
     @property
     def missing(self) -> list[Artifact]:
@@ -118,6 +122,7 @@ def gather_preset(preset: Preset, config: RunConfig | None = None, *, check_hub:
     entries (and the command that fetches each missing one), the model's and SAEs' shapes, and the
     longest text in tokens of the data ``config`` selects (None: the preset's defaults). Loads no model."""
     from saecli.data import load_samples
+    from saecli.models import check_preset_files
 
     spec = preset.model
     kind: Literal["local", "hub", "random"] = "random" if spec.random_init else "local" if spec.path is not None else "hub"
@@ -132,6 +137,10 @@ def gather_preset(preset: Preset, config: RunConfig | None = None, *, check_hub:
         default_batch=default if isinstance(default, int) else 1,
         synthetic=preset.synthetic,
     )
+    try:
+        check_preset_files(preset)
+    except SaecliError as exc:
+        facts.files_error, facts.files_hint = exc.message, exc.hint
     tokenizer_file = _gather_model(preset, facts)
     _gather_saes(preset, facts)
     if kind == "hub" and check_hub:
