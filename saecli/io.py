@@ -7,6 +7,8 @@ Does not belong here: the contents of ``residuals.safetensors`` and of the resid
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import hashlib
 import json
 import logging
@@ -90,7 +92,7 @@ def parquet_from_bytes(data: bytes) -> tuple[pl.DataFrame, dict[str, str]]:
     not a readable Parquet file. Polars panics on some corruptions (``PanicException`` is not an
     ``Exception``), so that is caught too."""
     try:
-        with native_stderr_silenced():
+        with panic_report_dropped(pl.exceptions.PanicException):
             metadata = pl.read_parquet_metadata(BytesIO(data))
             return pl.read_parquet(BytesIO(data)), metadata
     except (Exception, pl.exceptions.PanicException) as exc:  # noqa: BLE001 - whatever a broken file raises
@@ -99,19 +101,50 @@ def parquet_from_bytes(data: bytes) -> tuple[pl.DataFrame, dict[str, str]]:
 
 
 @contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Silence file descriptor 2 for the duration: a panic inside polars (a corrupted file) prints
-    the Rust panic and its backtrace there before Python sees the exception, which saecli then
-    reports in one line. Python's own ``sys.stderr`` is flushed first, so nothing of ours is lost."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+def panic_report_dropped(panic: type[BaseException]) -> Iterator[None]:
+    """Hold what is written to the process's stderr (file descriptor 2, where Rust prints a panic)
+    while the block runs, and pass it on afterwards unless the block panicked: then it is the
+    panic's report, and the one-line error stands for it."""
     try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
+        saved = os.dup(2)
+    except OSError:  # no stderr to keep clean
         yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        return
+    panicked = False
+    # Some damage makes Polars abort the process (an allocation of exabytes), which no except
+    # sees and which would take the held report with it: Python's own fatal-error report, naming
+    # this reader, goes to the real stderr instead of a silent exit.
+    watch = not faulthandler.is_enabled()
+    with tempfile.TemporaryFile() as held:
+        _flush_stderr()  # what Python wrote before goes out first, in its place
+        os.dup2(held.fileno(), 2)
+        if watch:
+            faulthandler.enable(file=saved)
+        try:
+            yield
+        except BaseException as exc:
+            panicked = isinstance(exc, panic)
+            raise
+        finally:
+            if watch:
+                faulthandler.disable()
+            _flush_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not panicked:
+                held.seek(0)
+                _pass_on(held.read())
+
+
+def _flush_stderr() -> None:
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # None, closed, or a closed pipe
+        sys.stderr.flush()
+
+
+def _pass_on(data: bytes) -> None:
+    with contextlib.suppress(OSError):  # stderr gone: never mask the reader's own outcome
+        while data:
+            data = data[os.write(2, data) :]
 
 
 def read_parquet(path: Path) -> pl.DataFrame:

@@ -17,22 +17,18 @@ Parquet reader.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import faulthandler
 import hashlib
 import io
 import json
-import os
 import re
-import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from saecli.errors import SaecliError
+from saecli.io import panic_report_dropped
 from saecli.validation import COLUMN_TARGETS
 
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -144,7 +140,7 @@ def read_parquet_file(path: Path, read: Callable[[BinaryIO], T]) -> T:
     import polars as pl
 
     try:
-        with open(path, "rb") as handle, _panic_report_dropped(pl.exceptions.PanicException):
+        with open(path, "rb") as handle, panic_report_dropped(pl.exceptions.PanicException):
             return read(handle)
     except OSError as exc:
         raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -156,53 +152,6 @@ def read_parquet_file(path: Path, read: Callable[[BinaryIO], T]) -> T:
     except pl.exceptions.PolarsError as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise SaecliError(f"{path} is not a readable Parquet file: {first}") from None
-
-
-@contextlib.contextmanager
-def _panic_report_dropped(panic: type[BaseException]) -> Iterator[None]:
-    """Hold what is written to the process's stderr (file descriptor 2, where Rust prints a panic)
-    while the block runs, and pass it on afterwards unless the block panicked: then it is the
-    panic's report, and the one-line error stands for it."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to keep clean
-        yield
-        return
-    panicked = False
-    # Some damage makes Polars abort the process (an allocation of exabytes), which no except
-    # sees and which would take the held report with it: Python's own fatal-error report, naming
-    # this reader, goes to the real stderr instead of a silent exit.
-    watch = not faulthandler.is_enabled()
-    with tempfile.TemporaryFile() as held:
-        _flush_stderr()  # what Python wrote before goes out first, in its place
-        os.dup2(held.fileno(), 2)
-        if watch:
-            faulthandler.enable(file=saved)
-        try:
-            yield
-        except BaseException as exc:
-            panicked = isinstance(exc, panic)
-            raise
-        finally:
-            if watch:
-                faulthandler.disable()
-            _flush_stderr()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if not panicked:
-                held.seek(0)
-                _pass_on(held.read())
-
-
-def _flush_stderr() -> None:
-    with contextlib.suppress(AttributeError, OSError, ValueError):  # None, closed, or a closed pipe
-        sys.stderr.flush()
-
-
-def _pass_on(data: bytes) -> None:
-    with contextlib.suppress(OSError):  # stderr gone: never mask the reader's own outcome
-        while data:
-            data = data[os.write(2, data) :]
 
 
 # -- from a row to a sample record ------------------------------------------------------------------
