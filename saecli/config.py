@@ -264,6 +264,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SaecliError(f"{path}: invalid TOML: {exc}") from None
     except RecursionError:
         raise SaecliError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # an integer beyond Python's digit limit
+        raise SaecliError(f"{path}: invalid TOML: {str(exc).splitlines()[0]}") from None
 
 
 def load_preset_file(path: Path) -> Preset:

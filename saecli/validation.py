@@ -22,10 +22,20 @@ def is_whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def shown(value: Any) -> str:
+    """``value`` as an error message quotes it. An integer of thousands of digits (from TOML, JSON or
+    Python) would make ``repr`` itself fail on Python's digit limit, and fill the terminal: its size
+    is named instead."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"a whole number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
 def check_int64(value: Any, name: str) -> int:
     """A whole number in the signed 64-bit range."""
     if not is_whole(value) or not INT64_MIN <= value <= INT64_MAX:
-        raise SaecliError(f"{name} must be a whole number from {INT64_MIN} to {INT64_MAX}, got {value!r}")
+        raise SaecliError(f"{name} must be a whole number from {INT64_MIN} to {INT64_MAX}, got {shown(value)}")
     return value
 
 
@@ -47,14 +57,14 @@ def is_finite_number(value: Any) -> bool:
 def check_noise_std(value: Any, name: str = "noise_std") -> float:
     """σ of the stability noise: finite and >= 0 (NaN or infinity would turn every stability value into 0)."""
     if not is_finite_number(value) or value < 0:
-        raise SaecliError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise SaecliError(f"{name} must be a finite number >= 0, got {shown(value)}")
     return value
 
 
 def check_limit(value: Any, name: str = "limit") -> int | None:
     """None (all samples) or a whole number >= 1."""
     if value is not None and (not is_whole(value) or value < 1):
-        raise SaecliError(f"{name} must be a whole number >= 1, got {value!r}")
+        raise SaecliError(f"{name} must be a whole number >= 1, got {shown(value)}")
     return value
 
 
@@ -62,7 +72,7 @@ def check_batch_size(value: Any, name: str = "batch_size", *, auto: bool = True)
     """A whole number >= 1, or ``"auto"`` where the caller can probe one."""
     if (auto and value == "auto") or (is_whole(value) and value >= 1):
         return value
-    raise SaecliError(f"{name} must be a whole number >= 1{' or ' + repr('auto') if auto else ''}, got {value!r}")
+    raise SaecliError(f"{name} must be a whole number >= 1{' or ' + repr('auto') if auto else ''}, got {shown(value)}")
 
 
 def split_domains(value: Any) -> Any:
@@ -80,10 +90,10 @@ def check_domains(value: Any, name: str = "domains") -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, tuple) or not all(isinstance(d, str) for d in value):
-        raise SaecliError(f"{name} must be a tuple of domain names, got {value!r}")
+        raise SaecliError(f"{name} must be a tuple of domain names, got {shown(value)}")
     if not value or not all(d.strip() for d in value):
         raise SaecliError(
-            f"{name} must name at least one domain, each non-empty, got {value!r}", hint="e.g. --domains entity,logical"
+            f"{name} must name at least one domain, each non-empty, got {shown(value)}", hint="e.g. --domains entity,logical"
         )
     return value
 
@@ -150,13 +160,13 @@ def canonical_columns(value: Any) -> Any:
 def check_threads(value: Any, name: str = "threads") -> int | None:
     """None (chosen at the start of a run) or a whole number from 1 to 1024."""
     if value is not None and (not is_whole(value) or not 1 <= value <= 1024):
-        raise SaecliError(f"{name} must be a whole number from 1 to 1024, got {value!r}")
+        raise SaecliError(f"{name} must be a whole number from 1 to 1024, got {shown(value)}")
     return value
 
 
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise SaecliError(f"{name} must be true or false, got {value!r}")
+        raise SaecliError(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
@@ -168,7 +178,7 @@ def check_optional_str(value: Any, name: str) -> str | None:
 
 def check_str(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
-        raise SaecliError(f"{name} must be a non-empty string, got {value!r}")
+        raise SaecliError(f"{name} must be a non-empty string, got {shown(value)}")
     return value
 
 
@@ -176,7 +186,7 @@ def _check_choice(allowed: tuple[str, ...], optional: bool = False) -> Callable[
     def check(value: Any, name: str) -> Any:
         if (value is None and optional) or (isinstance(value, str) and value in allowed):
             return value
-        raise SaecliError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        raise SaecliError(f"{name} must be one of {', '.join(allowed)}, got {shown(value)}")
 
     return check
 

@@ -105,6 +105,13 @@ def test_run_config_validation_names_field(field, value):
         ("noise_std", True, "noise_std must be a finite number"),
         ("seed", 2**63, "seed must be a whole number from -9223372036854775808 to 9223372036854775807, got 9223372036854775808"),
         ("seed", 1.5, "seed must be a whole number"),
+        pytest.param(
+            "seed",
+            10**5000,
+            "seed must be a whole number from -9223372036854775808 to 9223372036854775807, got a whole "
+            "number of about 5001 digits",
+            id="seed-5001-digits",
+        ),
         ("seed", False, "seed must be a whole number"),
         ("limit", 0, "limit must be a whole number >= 1, got 0"),
         ("limit", 2.0, "limit must be a whole number >= 1"),
@@ -202,6 +209,7 @@ def test_mistyped_preset_values_name_file_and_key(tmp_path, edit, message):
         (lambda p: p.write_bytes(bytes(range(256))), "is not a UTF-8 text file (byte 128 is not UTF-8)"),
         (lambda p: p.mkdir(), "is a folder, not a TOML file"),
         (lambda p: p.write_text("a = " + "[" * 100_000), "invalid TOML"),
+        (lambda p: p.write_text("seed = " + "7" * 5000), "invalid TOML: Exceeds the limit"),
     ],
 )
 def test_unreadable_preset_files(tmp_path, make, message):
