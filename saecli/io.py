@@ -1,4 +1,4 @@
-"""Run-folder files: `metrics.parquet`, `manifest.json` and the part files of an unfinished run, each
+"""Run-folder files: `metrics.parquet`, `samples.parquet`, `manifest.json` and the part files of an unfinished run, each
 written atomically and read literally (a path is never a pattern); the merge of the parts; the name
 of every file saecli writes into a run folder (so cleanup and ``--force`` know them).
 
@@ -37,6 +37,10 @@ PARTS_DIR = "parts"
 RESIDUALS_FILE = "residuals.safetensors"
 """The residual-stream vectors and SAE feature activations of a run (``saecli.residuals``; ``saecli
 report`` fits probes on them)."""
+SAMPLES_FILE = "samples.parquet"
+"""The texts of a run's samples, rows in ``metrics.parquet``'s order (:data:`SAMPLE_COLUMNS`): the report
+shows them beside the numbers and groups its probe folds by them without the original data file."""
+SAMPLE_COLUMNS = ("sample_id", "domain", "topic", "prompt", "fact", "hallucination")
 REPORT_FILES = ("detection.csv", "dashboard.png", "summary.md", "probes.csv", "generalisation.csv", "features.csv")
 """What ``saecli report`` writes into a run folder (the last three only for a run with residuals)."""
 
@@ -185,6 +189,16 @@ def write_metrics(frame: pl.DataFrame, run_dir: Path) -> Path:
     return path
 
 
+def write_samples(samples: Sequence[Any], run_dir: Path) -> Path:
+    """:data:`SAMPLES_FILE` of ``samples`` (:class:`saecli.data.Sample`-like), in their order."""
+    columns = {name: [getattr(s, "id" if name == "sample_id" else name) for s in samples] for name in SAMPLE_COLUMNS}
+    frame = pl.DataFrame(columns, schema=dict.fromkeys(SAMPLE_COLUMNS, pl.String()))
+    path = run_dir / SAMPLES_FILE
+    data = parquet_bytes(frame)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return path
+
+
 def file_record(path: Path) -> dict[str, Any]:
     """What the final manifest records of a file it vouches for (``files``): its size and SHA-256."""
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
@@ -229,7 +243,7 @@ def _temporaries(folder: Path, names: Sequence[str]) -> list[Path]:
 def remove_temporaries(run_dir: Path) -> list[Path]:
     """Half-written files a killed run left under temporary names (never the results, never files
     saecli did not write)."""
-    stale = _temporaries(run_dir, [METRICS_FILE, MANIFEST_FILE, RESIDUALS_FILE, *REPORT_FILES])
+    stale = _temporaries(run_dir, [METRICS_FILE, SAMPLES_FILE, MANIFEST_FILE, RESIDUALS_FILE, *REPORT_FILES])
     stale += _temporaries(run_dir / PARTS_DIR, ["part-*.parquet", "part-*.residuals.safetensors"])
     for path in stale:
         path.unlink(missing_ok=True)
@@ -280,7 +294,7 @@ _MANIFEST_SHAPE: dict[str, Any] = {
     "preset": {"name": str, "synthetic": bool, "trained_on_benchmark": bool}, "layers": [int], "hooks": [str],
     "saes": dict, "baselines": bool, "dtype": str, "device": str, "device_reason": str, "batch_size": int,
     "seed": int, "noise_std": _NUMBER, "samples": int, "data_source": str, "finished_ids": [str], "backoffs": [dict],
-    "files": {METRICS_FILE: {"bytes": int, "sha256": str}, RESIDUALS_FILE: {"bytes": int, "sha256": str}},
+    "files": {name: {"bytes": int, "sha256": str} for name in (METRICS_FILE, SAMPLES_FILE, RESIDUALS_FILE)},
     "timings": {"load_seconds": _NUMBER, "analysis_seconds": _NUMBER, "samples_per_second": (*_NUMBER, type(None)),
                 "tokens_per_second": (*_NUMBER, type(None)), "stages_seconds": dict},
     "tokens": int, "resumed": bool, "padding": dict, "peak_memory": dict,

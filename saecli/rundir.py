@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from saecli.errors import SaecliError
-from saecli.io import MANIFEST_FILE, METRICS_FILE, REPORT_FILES, RESIDUALS_FILE, remove_parts, remove_temporaries
+from saecli.io import MANIFEST_FILE, METRICS_FILE, REPORT_FILES, RESIDUALS_FILE, SAMPLES_FILE, remove_parts, remove_temporaries
 
 LOCK_FILE = ".saecli.lock"
 RUNS_ROOT = Path("runs")
@@ -242,7 +242,7 @@ def clear_outputs(run_dir: Path) -> list[Path]:
     """For ``--force``: delete what saecli writes in a run folder (results, manifest, report files,
     part files and their temporaries) and nothing else; the files that were removed."""
     removed = []
-    for name in (METRICS_FILE, MANIFEST_FILE, RESIDUALS_FILE, *REPORT_FILES):
+    for name in (METRICS_FILE, MANIFEST_FILE, SAMPLES_FILE, RESIDUALS_FILE, *REPORT_FILES):
         path = run_dir / name
         if path.is_file():
             path.unlink()

@@ -444,7 +444,8 @@ def _write_part(batch: BatchResult, run_dir: Path, state: dict[str, Any], work: 
 
 def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backend, state: dict[str, Any], work: _Work,
             analysis_seconds: float, *, resumed: bool) -> RunResult:  # fmt: skip
-    """Merge the parts into metrics.parquet (and the residuals), write the final manifest, remove the parts."""
+    """Merge the parts into metrics.parquet (and the residuals), keep the samples' texts beside them
+    (samples.parquet), write the final manifest, remove the parts."""
     crash_point("before_merge")
     ids = [s.id for s in samples]
     layers = backend.info.layers
@@ -457,6 +458,7 @@ def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backe
             residuals.run = state["config_hash"]
             files[io.RESIDUALS_FILE] = io.file_record(write_residuals(run_dir / io.RESIDUALS_FILE, residuals))
         files[io.METRICS_FILE] = io.file_record(io.write_metrics(frame, run_dir))
+        files[io.SAMPLES_FILE] = io.file_record(io.write_samples(samples, run_dir))  # the table's rows are in `ids` order
     crash_point("after_merge")
     state = {**state, "backoffs": work.earlier_backoffs + backend.backoffs, **backend.record(), "files": files}
     forwarded, real = work.forwarded, work.forwarded_real

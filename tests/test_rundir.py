@@ -72,7 +72,8 @@ def test_claim_that_wrote_nothing_leaves_nothing(tmp_path):
 def test_existing_folder_needs_force_and_force_keeps_user_files(tmp_path):
     path = tmp_path / "run"
     (path / "parts").mkdir(parents=True)
-    saecli_files = ["metrics.parquet", "manifest.json", "summary.md", "parts/part-000001.parquet", ".metrics.parquet.x1.tmp"]
+    saecli_files = ["metrics.parquet", "manifest.json", "samples.parquet", "summary.md", "parts/part-000001.parquet",
+                    ".metrics.parquet.x1.tmp", ".samples.parquet.x1.tmp"]  # fmt: skip
     user_files = ["notes.txt", "parts/notes.txt", "parts/part-final.csv", ".notes.tmp"]
     for rel in saecli_files + user_files:
         (path / rel).write_text(rel)

@@ -24,7 +24,7 @@ from saecli import runner as run_module
 from saecli.cli import app
 from saecli.compare import compare_frames
 from saecli.errors import SaecliError
-from saecli.report import load_residuals
+from saecli.report import load_residuals, load_texts
 from saecli.residuals import read_residuals
 
 pytestmark = pytest.mark.slow
@@ -233,7 +233,7 @@ def test_a_full_disk_inside_the_parquet_writer_is_an_oserror(tmp_path):
 # Hypothesis: saecli's own files mutated at random. A resumed run either finishes with the
 # uninterrupted run's results or stops in one line; a finished run is read as it was or refused.
 UNFINISHED = ["part0", "part1", "residuals0", "residuals3", "manifest.json"]
-COMPLETE = ["metrics.parquet", "residuals.safetensors", "manifest.json"]
+COMPLETE = ["metrics.parquet", "residuals.safetensors", "samples.parquet", "manifest.json"]
 WRONG = [None, 7, -1, 2.5, "x", [], {}, [1], True]
 
 
@@ -288,10 +288,13 @@ def test_mutated_finished_run_is_read_as_written_or_refused(folders, tmp_path_fa
     try:
         frame, manifest = io.read_run(out)
         residuals = load_residuals(out, frame, manifest)
+        texts = load_texts(out, frame, manifest)
     except SaecliError as exc:
         assert "\n" not in exc.message
         return
     assert frame.equals(io.read_parquet(folders["reference"] / io.METRICS_FILE))
+    kept = io.read_parquet(folders["reference"] / io.SAMPLES_FILE)
+    assert texts is not None and [(s.id, s.prompt, s.fact, s.hallucination) for s in texts] == kept.drop("domain", "topic").rows()
     reference = read_residuals(folders["reference"] / io.RESIDUALS_FILE)
     assert residuals is not None and residuals.sample_ids == reference.sample_ids
     for key in reference.dense:

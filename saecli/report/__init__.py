@@ -15,7 +15,8 @@ A run with the log-probability baseline columns (``logprob_{sum,mean}_{fact,hall
 the metrics. A run with ``residuals.safetensors`` also gets probes (:mod:`.probes`: logistic
 regression on the residual stream and on the SAE features per layer, cross-validated with folds
 grouped by sample, and trained on all domains but one to test on that one) whose out-of-fold scores
-join the same ranking, and the SAE features that differ most (:mod:`.features`):
+join the same ranking, and the SAE features that differ most (:mod:`.features`), each with the samples
+it differs most on and, from the run's ``samples.parquet`` (older runs have none), their texts:
 
 * ``probes.csv``, ``generalisation.csv``, ``features.csv``.
 
@@ -48,7 +49,17 @@ from typing import Any
 import polars as pl
 
 from saecli.errors import SaecliError
-from saecli.io import METRICS_FILE, RESIDUALS_FILE, atomic_write, probe_write, read_run, verify_file
+from saecli.io import (
+    METRICS_FILE,
+    RESIDUALS_FILE,
+    SAMPLE_COLUMNS,
+    SAMPLES_FILE,
+    atomic_write,
+    probe_write,
+    read_parquet,
+    read_run,
+    verify_file,
+)
 from saecli.report.dashboard import FACT_COLOR, HALL_COLOR, draw_dashboard
 from saecli.report.detection import (
     ALL,
@@ -68,7 +79,7 @@ from saecli.report.detection import (
     numeric_metrics,
     run_metrics,
 )
-from saecli.report.features import FEATURES_TOP, FeatureRow, neuronpedia_id, rank_features
+from saecli.report.features import FEATURES_TOP, FeatureRow, neuronpedia_id, rank_features, sample_excerpt
 from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, sample_groups, scores_frame
 from saecli.report.stats import (
     auroc,
@@ -97,7 +108,7 @@ __all__ = [
     "ALL", "ALPHA", "Best", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
     "HALL_COLOR", "MAX_BOOTSTRAP", "PROBES_FILE", "SUMMARY_FILE", "TOP_DEFAULT",
     "Detection", "Metric", "Report", "auroc", "auroc_interval", "bh_qvalues", "best_metrics", "check_options", "check_writable", "detect", "direction", "draw_dashboard",
-    "load_residuals", "load_run", "make_report", "numeric_metrics", "paired_effect", "percentile_interval", "summary_markdown",
+    "load_residuals", "load_run", "load_texts", "make_report", "numeric_metrics", "paired_effect", "percentile_interval", "summary_markdown",
     "weighted_auroc", "wilcoxon_p", "wilson_interval", "win_rate", "write_files",
 ]  # fmt: skip
 
@@ -168,6 +179,38 @@ def load_residuals(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] 
         ) from None
 
 
+def load_texts(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None = None) -> list[Any] | None:
+    """The run's samples (:class:`saecli.data.Sample`) from its samples.parquet, in ``frame``'s row
+    order, or None for a run without one (runs before it was kept). A file that is unreadable, is not
+    the one the run recorded, or lacks a sample of the table is an error (with the way around it)."""
+    from saecli.data import Sample
+
+    path = Path(run_dir) / SAMPLES_FILE
+    if not path.exists():
+        return None
+    if manifest is not None:
+        verify_file(Path(run_dir), manifest, SAMPLES_FILE)
+    hint = f"rerun `saecli run`, or move {SAMPLES_FILE} away to report without the texts"
+    try:
+        texts = read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise SaecliError(f"cannot read {path}: {exc}".splitlines()[0], hint=hint) from None
+    missing = [c for c in SAMPLE_COLUMNS if c not in texts.columns]
+    if missing:
+        raise SaecliError(f"{path} lacks the column {missing[0]!r}", hint=hint)
+    by_id = {row["sample_id"]: row for row in texts.select(SAMPLE_COLUMNS).cast(pl.String).iter_rows(named=True)}
+    ids = frame["sample_id"].cast(pl.String).to_list()
+    absent = [sid for sid in ids if sid not in by_id]
+    if absent or len(by_id) != texts.height:
+        problem = f"no row for sample {absent[0]!r}" if absent else "a sample id twice"
+        raise SaecliError(f"{path} does not match {METRICS_FILE}: it holds {problem}", hint=hint)
+    try:
+        return [Sample(id=sid, domain=by_id[sid]["domain"], prompt=by_id[sid]["prompt"], fact=by_id[sid]["fact"],
+                       hallucination=by_id[sid]["hallucination"], topic=by_id[sid]["topic"]) for sid in ids]  # fmt: skip
+    except SaecliError as exc:
+        raise SaecliError(f"{path}: {exc.message}", hint=hint) from None
+
+
 def make_report(
     run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, out_dir: Path | None = None, top: int = TOP_DEFAULT,
     folds: int = FOLDS_DEFAULT,
@@ -184,6 +227,7 @@ def make_report(
     run_dir = Path(run_dir)
     frame, manifest, layers = load_run(run_dir)
     residuals = load_residuals(run_dir, frame, manifest)
+    texts = load_texts(run_dir, frame, manifest) if residuals is not None else None  # read for the probes and features only
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     check_writable(out_dir, run_dir)
     preset = manifest.get("preset")
@@ -215,7 +259,7 @@ def make_report(
         report.notes.append(f"No {RESIDUALS_FILE} in the run: no probes, out-of-domain test or SAE feature ranking.")
     else:
         report.residuals = True
-        fits = _probe_and_rank(report, frame, residuals, manifest)
+        fits = _probe_and_rank(report, frame, residuals, manifest, texts)
         if fits:  # the probes' out-of-fold scores join the metrics: one ranking, one family of tests
             scores, probe_metrics = scores_frame(fits, frame["domain"].to_list())
             table, metrics = frame.hstack(scores.drop("domain")), metrics + probe_metrics
@@ -229,12 +273,15 @@ def make_report(
     return report
 
 
-def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report) -> Any:
-    """The probes' fold groups (samples that share a text stay in one fold), from the run's own data
-    read again as the run read it; None (each sample its own group, said in the notes) when that
-    data cannot be read any more or no longer holds the run's samples."""
+def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, texts: list[Any] | None) -> Any:
+    """The probes' fold groups (samples that share a text stay in one fold), from the texts the run
+    kept (``texts``) or, for a run that kept none, its data read again as the run read it; None (each
+    sample its own group, said in the notes) when that data cannot be read any more or no longer
+    holds the run's samples."""
     from saecli.data import load_samples
 
+    if texts is not None:
+        return sample_groups(texts)
     config = manifest.get("config") or {}
     try:
         samples = load_samples(
@@ -251,11 +298,16 @@ def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report) 
     return sample_groups([by_id[i] for i in ids])
 
 
-def _probe_and_rank(report: Report, frame: pl.DataFrame, residuals: Residuals, manifest: dict[str, Any]) -> list[Any]:
-    """Probes, their generalisation, and the feature ranking per layer; returns the probes' fits (their
+def _probe_and_rank(
+    report: Report, frame: pl.DataFrame, residuals: Residuals, manifest: dict[str, Any], texts: list[Any] | None
+) -> list[Any]:
+    """Probes, their generalisation, and the feature ranking per layer (with the samples each feature
+    differs most on, and their ``texts`` when the run kept them); returns the probes' fits (their
     out-of-fold scores join the detection ranking)."""
     domains = frame["domain"].to_list()
-    groups = _text_groups(frame, manifest, report)
+    groups = _text_groups(frame, manifest, report, texts)
+    ids = frame["sample_id"].cast(pl.String).to_list()
+    excerpts = [sample_excerpt(s.prompt, s.fact, s.hallucination) for s in texts] if texts is not None else None
     outcome = run_probes(residuals, domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap, groups=groups)
     report.notes += outcome.notes
     report.generalisation = outcome.generalisation
@@ -265,7 +317,7 @@ def _probe_and_rank(report: Report, frame: pl.DataFrame, residuals: Residuals, m
             continue
         report.features += rank_features(
             fact, hall, layer=layer, top=FEATURES_TOP, bootstrap=report.bootstrap, seed=report.seed,
-            neuronpedia=neuronpedia_id(manifest, layer),
+            neuronpedia=neuronpedia_id(manifest, layer), sample_ids=ids, excerpts=excerpts,
         )  # fmt: skip
     if not report.features and residuals.features:
         report.notes.append("SAE features: not enough data to rank them (fewer than 2 samples, or no feature differs)")

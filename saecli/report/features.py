@@ -42,6 +42,11 @@ first) are kept per layer. ``url`` is the feature's Neuronpedia page,
 ``https://www.neuronpedia.org/{neuronpedia_id}/{feature}``, when the SAE's manifest entry carries a
 non-empty ``neuronpedia_id``; empty otherwise.
 
+**On which samples.** ``top{k}_sample`` (k = 1..3) is the id of the sample with the k-th largest
+``|d_ij|`` (ties: earlier row first; only samples where the feature differs, so a feature that
+differs on fewer than three leaves the rest empty), ``top{k}_diff`` its ``d_ij`` (signed) and
+``top{k}_text`` an excerpt of its texts (:func:`sample_excerpt`; empty when the run kept no texts).
+
 Vectorised on CSR matrices: the sums over samples are sparse column sums (O(non-zeros)), the null
 draws sparse products of a (draws × n) sign matrix with the differences (O(draws × non-zeros)).
 
@@ -51,6 +56,7 @@ Boundary: numpy and scipy (imported inside the functions); no files, no drawing.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +71,10 @@ FEATURES_ALPHA = 0.05
 NULL_BLOCK = 1 << 20
 """Draws × d_sae values held at once by the null (8 MiB of float64 per array)."""
 NEURONPEDIA = "https://www.neuronpedia.org"
+TOP_SAMPLES = 3
+"""Samples named per feature (``top{k}_sample`` …)."""
+EXCERPT_PROMPT, EXCERPT_ANSWER = 60, 30
+"""Characters of the prompt (its end: the features are read at the last token) and of each answer in an excerpt."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,15 @@ class FeatureRow:
     tested: int = 0  # features of the layer that fire on at least one text (BH's m)
     null_threshold: float = math.nan  # 95th percentile of the max score under random swaps
     significant: int = 0  # 1: q ≤ α and score > null_threshold
+    top1_sample: str = ""  # the sample with the largest |hall − fact| on this feature
+    top1_diff: float = math.nan  # its hall − fact
+    top1_text: str = ""  # an excerpt of its texts
+    top2_sample: str = ""
+    top2_diff: float = math.nan
+    top2_text: str = ""
+    top3_sample: str = ""
+    top3_diff: float = math.nan
+    top3_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,40 @@ def neuronpedia_id(manifest: dict[str, Any], layer: int) -> str | None:
     entry = saes.get(str(layer)) if isinstance(saes, dict) else None
     value = entry.get("neuronpedia_id") if isinstance(entry, dict) else None
     return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _clip(text: str, limit: int, *, tail: bool = False) -> str:
+    text = " ".join(text.split())  # one line in a CSV cell, whatever the data's newlines
+    if len(text) <= limit:
+        return text
+    return "…" + text[-(limit - 1) :] if tail else text[: limit - 1] + "…"
+
+
+def sample_excerpt(prompt: str, fact: str, hallucination: str) -> str:
+    """``…end of the prompt → fact: … / hall: …``, each part cut to a few dozen characters."""
+    answers = f"fact: {_clip(fact, EXCERPT_ANSWER)} / hall: {_clip(hallucination, EXCERPT_ANSWER)}"
+    return f"{_clip(prompt, EXCERPT_PROMPT, tail=True)} → {answers}"
+
+
+def top_samples(diffs: np.ndarray, k: int = TOP_SAMPLES) -> list[list[int]]:
+    """Per column of the (n × m) differences, the rows of its ``k`` largest non-zero ``|d|`` (ties:
+    lower row first)."""
+    rows = np.arange(diffs.shape[0])
+    out = []
+    for column in diffs.T:
+        size = np.abs(column)
+        order = np.lexsort((rows, -size))[:k]
+        out.append([int(i) for i in order if size[i] > 0])
+    return out
+
+
+def _top_fields(rows: list[int], diffs: np.ndarray, ids: Sequence[str], excerpts: Sequence[str] | None) -> dict[str, Any]:
+    """The ``top{k}_*`` fields of a feature row from its :func:`top_samples` rows and its differences."""
+    fields: dict[str, Any] = {}
+    for k, i in enumerate(rows, 1):
+        fields |= {f"top{k}_sample": str(ids[i]), f"top{k}_diff": float(diffs[i]),
+                   f"top{k}_text": excerpts[i] if excerpts is not None else ""}  # fmt: skip
+    return fields
 
 
 def _column_sums(m: Any) -> np.ndarray:
@@ -243,10 +296,13 @@ def null_threshold(fact: Any, hall: Any, draws: int, rng: np.random.Generator, a
 
 def rank_features(
     fact: Any, hall: Any, *, layer: int, top: int = FEATURES_TOP, bootstrap: int = 1000, seed: int = 0,
-    neuronpedia: str | None = None, alpha: float = FEATURES_ALPHA,
+    neuronpedia: str | None = None, alpha: float = FEATURES_ALPHA, sample_ids: Sequence[str] | None = None,
+    excerpts: Sequence[str] | None = None,
 ) -> list[FeatureRow]:  # fmt: skip
     """The ``top`` features of one layer by score, with their sign test, BH q, the null threshold of
-    the score (``bootstrap`` random-swap draws, seeded by ``seed`` and the layer) and the verdict."""
+    the score (``bootstrap`` random-swap draws, seeded by ``seed`` and the layer), the verdict, and the
+    samples where each differs most, named by ``sample_ids`` (default: the row numbers) with their
+    ``excerpts`` (:func:`sample_excerpt`, one per row) when given."""
     import scipy.sparse as sp
 
     fact, hall = sp.csr_matrix(fact), sp.csr_matrix(hall)
@@ -265,6 +321,9 @@ def rank_features(
     tested = int(tests.tested.sum())
     f_cols = fact[:, order].toarray().astype(np.float64)
     h_cols = hall[:, order].toarray().astype(np.float64)
+    ids = [str(i) for i in range(n)] if sample_ids is None else sample_ids
+    diffs = h_cols - f_cols
+    tops = top_samples(diffs)
     rows = []
     for rank, j in enumerate(order.tolist(), 1):
         q = float(tests.q[j])
@@ -292,6 +351,7 @@ def rank_features(
                 tested=tested,
                 null_threshold=threshold,
                 significant=int(q <= alpha and math.isfinite(threshold) and score[j] > threshold),
+                **_top_fields(tops[rank - 1], diffs[:, rank - 1], ids, excerpts),
             )  # fmt: skip
         )
     return rows

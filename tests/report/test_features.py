@@ -1,4 +1,5 @@
-"""saecli.report.features: the paired effect per feature, the ranking, Neuronpedia links.
+"""saecli.report.features: the paired effect per feature, the ranking, Neuronpedia links, the samples
+a feature differs most on.
 
 The sign test, FDR and null threshold, and their simulations: test_feature_claims.py."""
 
@@ -9,7 +10,15 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from saecli.report.features import firing_frequency, neuronpedia_id, neuronpedia_url, paired_effect_sizes, rank_features
+from saecli.report.features import (
+    firing_frequency,
+    neuronpedia_id,
+    neuronpedia_url,
+    paired_effect_sizes,
+    rank_features,
+    sample_excerpt,
+    top_samples,
+)
 
 from .helpers import DENSE_FEATURE, PLANTED_FEATURE, planted_residuals
 
@@ -77,3 +86,25 @@ def test_too_few_samples_rank_nothing():
     assert rank_features(one, one * 2, layer=0) == []
     same = sp.csr_matrix(np.eye(4))
     assert rank_features(same, same, layer=0) == []  # nothing differs
+
+
+def test_top_samples_by_largest_difference_either_way_ties_to_the_earlier_row_zeros_left_out():
+    diffs = np.array([[0.5, 0.0], [-2.0, 0.0], [0.5, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    assert top_samples(diffs) == [[1, 3, 0], [2]]
+    fact, hall = sp.csr_matrix((-diffs).clip(0)), sp.csr_matrix(diffs.clip(0))  # hall − fact = diffs
+    rows = rank_features(fact, hall, layer=0, bootstrap=0, sample_ids=list("abcde"), excerpts=[f"text {c}" for c in "abcde"])
+    by_feature = {r.feature: r for r in rows}
+    assert (by_feature[0].top1_sample, by_feature[0].top1_diff, by_feature[0].top1_text) == ("b", -2.0, "text b")
+    assert (by_feature[0].top2_sample, by_feature[0].top3_sample, by_feature[0].top3_diff) == ("d", "a", 0.5)
+    assert (by_feature[1].top1_sample, by_feature[1].top2_sample, by_feature[1].top2_text) == ("c", "", "")
+    assert math.isnan(by_feature[1].top2_diff)
+    unnamed = rank_features(fact, hall, layer=0, bootstrap=0)
+    assert {r.feature: r.top1_sample for r in unnamed} == {0: "1", 1: "2"}  # row numbers, no texts
+    assert all(r.top1_text == "" for r in unnamed)
+
+
+def test_an_excerpt_is_one_short_line_ending_the_prompt_where_the_feature_is_read():
+    assert sample_excerpt("The capital of France is", "Paris", "Lyon") == "The capital of France is → fact: Paris / hall: Lyon"
+    long = sample_excerpt("Once upon a time\n" * 10 + "the answer was", "x" * 100, "a\nb")
+    assert "\n" not in long and long.startswith("…") and long.split(" → ")[0].endswith("the answer was")
+    assert len(long.split(" → ")[0]) == 60 and "fact: " + "x" * 29 + "… / hall: a b" in long
