@@ -7,10 +7,12 @@ Does not belong here: the contents of ``residuals.safetensors`` and of the resid
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import secrets
 import shlex
 import sys
 import tempfile
@@ -130,18 +132,32 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _new_temporary(path: Path) -> Path:
+    """Create an empty, fresh ``.<name>.<random>.tmp`` beside ``path``. Not ``tempfile.mkstemp``:
+    its files are ``-rw-------`` whatever the umask, and the rename would keep that mode, so that
+    colleagues on a shared machine could not read the results. Created with 0666 here, the umask
+    (and a default ACL) decide, as for any file a program writes."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Write ``path`` through ``write(tmp)`` on a temporary name beside it, then rename: the file is
-    whole or absent, never half-written."""
+    whole or absent, never half-written. Its mode is the umask's, as for any other file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        write(Path(tmp))
+        write(tmp)
         crash_point("tmp_written")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
