@@ -264,8 +264,8 @@ _MANIFEST_SHAPE: dict[str, Any] = {
     "saes": dict, "baselines": bool, "dtype": str, "device": str, "device_reason": str, "batch_size": int,
     "seed": int, "noise_std": _NUMBER, "samples": int, "data_source": str, "finished_ids": [str], "backoffs": [dict],
     "files": {METRICS_FILE: {"bytes": int, "sha256": str}, RESIDUALS_FILE: {"bytes": int, "sha256": str}},
-    "timings": {"load_seconds": _NUMBER, "analysis_seconds": _NUMBER, "samples_per_second": (*_NUMBER, type(None)),
-                "tokens_per_second": (*_NUMBER, type(None)), "stages_seconds": dict},
+    "timings": {"load_seconds": _NUMBER, "analysis_seconds": _NUMBER, "samples_analysed": int,
+                "samples_per_second": (*_NUMBER, type(None)), "tokens_per_second": (*_NUMBER, type(None)), "stages_seconds": dict},
     "tokens": int, "resumed": bool, "padding": dict, "peak_memory": dict,
 }  # fmt: skip
 """The types of the manifest fields saecli reads back (a field may be absent); a nested dict lists

@@ -3,6 +3,7 @@ when it goes to a pipe or a log file."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from contextlib import contextmanager
@@ -109,3 +110,19 @@ def test_a_group_writable_umask_gives_group_writable_files(tmp_path):
         atomic_write(tmp_path / "run" / "parts" / "a", lambda tmp: tmp.write_bytes(b"a"))
         assert _wrong(_modes(tmp_path / "run"), tmp_path / "run", 0o002) == {}
         assert LOCK_FILE in _modes(tmp_path / "run")
+
+
+def test_resumed_rate_counts_only_the_samples_analysed_now(tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    _interrupt_at(monkeypatch, "batch_done#3")  # two of four batches written: 4 of 8 samples finished
+    assert cli.invoke(app, ["run", *SMALL, "--out", str(out)]).exit_code == 130
+    monkeypatch.undo()
+    result = cli.invoke(app, ["run", "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    timings = manifest["timings"]
+    assert timings["samples_per_second"] == pytest.approx(4 / timings["analysis_seconds"], rel=0.01)  # seconds are rounded
+    assert manifest["samples"] == 8 and manifest["resumed"] is True and timings["samples_analysed"] == 4
+    assert "4 samples analysed" in result.stdout and "4 finished before" in result.stdout
+    again = cli.invoke(app, ["run", "--resume", str(out), "--json"])  # a finished run: its summary again
+    assert again.exit_code == 0 and json.loads(again.stdout)["timings"] == timings
