@@ -126,3 +126,24 @@ def test_resumed_rate_counts_only_the_samples_analysed_now(tmp_path, monkeypatch
     assert "4 samples analysed" in result.stdout and "4 finished before" in result.stdout
     again = cli.invoke(app, ["run", "--resume", str(out), "--json"])  # a finished run: its summary again
     assert again.exit_code == 0 and json.loads(again.stdout)["timings"] == timings
+
+
+def test_tables_and_logs_print_whole_when_not_a_terminal(tmp_path, monkeypatch):
+    import logging
+
+    import saecli.cli.bench
+
+    def logged_sweep(*args, **kwargs):
+        logging.getLogger("saecli.bench").warning("a warning as long as a path: %s", "/very/long" * 20)
+        return _fake_sweep()
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(saecli.cli.bench, "sweep", logged_sweep)
+    result = cli.invoke(app, ["-v", "bench", "--out", str(tmp_path / "b")])  # CliRunner's output is not a terminal
+    assert result.exit_code == 0, result.output
+    for value in ("0.012", "4321.5", "43210.5", "987654.3", "987654300", "114.98", "123456.8"):
+        assert f" {value} │" in result.stdout, value
+    assert f"WARNING  a warning as long as a path: {'/very/long' * 20}\n" in result.stderr  # one line, unpadded
+    narrow = cli.invoke(app, ["bench", "--out", str(tmp_path / "c")], env={"COLUMNS": "70"})
+    table = [line for line in narrow.stdout.splitlines() if line[:1] in "┏┃┡│└"]
+    assert narrow.exit_code == 0 and table and max(len(line) for line in table) <= 70  # COLUMNS still decides
