@@ -153,11 +153,9 @@ def _run(
     results_in(result.run_dir)
     _render(result, as_json)
     if report:
-        from saecli.cli.report import render_report
-        from saecli.report import make_report
+        from saecli.cli.report import render_report, report_with_progress
 
-        with stderr.status("writing the report"):
-            made = make_report(result.run_dir)
+        made = report_with_progress(result.run_dir)
         if not as_json:
             render_report(made)
 
