@@ -8,11 +8,13 @@ Does not belong here: the contents of ``residuals.safetensors`` and of the resid
 from __future__ import annotations
 
 import contextlib
+import errno
 import faulthandler
 import hashlib
 import json
 import logging
 import os
+import secrets
 import shlex
 import sys
 import tempfile
@@ -167,18 +169,32 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _new_temporary(path: Path) -> Path:
+    """Create an empty, fresh ``.<name>.<random>.tmp`` beside ``path``. Not ``tempfile.mkstemp``:
+    its files are ``-rw-------`` whatever the umask, and the rename would keep that mode, so that
+    colleagues on a shared machine could not read the results. Created with 0666 here, the umask
+    (and a default ACL) decide, as for any file a program writes."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Write ``path`` through ``write(tmp)`` on a temporary name beside it, then rename: the file is
-    whole or absent, never half-written."""
+    whole or absent, never half-written. Its mode is the umask's, as for any other file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        write(Path(tmp))
+        write(tmp)
         crash_point("tmp_written")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -295,8 +311,8 @@ _MANIFEST_SHAPE: dict[str, Any] = {
     "saes": dict, "baselines": bool, "dtype": str, "device": str, "device_reason": str, "batch_size": int,
     "seed": int, "noise_std": _NUMBER, "samples": int, "data_source": str, "finished_ids": [str], "backoffs": [dict],
     "files": {name: {"bytes": int, "sha256": str} for name in (METRICS_FILE, SAMPLES_FILE, RESIDUALS_FILE)},
-    "timings": {"load_seconds": _NUMBER, "analysis_seconds": _NUMBER, "samples_per_second": (*_NUMBER, type(None)),
-                "tokens_per_second": (*_NUMBER, type(None)), "stages_seconds": dict},
+    "timings": {"load_seconds": _NUMBER, "analysis_seconds": _NUMBER, "samples_analysed": int,
+                "samples_per_second": (*_NUMBER, type(None)), "tokens_per_second": (*_NUMBER, type(None)), "stages_seconds": dict},
     "tokens": int, "resumed": bool, "padding": dict, "peak_memory": dict,
 }  # fmt: skip
 """The types of the manifest fields saecli reads back (a field may be absent); a nested dict lists

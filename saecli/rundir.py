@@ -196,7 +196,7 @@ def _lock(folder: Path) -> int:
     path = folder / LOCK_FILE
     for _ in range(10):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise not_writable(folder, folder, exc) from None
         try:

@@ -114,20 +114,24 @@ def finish_manifest(
     stages: dict[str, float],
     n_tokens: int,
     analysis_seconds: float,
+    n_analysed: int,
     resumed: bool,
     peak: dict[str, Any],
 ) -> dict[str, Any]:
     """The final manifest: status ``complete``, timings and peak memory; the finished ids are the
-    rows of metrics.parquet and are not repeated."""
-    n_samples = manifest["samples"]
+    rows of metrics.parquet and are not repeated. The rates are this process's: its ``n_analysed``
+    samples (and their ``n_tokens``) over its analysis seconds; a resumed run's samples finished
+    before the interruption took none of those seconds."""
     final = {k: v for k, v in manifest.items() if k != "finished_ids"}
+    timed = analysis_seconds > 0 and n_analysed > 0  # a resume with nothing left to do has no rate
     final.update(
         status="complete",
         timings={
             "load_seconds": round(load_seconds, 4),
             "analysis_seconds": round(analysis_seconds, 4),
-            "samples_per_second": round(n_samples / analysis_seconds, 4) if analysis_seconds > 0 else None,
-            "tokens_per_second": round(n_tokens / analysis_seconds, 2) if analysis_seconds > 0 else None,
+            "samples_analysed": n_analysed,
+            "samples_per_second": round(n_analysed / analysis_seconds, 4) if timed else None,
+            "tokens_per_second": round(n_tokens / analysis_seconds, 2) if timed else None,
             "stages_seconds": {k: round(v, 4) for k, v in stages.items()},
         },
         tokens=n_tokens,
@@ -379,6 +383,8 @@ class _Work:
     part_number: int
     earlier_backoffs: list[dict[str, Any]]
     """Out-of-memory backoffs of the run before it was resumed (this process's are the backend's)."""
+    analysed: int = 0
+    """Samples analysed in this process (``done`` also counts those a resumed run finished before)."""
     tokens: int = 0
     forwarded: int = 0
     """Token positions forwarded (padded)."""
@@ -437,6 +443,7 @@ def _write_part(batch: BatchResult, run_dir: Path, state: dict[str, Any], work: 
     crash_point("after_part")
     state["finished_ids"] += part["sample_id"].to_list()
     work.done += len(batch.indices)
+    work.analysed += len(batch.indices)
     work.tokens += batch.tokens
     work.forwarded += batch.forwarded_tokens
     work.forwarded_real += batch.forwarded_real_tokens
@@ -468,7 +475,8 @@ def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backe
         "fraction": round(1 - real / forwarded, 4) if forwarded else 0.0,
     }
     manifest = finish_manifest(state, load_seconds=backend.info.load_seconds, stages=backend.stages(), n_tokens=work.tokens,
-                               analysis_seconds=analysis_seconds, resumed=resumed, peak=backend.peak())  # fmt: skip
+                               analysis_seconds=analysis_seconds, n_analysed=work.analysed, resumed=resumed,
+                               peak=backend.peak())  # fmt: skip
     with _writing(run_dir, work.done, state):
         io.write_manifest(manifest, run_dir)
     crash_point("after_final_manifest")

@@ -59,7 +59,10 @@ def test_measure_records_oom(oom_above):
     config = RunConfig(preset="tiny", limit=8, device="cpu", dtype="float32")
     result = measure(job(config, 4, repeats=1, baselines="on"))
     assert result["oom"] is True and result["ok"] is False and "out of memory" in result["error"]
-    ok = measure(job(config, 2, repeats=1, baselines="on"))
+    told = []
+    ok = measure(job(config, 2, repeats=2, baselines="on"), progress=lambda *step: told.append(step))
+    assert told == [("warm-up", 0, 16), *[(f"pass {k}/2", d, 16) for k, ds in ((1, (2, 4, 6, 8)), (2, (10, 12, 14, 16))) for d in ds],
+                    ("measuring the torch.mm peak", 16, 16)]  # fmt: skip
     assert (
         ok["ok"] and ok["samples"] == 8 and ok["samples_per_second"] > 0 and set(ok["stages"]) >= {"forward", "sae", "geometry"}
     )
@@ -97,6 +100,40 @@ def test_bench_cli_writes_json_and_csv(tmp_path):
     rows = list(csv.DictReader((out / "bench.csv").open()))
     assert [r["size"] for r in rows] == [SEQUENTIAL, "1", "2"] and "stage_forward_seconds" in rows[0]
     assert float(rows[2]["forward_gflops"]) > 0 and float(rows[2]["sae_utilization"]) > 0
+
+
+FAKE_WORKER = """
+import json, sys
+document = json.load(sys.stdin)
+if document["size"] == 2:
+    sys.stderr.write("a worker that logs much\\n" * 5000 + "RuntimeError: the last line says why\\n")
+    sys.exit(3)
+for done in (0, 2, 4):
+    print(json.dumps({"progress": ["pass 1/1", done, 4]}), flush=True)
+print("a line some library printed")
+print(json.dumps({"size": document["size"], "ok": True, "samples": 4, "samples_per_second": 10.0, "seconds_median": 0.4,
+                  "tokens_per_second": 90.0}))
+"""
+
+
+def test_sweep_tells_the_progress_of_each_size_as_it_comes(tmp_path, monkeypatch):
+    import sys
+
+    import saecli.bench.sweep
+
+    monkeypatch.setattr(saecli.bench.sweep, "WORKER", [sys.executable, "-c", FAKE_WORKER])
+    told = []
+    result = saecli.bench.sweep.sweep(RunConfig(limit=4, device="cpu"), sizes=[1, 2], repeats=1,
+                                      on_progress=lambda *step: told.append(step))  # fmt: skip
+    assert told == [(size, "pass 1/1", done, 4) for size in (SEQUENTIAL, 1) for done in (0, 2, 4)]
+    outcome = [(r.size, r.ok, r.samples_per_second) for r in result.results]
+    assert outcome == [(SEQUENTIAL, True, 10.0), (1, True, 10.0), (2, False, None)]
+    assert result.results[2].error == "RuntimeError: the last line says why"  # its stderr, read after 100 kB of it
+    cli = runner.invoke(app, ["bench", "--sizes", "1,2", "--limit", "4", "--out", str(tmp_path / "b")])  # the bar drawn from it
+    assert cli.exit_code == 0, cli.output
+    assert (
+        "  sequential: 10.0 samples/s" in cli.stderr and "  batch 2: failed (RuntimeError: the last line says why)" in cli.stderr
+    )
 
 
 def test_bench_rejects_bad_sizes():

@@ -16,6 +16,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -26,6 +27,10 @@ from saecli.memory import allocated_bytes, device_peak, is_out_of_memory, peak_m
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[str, int, int], None]
+"""Told ``(step, samples done, samples total)`` as the timed passes go: the samples of every pass of
+one size, so that a slow size shows where it is (``step``: ``warm-up``, ``pass 2/3``, …)."""
+
 
 def job(config: RunConfig, size: int | str, *, repeats: int, baselines: str) -> dict[str, Any]:
     """The JSON document :func:`measure` takes: ``config`` with this size's batch size and mode."""
@@ -35,9 +40,10 @@ def job(config: RunConfig, size: int | str, *, repeats: int, baselines: str) -> 
 
 
 def _timed_passes(
-    loaded: Any, config: RunConfig, samples: list[Any], repeats: int
+    loaded: Any, config: RunConfig, samples: list[Any], repeats: int, on_batch: Callable[[int, int], None] | None = None
 ) -> tuple[list[float], list[dict[str, float]], list[Any], Any]:
-    """``repeats`` timed passes (stages synchronised on CUDA); the last pass's batches and engine."""
+    """``repeats`` timed passes (stages synchronised on CUDA); the last pass's batches and engine.
+    ``on_batch(pass, samples)`` after each batch (inside the timing: it must cost next to nothing)."""
     from saecli.device import synchronize
     from saecli.engine import Engine
     from saecli.timer import StageTimer
@@ -46,7 +52,11 @@ def _timed_passes(
     for _ in range(repeats):
         engine = Engine(loaded, config, timer=StageTimer(sync=True), backoff=False)
         started = time.perf_counter()
-        batches = list(engine.run(samples))
+        batches = []
+        for batch in engine.run(samples):
+            batches.append(batch)
+            if on_batch is not None:
+                on_batch(len(times), len(batch.indices))
         synchronize(loaded.device)
         times.append(time.perf_counter() - started)
         stage_runs.append(dict(engine.timer.seconds))
@@ -98,9 +108,28 @@ def _utilization(result: SizeResult, loaded: Any, stages: dict[str, float], forw
             setattr(result, f"{part}_utilization", round(achieved / peak, 4) if peak else None)
 
 
-def measure(document: dict[str, Any]) -> dict[str, Any]:
+class _Counter:
+    """The samples done over all passes of one size, for a :data:`Progress`."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def step(self, step: str) -> None:
+        if self.progress is not None:
+            self.progress(step, self.done, self.total)
+
+    def passes(self, repeats: int, what: str) -> Callable[[int, int], None]:
+        def on_batch(index: int, samples: int) -> None:
+            self.done += samples
+            self.step(f"pass {index + 1}/{repeats}{what}")
+
+        return on_batch
+
+
+def measure(document: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
     """Load, warm up, time ``repeats`` passes at one size (and, with ``baselines`` "both", the same
-    passes without baselines after). Runs in a fresh process; an out-of-memory error is a result."""
+    passes without baselines after), telling ``progress``. Runs in a fresh process; an out-of-memory
+    error is a result."""
     from saecli.data import load_samples
     from saecli.device import set_torch_threads
     from saecli.engine import Engine
@@ -116,13 +145,17 @@ def measure(document: dict[str, Any]) -> dict[str, Any]:
     reset_device_peak(loaded.device)
     result = SizeResult(size=document["size"], ok=False, samples=len(samples), load_seconds=round(loaded.load_seconds, 3),
                         model_memory=model_memory, baselines=config.baselines, threads=threads)  # fmt: skip
+    repeats = document["repeats"]
+    tell = _Counter(progress, len(samples) * repeats * (2 if mode == "both" else 1))
     try:
+        tell.step("warm-up")
         warm = Engine(loaded, config, backoff=False)
         for _ in warm.run(samples[: min(len(samples), max(config.batch_size, 2))]):
             pass
-        times, stage_runs, batches, engine = _timed_passes(loaded, config, samples, document["repeats"])
+        times, stage_runs, batches, engine = _timed_passes(loaded, config, samples, repeats, tell.passes(repeats, ""))
         if mode == "both":  # the same passes without baselines, after (the peak memory is the heavier run's)
-            plain, _, _, _ = _timed_passes(loaded, dataclasses.replace(config, baselines=False), samples, document["repeats"])
+            plain, _, _, _ = _timed_passes(loaded, dataclasses.replace(config, baselines=False), samples, repeats,
+                                           tell.passes(repeats, " without baselines"))  # fmt: skip
             result.samples_per_second_no_baselines = round(len(samples) / statistics.median(plain), 3)
         # Peak memory before the matrix-product peak, whose operands are not the analysis's.
         result.memory_detail = peak_memory(loaded.device)
@@ -136,6 +169,7 @@ def measure(document: dict[str, Any]) -> dict[str, Any]:
     median = statistics.median(times)
     stages = {k: statistics.median(run.get(k, 0.0) for run in stage_runs) for k in stage_runs[0]}
     forward, sae = _count_work(result, loaded, engine, batches, median, stages)
+    tell.step("measuring the torch.mm peak")
     _utilization(result, loaded, stages, forward, sae)
     result.ok = True
     result.seconds_median, result.seconds_min, result.seconds_max = round(median, 4), round(min(times), 4), round(max(times), 4)
@@ -145,11 +179,30 @@ def measure(document: dict[str, Any]) -> dict[str, Any]:
     return asdict(result)
 
 
+PROGRESS_KEY = "progress"
+"""A line ``{"progress": [step, done, total]}`` on the worker's stdout is progress, not its result."""
+
+
+def _progress_lines() -> Progress:
+    """Progress as JSON lines on stdout for the parent (:func:`saecli.bench.sweep.sweep`): a new step
+    at once, otherwise at most ten lines a second, since it is told inside the timed passes."""
+    last = {"at": 0.0, "step": ""}
+
+    def emit(step: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if step == last["step"] and now - last["at"] < 0.1 and done < total:
+            return
+        last.update(at=now, step=step)
+        print(json.dumps({PROGRESS_KEY: [step, done, total]}), flush=True)
+
+    return emit
+
+
 def main() -> int:
     document = json.loads(sys.stdin.read())
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        result = measure(document)
+        result = measure(document, _progress_lines())
     except SaecliError as exc:
         print(str(exc), file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import click
 import typer
 import typer.core
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions, Group
 from rich.logging import RichHandler
 from rich.text import Text
 
@@ -32,7 +32,39 @@ class StdoutError(Exception):
         self.cause = cause
 
 
-class _Stdout(Console):
+UNWRAPPED_WIDTH = 10_000
+"""The width of a console that is not a terminal: wide enough that no value is cut or wrapped."""
+
+
+class _Console(Console):
+    """A console that, writing to a pipe or a file (not a terminal), neither cuts nor wraps: Rich
+    would take 80 columns there and print a table's ``43210.5`` as ``43…``, so a log or a ``| grep``
+    would lose the value. ``COLUMNS``, when set, still decides."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal and not self._environ.get("COLUMNS", "").isdigit():
+            return ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+class _LogHandler(RichHandler):
+    """Rich's log lines are a table as wide as the console: unwrapped (not a terminal) that is
+    thousands of trailing spaces per line, so there a record is its level and message alone."""
+
+    def render(self, *, record: logging.LogRecord, traceback: Any, message_renderable: Any) -> Any:
+        if self.console.is_terminal:
+            return super().render(record=record, traceback=traceback, message_renderable=message_renderable)
+        line = Text.assemble(self.get_level_text(record), " ", message_renderable)
+        return line if traceback is None else Group(line, traceback)
+
+
+class _Stdout(_Console):
     """The results console: a failed write becomes a :class:`StdoutError`."""
 
     def print(self, *args: Any, **kwargs: Any) -> None:
@@ -61,7 +93,7 @@ class _Stdout(Console):
 # Neither console reads markup or emoji codes in what it prints: domains, ids, topics, paths and
 # messages are the user's text and print as typed. Our own styling is Text with a style
 # (``Text.assemble(("error:", "bold red"), " ", message)``), never markup around a value.
-stderr = Console(stderr=True, markup=False, emoji=False)
+stderr = _Console(stderr=True, markup=False, emoji=False)
 stdout = _Stdout(markup=False, emoji=False)
 
 BROKEN_PIPE_EXIT = 141
@@ -249,7 +281,7 @@ def _root(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=stderr, show_path=False, show_time=False, markup=False)],
+        handlers=[_LogHandler(console=stderr, show_path=False, show_time=False, markup=False)],
         force=True,
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -181,16 +182,49 @@ def _bench_sizes(flags: RunFlags, *, sizes: str | None, sequential: bool | None,
             Text.assemble(("note:", "yellow"), f" {chosen.name} has random weights: it measures cost; its metrics mean nothing.")
         )
     try:
-        with stderr.status("") as status:
-            result = sweep(
-                run_config, sizes=size_list, repeats=repeats, include_sequential=sequential is not False, baselines=baselines,
-                on_start=lambda size: status.update(f"measuring {'sequential' if size == SEQUENTIAL else f'batch size {size}'} (fresh process)"),
-                on_done=lambda r: stderr.print(_line(r)),
-            )  # fmt: skip
+        with _SizesProgress() as bar:
+            result = sweep(run_config, sizes=size_list, repeats=repeats, include_sequential=sequential is not False,
+                           baselines=baselines, on_start=bar.start, on_progress=bar.progress, on_done=bar.done)  # fmt: skip
     except BaseException:
         target.discard()
         raise
     _save_and_print(result, target.path, lambda saved: _print(result, json_, saved=saved))
+
+
+class _SizesProgress:
+    """The sweep on stderr: a bar for the size being measured (the samples of its timed passes), and
+    a line for each size measured. The bar goes when its size is done (it is transient: a log gets
+    the lines alone)."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=stderr, transient=True)  # fmt: skip
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> _SizesProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def start(self, size: int | str) -> None:
+        self.task = self.bar.add_task(f"{_label(size)}: loading (fresh process)", total=None)
+
+    def progress(self, size: int | str, step: str, done: int, total: int) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, description=f"{_label(size)}: {step}", completed=done, total=total)
+
+    def done(self, result: SizeResult) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.bar.refresh()  # else the line below would be printed with the finished bar redrawn under it
+            self.task = None
+        stderr.print(_line(result))
+
+
+def _label(size: int | str) -> str:
+    return "sequential" if size == SEQUENTIAL else f"batch size {size}"
 
 
 def _print(result: Sweep, json_: bool, *, saved: Path | None) -> None:

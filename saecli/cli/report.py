@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from saecli.cli.app import command, emit_json, results_in, stdout
+from saecli.cli.app import command, emit_json, results_in, stderr, stdout
 from saecli.cli.options import json_option
 from saecli.report import ALPHA, FOLDS_DEFAULT, MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
 from saecli.report.summary import baseline_sentence, best_sentence
@@ -32,6 +33,28 @@ def _short_words(value: float) -> str:
 
 def _side(value: float) -> str:
     return "hall higher" if value > 0.5 else "hall lower" if value < 0.5 else "no separation"
+
+
+def report_with_progress(run_dir: Path, **options: Any) -> Report:
+    """:func:`~saecli.report.make_report` with its steps drawn as a bar on stderr. No ETA: the steps
+    differ too much in length (a probe's fold against writing a CSV) for a rate to predict the rest."""
+    with Progress(
+        TextColumn("{task.description}", style="bold", markup=False),  # the description names the user's folder
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+    ) as bar:
+        task = bar.add_task(f"report: reading {run_dir}", total=None)
+
+        def progress(step: str, done: int, total: int) -> None:
+            bar.update(task, description=f"report: {step}", completed=done, total=total)
+
+        try:
+            return make_report(run_dir, progress=progress, **options)
+        except BaseException:
+            bar.live.transient = True  # the error (or the interruption) is what is left on stderr
+            raise
 
 
 def render_report(report: Report, *, top: int = TOP_DEFAULT) -> None:
@@ -108,7 +131,7 @@ def report(
     residual stream and SAE features, leave-one-domain-out tests, the features that differ most).
     Example: `saecli report runs/20250101T000000Z-tiny`, `saecli report RUN --bootstrap 2000 --json`.
     """
-    result = make_report(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top, folds=folds)
+    result = report_with_progress(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top, folds=folds)
     results_in(result.out_dir)
     if json_:
         emit_json(result.to_dict())

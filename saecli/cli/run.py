@@ -69,9 +69,14 @@ def _render(result: RunResult, as_json: bool) -> None:
         table.add_row(metric, *[f"{v:+.4f}" if v is not None else "–" for v in summary[metric].to_list()])
     stdout.print(table)
     t = m["timings"]
+    analysed = t.get("samples_analysed", m["samples"])  # manifests before it: every sample counted
+    rate = "–" if t["samples_per_second"] is None else f"{t['samples_per_second']:.1f}"
+    counted, before = f"{analysed} samples", ""
+    if m.get("resumed"):  # the rate is over the samples analysed now: those finished before took no time here
+        counted, before = f"{analysed} samples analysed", f"; {m['samples'] - analysed} finished before"
     stdout.print(
-        f"{m['samples']} samples in {t['analysis_seconds']:.1f}s ({t['samples_per_second']:.1f} samples/s, "
-        f"load {t['load_seconds']:.1f}s) on {m['device']} ({m['device_reason']}), {m['dtype']}, batch size {m['batch_size']}"
+        f"{counted} in {t['analysis_seconds']:.1f}s ({rate} samples/s, load {t['load_seconds']:.1f}s{before}) "
+        f"on {m['device']} ({m['device_reason']}), {m['dtype']}, batch size {m['batch_size']}"
     )
     stdout.print(f"results: {result.run_dir / 'metrics.parquet'}", soft_wrap=True)  # a path, whole on one line
 
@@ -148,11 +153,9 @@ def _run(
     results_in(result.run_dir)
     _render(result, as_json)
     if report:
-        from saecli.cli.report import render_report
-        from saecli.report import make_report
+        from saecli.cli.report import render_report, report_with_progress
 
-        with stderr.status("writing the report"):
-            made = make_report(result.run_dir)
+        made = report_with_progress(result.run_dir)
         if not as_json:
             render_report(made)
 

@@ -77,10 +77,12 @@ from saecli.report.detection import (
     detect,
     detect_metrics,
     numeric_metrics,
+    report_groups,
     run_metrics,
 )
 from saecli.report.features import FEATURES_TOP, FeatureRow, neuronpedia_id, rank_features, sample_excerpt
 from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, sample_groups, scores_frame
+from saecli.report.progress import ReportProgress, Steps
 from saecli.report.stats import (
     auroc,
     auroc_interval,
@@ -213,7 +215,7 @@ def load_texts(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | No
 
 def make_report(
     run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, out_dir: Path | None = None, top: int = TOP_DEFAULT,
-    folds: int = FOLDS_DEFAULT,
+    folds: int = FOLDS_DEFAULT, progress: ReportProgress | None = None,
 ) -> Report:  # fmt: skip
     """Compute the detection table of a finished run and write detection.csv, dashboard.png and
     summary.md into the run folder (or ``out_dir``); for a run with residuals also the probes,
@@ -221,7 +223,8 @@ def make_report(
     features.csv), the probes joining the detection ranking.
 
     The options are checked, the run (and its residuals) read and the output folder tried with a real
-    write before anything is computed; each file is written atomically (whole or absent).
+    write before anything is computed; each file is written atomically (whole or absent). ``progress``
+    is told of each step as it starts (:data:`~saecli.report.progress.ReportProgress`).
     """
     check_options(bootstrap=bootstrap, seed=seed, top=top, folds=folds)
     run_dir = Path(run_dir)
@@ -254,21 +257,24 @@ def make_report(
         bootstrap,
     )
     table, metrics = frame, run_metrics(frame, layers)
+    report.residuals = residuals is not None
+    steps = Steps(progress)  # the detection table per group, the family-wise test per group (with permutations), the files
+    steps.plan(report_groups(frame) * (2 if bootstrap else 1) + len(_writers(report, frame, top)))
     fits: list[Any] = []
     if residuals is None:
         report.notes.append(f"No {RESIDUALS_FILE} in the run: no probes, out-of-domain test or SAE feature ranking.")
     else:
-        report.residuals = True
-        fits = _probe_and_rank(report, frame, residuals, manifest, texts)
+        fits = _probe_and_rank(report, frame, residuals, manifest, texts, steps)
         if fits:  # the probes' out-of-fold scores join the metrics: one ranking, one family of tests
             scores, probe_metrics = scores_frame(fits, frame["domain"].to_list())
             table, metrics = frame.hstack(scores.drop("domain")), metrics + probe_metrics
-    report.rows = detect_metrics(table, metrics, bootstrap=bootstrap, seed=seed)
-    report.best = best_metrics(table, metrics, permutations=bootstrap, seed=seed)
+    report.rows = detect_metrics(table, metrics, bootstrap=bootstrap, seed=seed, steps=steps)
+    report.best = best_metrics(table, metrics, permutations=bootstrap, seed=seed, steps=steps)
     report.baselines = any(r.family == "baseline" for r in report.rows)  # summary.md says so when not
     if fits:
         report.probes = probe_rows(fits, [r for r in report.rows if r.family == PROBE])
-    write_files(report, frame, top=top)
+    write_files(report, frame, top=top, steps=steps)
+    steps.finish()
     log.info("wrote %s", ", ".join(str(p) for p in report.files.values()))
     return report
 
@@ -299,7 +305,12 @@ def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, 
 
 
 def _probe_and_rank(
-    report: Report, frame: pl.DataFrame, residuals: Residuals, manifest: dict[str, Any], texts: list[Any] | None
+    report: Report,
+    frame: pl.DataFrame,
+    residuals: Residuals,
+    manifest: dict[str, Any],
+    texts: list[Any] | None,
+    steps: Steps,
 ) -> list[Any]:
     """Probes, their generalisation, and the feature ranking per layer (with the samples each feature
     differs most on, and their ``texts`` when the run kept them); returns the probes' fits (their
@@ -308,13 +319,15 @@ def _probe_and_rank(
     groups = _text_groups(frame, manifest, report, texts)
     ids = frame["sample_id"].cast(pl.String).to_list()
     excerpts = [sample_excerpt(s.prompt, s.fact, s.hallucination) for s in texts] if texts is not None else None
-    outcome = run_probes(residuals, domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap, groups=groups)
+    ranked = [layer for layer in residuals.layers if all(residual_key(layer, k) in residuals.features for k in ("fact", "hall"))]
+    steps.plan(len(ranked))
+    outcome = run_probes(residuals, domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap, groups=groups,
+                         steps=steps)  # fmt: skip
     report.notes += outcome.notes
     report.generalisation = outcome.generalisation
-    for layer in residuals.layers:
-        fact, hall = residuals.features.get(residual_key(layer, "fact")), residuals.features.get(residual_key(layer, "hall"))
-        if fact is None or hall is None:
-            continue
+    for layer in ranked:
+        steps.start(f"SAE features: layer {layer}")
+        fact, hall = residuals.features[residual_key(layer, "fact")], residuals.features[residual_key(layer, "hall")]
         report.features += rank_features(
             fact, hall, layer=layer, top=FEATURES_TOP, bootstrap=report.bootstrap, seed=report.seed,
             neuronpedia=neuronpedia_id(manifest, layer), sample_ids=ids, excerpts=excerpts,
@@ -380,13 +393,8 @@ def _repr(value: float | None) -> str | None:
     return None if value is None else repr(value) if math.isfinite(value) else "NaN"
 
 
-def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT) -> None:
-    """detection.csv, dashboard.png and summary.md (and, with residuals, probes.csv,
-    generalisation.csv and features.csv) into ``report.out_dir``, each atomically.
-
-    A folder that fails on the way (a full disk, a mount gone read-only) is one error naming the file,
-    the files already written (kept, whole) and the fix; no file is ever left half-written.
-    """
+def _writers(report: Report, frame: pl.DataFrame, top: int) -> dict[str, tuple[str, Any]]:
+    """The report's files (name and writer of each), by key."""
     writers = {
         "detection": (DETECTION_FILE, lambda p: _full_precision(report.frame()).write_csv(p)),
         "dashboard": (DASHBOARD_FILE, lambda p: draw_dashboard(frame, report, p)),
@@ -401,7 +409,19 @@ def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT) 
             ),
             "features": (FEATURES_FILE, lambda p: _table(report.features, FeatureRow).write_csv(p, float_precision=6)),
         }
-    for key, (name, write) in writers.items():
+    return writers
+
+
+def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT, steps: Steps | None = None) -> None:
+    """detection.csv, dashboard.png and summary.md (and, with residuals, probes.csv,
+    generalisation.csv and features.csv) into ``report.out_dir``, each atomically; one step each.
+
+    A folder that fails on the way (a full disk, a mount gone read-only) is one error naming the file,
+    the files already written (kept, whole) and the fix; no file is ever left half-written.
+    """
+    steps = steps or Steps()
+    for key, (name, write) in _writers(report, frame, top).items():
+        steps.start(f"writing {name}")
         path = report.out_dir / name
         try:
             atomic_write(path, write)

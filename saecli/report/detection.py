@@ -19,6 +19,7 @@ import polars as pl
 
 from saecli.columns import BASELINE_METRICS, KINDS, LAYER_NUMERIC, PAIRED_METRICS, layer_column, layer_metric, paired_column
 from saecli.errors import SaecliError
+from saecli.report.progress import Steps
 from saecli.report.stats import (
     auroc,
     auroc_interval,
@@ -307,6 +308,11 @@ def _has_values(frame: pl.DataFrame, metric: Metric) -> bool:
     return bool(np.any(np.isfinite(values[0]) & np.isfinite(values[1])))
 
 
+def report_groups(frame: pl.DataFrame) -> int:
+    """How many groups the detection table and the family-wise test go through: each domain, then all."""
+    return frame["domain"].n_unique() + 1
+
+
 def _groups(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     domains = list(dict.fromkeys(frame["domain"].to_list()))
     return [(d, frame.filter(pl.col("domain") == d)) for d in domains] + [(ALL, frame)]
@@ -323,7 +329,9 @@ def _pairs(part: pl.DataFrame, metrics: Sequence[Metric]) -> list[tuple[np.ndarr
     return out
 
 
-def detect_metrics(frame: pl.DataFrame, metrics: Sequence[Metric], *, bootstrap: int = 1000, seed: int = 0) -> list[Detection]:
+def detect_metrics(
+    frame: pl.DataFrame, metrics: Sequence[Metric], *, bootstrap: int = 1000, seed: int = 0, steps: Steps | None = None
+) -> list[Detection]:
     """Detection statistics of ``metrics`` (columns of ``frame``), per domain (input order) and over
     all samples, with the Benjamini-Hochberg q-values over every row returned (one family).
 
@@ -331,11 +339,13 @@ def detect_metrics(frame: pl.DataFrame, metrics: Sequence[Metric], *, bootstrap:
     hall values stay together): the paired bootstrap of each metric's oriented AUROC minus the best
     baseline's (none without baselines or with ``bootstrap`` 0). The resamples depend only on the
     seed, the group and its size. A sample missing either value of a metric (null or NaN) is left out
-    of that metric only.
+    of that metric only. ``steps``: one step per group (:func:`report_groups`).
     """
     check_options(bootstrap=bootstrap, seed=seed)
+    steps = steps or Steps()
     rows: list[Detection] = []
     for domain, part in _groups(frame):
+        steps.start(f"detection table: {domain}")
         pairs = _pairs(part, metrics)
         group = [_row(metric, domain, *pair) for metric, pair in zip(metrics, pairs, strict=True)]
         if bootstrap and any(r.family == BASELINE and math.isfinite(r.auroc) for r in group):
@@ -389,7 +399,9 @@ def adjust(rows: Sequence[Detection]) -> list[Detection]:
     return [replace(r, q=float(v), significant=bool(v < ALPHA)) for r, v in zip(rows, q, strict=True)]
 
 
-def best_metrics(frame: pl.DataFrame, metrics: Sequence[Metric], *, permutations: int, seed: int = 0) -> list[Best]:
+def best_metrics(
+    frame: pl.DataFrame, metrics: Sequence[Metric], *, permutations: int, seed: int = 0, steps: Steps | None = None
+) -> list[Best]:
     """The family-wise verdict on the best metric of each group (domains, then all).
 
     The best is the metric with the largest |AUROC − 0.5| (its direction chosen on the same data).
@@ -397,12 +409,15 @@ def best_metrics(frame: pl.DataFrame, metrics: Sequence[Metric], *, permutations
     ``metrics``, each permutation swapping fact and hallucination within each pair with probability ½
     (the same swaps for every metric: :func:`~saecli.report.stats.flip_null_max`), so choosing the best
     of many is paid for. Probe scores are taken as they are (the probes are not refitted per
-    permutation). None without permutations.
+    permutation). None without permutations. ``steps``: one step per group (:func:`report_groups`)
+    when there are permutations.
     """
     if not permutations:
         return []
+    steps = steps or Steps()
     out = []
     for domain, part in _groups(frame):
+        steps.start(f"family-wise test: {domain} ({permutations} permutations)")
         pairs = _pairs(part, metrics)
         seps = [abs(auroc(h, f) - 0.5) if h.size else -1.0 for h, f, _ in pairs]
         if not pairs or max(seps) < 0:

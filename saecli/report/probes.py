@@ -42,10 +42,11 @@ nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ import polars as pl
 
 from saecli.columns import paired_column
 from saecli.report.detection import ALL, PROBE, Detection, Metric
+from saecli.report.progress import Steps
 from saecli.report.stats import (
     auroc,
     bootstrap_aurocs,
@@ -247,10 +249,12 @@ def grouped_folds(
 
 
 def cross_validate(
-    fact: Any, hall: Any, strata: Sequence[Any], *, n_splits: int, seed: int, groups: Sequence[Any] | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+    fact: Any, hall: Any, strata: Sequence[Any], *, n_splits: int, seed: int, groups: Sequence[Any] | None = None,
+    on_fold: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:  # fmt: skip
     """Out-of-fold decision scores of the fact and hall texts of n samples (rows of ``fact``/``hall``),
-    the test fold of each sample, and the AUROC within each fold (one split, fold seed ``seed``)."""
+    the test fold of each sample, and the AUROC within each fold (one split, fold seed ``seed``);
+    ``on_fold(k)`` as fold k starts."""
     n = fact.shape[0]
     x = _stack(fact, hall)
     y = np.r_[np.zeros(n), np.ones(n)]
@@ -258,6 +262,8 @@ def cross_validate(
     fold = np.full(n, -1, dtype=np.int64)
     fold_aurocs = []
     for k, (train, test) in enumerate(grouped_folds(strata, n_splits, seed, groups)):
+        if on_fold is not None:
+            on_fold(k)
         scores[test] = _fit_scores(x, y, train, test)
         samples = np.unique(test % n)
         fold[samples] = k
@@ -267,11 +273,15 @@ def cross_validate(
 
 def repeated_cross_validate(
     fact: Any, hall: Any, strata: Sequence[Any], *, n_splits: int, seed: int, repeats: int = PROBE_REPEATS,
-    groups: Sequence[Any] | None = None,
+    groups: Sequence[Any] | None = None, on_fold: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:  # fmt: skip
     """:func:`cross_validate` with the fold seeds ``seed`` … ``seed + repeats − 1``: the fact and hall
-    scores and the folds as (repeats × n) arrays, and the AUROCs of every fold of every repeat."""
-    runs = [cross_validate(fact, hall, strata, n_splits=n_splits, seed=seed + r, groups=groups) for r in range(repeats)]
+    scores and the folds as (repeats × n) arrays, and the AUROCs of every fold of every repeat.
+    ``on_fold(repeat, k)`` is called as each fold starts."""
+    runs = []
+    for r in range(repeats):
+        tell = None if on_fold is None else functools.partial(on_fold, r)
+        runs.append(cross_validate(fact, hall, strata, n_splits=n_splits, seed=seed + r, groups=groups, on_fold=tell))
     return (
         np.stack([r[0] for r in runs]),
         np.stack([r[1] for r in runs]),
@@ -333,12 +343,13 @@ def probe_detections(fits: Sequence[ProbeFit]) -> list[Detection]:
 
 
 def generalise(
-    fact: Any, hall: Any, domains: Sequence[str], *, bootstrap: int, seed: int, groups: Sequence[Any] | None = None
-) -> list[tuple[str, int, int, float, float, float]]:
+    fact: Any, hall: Any, domains: Sequence[str], *, bootstrap: int, seed: int, groups: Sequence[Any] | None = None,
+    on_domain: Callable[[str], None] | None = None,
+) -> list[tuple[str, int, int, float, float, float]]:  # fmt: skip
     """For each domain D (first-seen order): train on the other domains' samples (less any that shares
     a group, i.e. a text, with a sample of D), test on D's: (D, n_train, n_test, AUROC, ci_low,
     ci_high); the interval is the bootstrap over D's samples, on the resamples the detection table
-    draws for D (:func:`~saecli.report.stats.group_rng`)."""
+    draws for D (:func:`~saecli.report.stats.group_rng`). ``on_domain(D)`` is called as D starts."""
     n = fact.shape[0]
     labels = np.asarray(list(domains), dtype=object)
     codes = _sample_groups(n, groups)
@@ -346,6 +357,8 @@ def generalise(
     y = np.r_[np.zeros(n), np.ones(n)]
     out = []
     for domain in dict.fromkeys(labels.tolist()):
+        if on_domain is not None:
+            on_domain(str(domain))
         held = labels == domain
         test_samples = np.flatnonzero(held)
         train_samples = np.flatnonzero(~held & ~np.isin(codes, codes[held]))
@@ -365,18 +378,21 @@ def generalise(
 
 def _fit_probe(
     source: str, layer: int, fact: Any, hall: Any, domains: Sequence[str], *, n_splits: int, seed: int, bootstrap: int,
-    repeats: int, groups: Sequence[Any] | None,
+    repeats: int, groups: Sequence[Any] | None, steps: Steps,
 ) -> ProbeFit:  # fmt: skip
-    """One probe, cross-validated ``repeats`` times, with its detection rows."""
+    """One probe, cross-validated ``repeats`` times, with its detection rows (``repeats × n_splits + 1``
+    steps: the folds, then the intervals)."""
     name = probe_name(source, layer)
     f, h, folds, fold_aurocs = repeated_cross_validate(
-        fact, hall, domains, n_splits=n_splits, seed=seed, repeats=repeats, groups=groups
-    )
+        fact, hall, domains, n_splits=n_splits, seed=seed, repeats=repeats, groups=groups,
+        on_fold=lambda r, k: steps.start(f"{name}: repeat {r + 1}/{repeats}, fold {k + 1}/{n_splits}"),
+    )  # fmt: skip
     fit = ProbeFit(
         name, layer, source, int(fact.shape[1]), n_splits, f.mean(axis=0), h.mean(axis=0), folds[0], fold_aurocs,
         repeats=repeats, repeat_fact=f, repeat_hall=h, repeat_aurocs=[auroc(h[r], f[r]) for r in range(repeats)],
         groups=int(np.unique(_sample_groups(fact.shape[0], groups)).size),
     )  # fmt: skip
+    steps.start(f"{name}: intervals")
     fit.detections = repeated_detections(fit, domains, bootstrap=bootstrap, seed=seed)
     if repeats > 1:
         fit.repeat_sd = {d: float(np.std([auroc(h[r, m], f[r, m]) for r in range(repeats)], ddof=1)) for d, m in _parts(domains)}
@@ -386,12 +402,13 @@ def _fit_probe(
 
 def run_probes(
     residuals: Residuals, domains: Sequence[str], *, n_splits: int, seed: int, bootstrap: int,
-    groups: Sequence[Any] | None = None, repeats: int = PROBE_REPEATS,
+    groups: Sequence[Any] | None = None, repeats: int = PROBE_REPEATS, steps: Steps | None = None,
 ) -> ProbeOutcome:  # fmt: skip
     """Every probe the residuals allow (residual and SAE features, per layer), cross-validated
     ``repeats`` times with folds grouped by ``groups`` (a label per sample, e.g. :func:`text_groups`;
     default: the sample), and its leave-one-domain-out generalisation. ``residuals`` rows are the
-    run's rows (``domains``)."""
+    run's rows (``domains``). ``steps``: its steps are added to the plan, then started one by one."""
+    steps = steps or Steps()
     outcome = ProbeOutcome()
     n = residuals.n
     distinct = list(dict.fromkeys(domains))
@@ -418,18 +435,20 @@ def run_probes(
         )
     if len(distinct) < 2:
         outcome.notes.append("out-of-domain generalisation: not enough data (one domain only)")
+    steps.plan(len(inputs) * ((repeats * n_splits + 1 if cv else 0) + (len(distinct) if len(distinct) >= 2 else 0)))
     for source, layer, fact, hall in inputs:
         in_domain: dict[str, float] = {}
         if cv:
             fit = _fit_probe(source, layer, fact, hall, domains, n_splits=n_splits, seed=seed, bootstrap=bootstrap,
-                             repeats=repeats, groups=groups)  # fmt: skip
+                             repeats=repeats, groups=groups, steps=steps)  # fmt: skip
             outcome.fits.append(fit)
             in_domain = {r.domain: r.auroc for r in fit.detections}
         if len(distinct) >= 2:
             name = probe_name(source, layer)
             for domain, n_train, n_test, point, lo, hi in generalise(
-                fact, hall, domains, bootstrap=bootstrap, seed=seed, groups=groups
-            ):
+                fact, hall, domains, bootstrap=bootstrap, seed=seed, groups=groups,
+                on_domain=lambda d, name=name: steps.start(f"{name}: trained without {d}, tested on it"),
+            ):  # fmt: skip
                 outcome.generalisation.append(
                     Generalisation(name, layer, source, domain, n_train, n_test, point, lo, hi, in_domain.get(domain, math.nan))
                 )
