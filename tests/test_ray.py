@@ -125,6 +125,26 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, ray_cluster, plain, poo
         assert record["replaced_workers"] == 1 and [w["samples"] > 0 for w in record["per_worker"]] == [True, True]
 
 
+def test_the_test_cluster_tolerates_a_loaded_machine(ray_cluster):
+    from ray._raylet import Config
+
+    # The session's cluster was started with the tolerant health checks (the driver reads the cluster's settings).
+    assert Config.health_check_timeout_ms() >= 60_000 and Config.health_check_failure_threshold() >= 20
+
+
+def test_a_test_cluster_that_died_is_started_again(ray_session):
+    ray = ray_session.ray
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process
+    os.kill(raylet.pid, signal.SIGTERM)  # the node leaves the cluster at once, as one marked dead does
+    deadline = time.monotonic() + 30
+    while ray_session.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ray_session.alive()
+    died = ray_session.revive()  # what the ray_cluster fixture does after (and before) each test
+    assert died is not None and "died during this test" in died
+    assert ray_session.alive() and ray.get(ray.remote(num_cpus=0)(lambda: 42).remote(), timeout=60) == 42
+
+
 def test_out_of_memory_backs_off_inside_the_worker(tmp_path, ray_cluster, plain, oom_above):
     oom_above(1)
     result = execute(
