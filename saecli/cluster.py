@@ -151,6 +151,11 @@ def alive_nodes() -> list[Node]:
 def plan(info: ClusterInfo, options: RayOptions) -> Plan:
     """One worker per GPU (``num_gpus=1``), or per ``worker_cpus`` CPUs on a cluster without GPUs;
     refuse a number of workers the cluster cannot place (Ray would wait for them forever)."""
+    if not info.nodes:
+        raise SaecliError(
+            f"the Ray cluster at {info.address} has no alive node to run workers on",
+            hint="`ray status` on its head node shows what happened to them; a node joins with `ray start --address HEAD:PORT`",
+        )
     if info.gpus >= 1:
         capacity = sum(int(n.gpus) for n in info.nodes)
         workers = options.workers or capacity

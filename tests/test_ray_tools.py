@@ -13,8 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 import saecli
+from saecli import cluster
 from saecli.cli import app
 from saecli.doctor.nodes import ClusterFacts, NodeFacts, check_cluster
+from saecli.errors import SaecliError
 from saecli.memory import GiB
 
 runner = CliRunner()
@@ -37,6 +39,14 @@ def test_check_cluster_unreachable_is_one_failed_row():
     (row,) = check_cluster(facts, saecli.__version__)
     assert (row.name, row.status) == ("ray", "fail")
     assert "10.0.0.9:6379" in row.detail and "ray start --head" in row.hint and "saecli doctor" not in row.hint
+
+
+def test_a_cluster_without_alive_nodes_is_one_line():
+    info = cluster.ClusterInfo(ray_version="2.60.0", address="10.0.0.9:6379", started_here=False, nodes=[])
+    for options in (cluster.RayOptions(), cluster.RayOptions(workers=2), cluster.RayOptions(worker_cpus=4)):
+        with pytest.raises(SaecliError, match="10.0.0.9:6379 has no alive node") as caught:
+            cluster.plan(info, options)
+        assert "ray status" in caught.value.hint
 
 
 def test_check_cluster_rows_per_node():
