@@ -1,11 +1,13 @@
-"""Crash points for the resume tests: ``SAECLI_CRASH_AT=name`` (or ``name#k`` for the k-th time
-the point is reached) makes the process kill itself with SIGKILL there, as a power cut or the
-kernel's OOM killer would. Unset (always, outside tests), a crash point does nothing."""
+"""Fault points for tests. Crash points for the resume tests: ``SAECLI_CRASH_AT=name`` (or
+``name#k`` for the k-th time the point is reached) makes the process kill itself with SIGKILL there,
+as a power cut or the kernel's OOM killer would. Unset (always, outside tests), a fault point does
+nothing."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 _seen: Counter[str] = Counter()
@@ -28,3 +30,12 @@ def oom_point(batch_size: int) -> None:
     limit = os.environ.get("SAECLI_OOM_ABOVE")
     if limit and batch_size > int(limit):
         raise MemoryError(f"out of memory (SAECLI_OOM_ABOVE={limit}, batch of {batch_size})")
+
+
+def slow_load_point() -> None:
+    """``SAECLI_SLOW_LOAD=seconds``: a Ray worker waits that long before it loads the preset, as one
+    loading a large model from a cold disk would, so that the pool is tested going on without it.
+    Unset (always, outside tests), it does nothing."""
+    seconds = os.environ.get("SAECLI_SLOW_LOAD")
+    if seconds:
+        time.sleep(float(seconds))

@@ -50,7 +50,8 @@ MAX_REPLACEMENTS = 8
 """Dead workers replaced per run before giving up (a worker that dies on every chunk is a bug or a
 node that cannot run the preset, not bad luck)."""
 REPLACE_TIMEOUT = 300.0
-"""Seconds a replacement worker may take to load the preset (a 2B model from a cold disk)."""
+"""Seconds a replacement worker may take to load the preset (a 2B model from a cold disk); the
+other workers go on meanwhile."""
 
 
 # -- the worker ----------------------------------------------------------------------------------
@@ -100,8 +101,10 @@ class Worker:
         import torch
 
         from saecli.engine import Engine
+        from saecli.faults import slow_load_point
         from saecli.models import check_preset_files, load_preset
 
+        slow_load_point()
         torch.set_num_threads(threads)
         self.threads = threads
         self.samples_done = 0
@@ -202,6 +205,8 @@ class Pool:
     redone_chunks: int = 0
     next_id: int = 0
     ids: dict[Any, int] = field(default_factory=dict)
+    starting: dict[Any, tuple[Any, float]] = field(default_factory=dict)
+    """Replacement workers still loading the preset: their ``describe`` ref -> (actor, deadline)."""
 
     @classmethod
     def start(cls, plan: Plan, preset: Preset, config: RunConfig) -> Pool:
@@ -212,7 +217,8 @@ class Pool:
         pool._describe_all()
         return pool
 
-    def _spawn(self) -> Any:
+    def _spawn(self, join: bool = True) -> Any:
+        """A new worker actor; ``join``: one of the pool at once (else once it has loaded)."""
         options: dict[str, Any] = {"num_gpus": self.plan.gpus_per_worker, "num_cpus": self.plan.cpus_per_worker}
         env = {k: v for k, v in os.environ.items() if k.startswith("SAECLI_")}
         if env:  # the driver's saecli settings (test fault points) hold on the workers too
@@ -220,7 +226,8 @@ class Pool:
         actor = _actor_class().options(**options).remote(self.preset, self.config, threads=self.plan.cpus_per_worker)
         self.ids[actor] = self.next_id
         self.next_id += 1
-        self.actors.append(actor)
+        if join:
+            self.actors.append(actor)
         return actor
 
     def _describe_all(self) -> None:
@@ -233,8 +240,9 @@ class Pool:
     def run(self, samples: Sequence[Any], toks: Sequence[Any], chunks: list[list[int]], batch_size: int,
             on_busy: Any = None) -> Iterator[BatchResult]:  # fmt: skip
         """Hand chunks (lists of positions in ``samples``) to idle workers; yield each as it finishes
-        (in finishing order), its ``indices`` positions in ``samples``. A chunk whose worker dies goes back in the queue for another worker,
-        and a fresh worker takes the dead one's place."""
+        (in finishing order), its ``indices`` positions in ``samples``. A chunk whose worker dies goes
+        back in the queue for another worker; a fresh worker takes the dead one's place, and joins
+        in once it has loaded the preset, while the others go on working."""
         ray = import_ray()
         from ray.exceptions import RayActorError
 
@@ -252,9 +260,17 @@ class Pool:
                 on_busy(len(running), len(self.actors))
 
         hand_out()
-        while running:
-            ready, _ = ray.wait(list(running), num_returns=1)
+        while running or (queue and self.starting):
+            ready, _ = ray.wait([*running, *self.starting], num_returns=1, timeout=self._until_a_start_is_overdue())
+            if not ready:
+                self._give_up_overdue_starts()
+                continue
             ref = ready[0]
+            if ref in self.starting:
+                if (fresh := self._started_fresh(ref)) is not None:
+                    idle.append(fresh)
+                    hand_out()
+                continue
             actor, number = running.pop(ref)
             try:
                 result, seconds = get(ref)
@@ -262,7 +278,6 @@ class Pool:
                 self._replace(actor, exc)
                 queue.append(number)
                 self.redone_chunks += 1
-                idle.extend(a for a in self.actors if a not in idle and all(a is not r[0] for r in running.values()))
                 hand_out()
                 continue
             wid = self.ids[actor]
@@ -274,9 +289,9 @@ class Pool:
             yield dataclasses.replace(result, indices=[chunks[number][i] for i in result.indices])
 
     def _replace(self, actor: Any, exc: BaseException) -> None:
-        """Drop a dead worker; start a fresh one where the alive nodes still have room for it."""
+        """Drop a dead worker; start a fresh one where the alive nodes still have room for it. The
+        fresh one loads the preset while the others work: :meth:`run` takes it in when it is ready."""
         ray = import_ray()
-        from ray.exceptions import GetTimeoutError, RayActorError
 
         wid = self.ids[actor]
         log.warning("worker %d died (%s); its chunk goes to another worker", wid, str(exc).splitlines()[0][:160])
@@ -289,16 +304,43 @@ class Pool:
             raise SaecliError(
                 f"{self.replaced + 1} Ray workers died in this run; giving up", hint="see the Ray logs (`ray logs`)", exit_code=1
             )
-        if self._room() > len(self.actors):
+        if self._room() > len(self.actors) + len(self.starting):
             self.replaced += 1
-            fresh = self._spawn()
-            try:
-                self.described[self.ids[fresh]] = _started(get(fresh.describe.remote(), timeout=REPLACE_TIMEOUT))
-            except (RayActorError, GetTimeoutError):
-                log.warning("the replacement worker could not start; going on with %d worker(s)", len(self.actors) - 1)
-                self.actors.remove(fresh)
+            fresh = self._spawn(join=False)
+            self.starting[fresh.describe.remote()] = (fresh, time.monotonic() + REPLACE_TIMEOUT)
+        self._check_any_left()
+
+    def _started_fresh(self, ref: Any) -> Any:
+        """A fresh worker that has loaded the preset (now one of the pool), or None if it died loading."""
+        from ray.exceptions import RayActorError
+
+        fresh, _ = self.starting.pop(ref)
+        try:
+            self.described[self.ids[fresh]] = _started(get(ref))
+        except RayActorError as exc:
+            log.warning("a replacement worker died while loading (%s)", str(exc).splitlines()[0][:160])
+            self._check_any_left()
+            return None
+        self.actors.append(fresh)
+        return fresh
+
+    def _until_a_start_is_overdue(self) -> float | None:
+        if not self.starting:
+            return None
+        return max(0.0, min(deadline for _, deadline in self.starting.values()) - time.monotonic())
+
+    def _give_up_overdue_starts(self) -> None:
+        ray = import_ray()
+        now = time.monotonic()
+        for ref, (fresh, deadline) in list(self.starting.items()):
+            if deadline <= now:
+                log.warning("a replacement worker did not load within %g s; going on without it", REPLACE_TIMEOUT)
+                del self.starting[ref]
                 ray.kill(fresh)
-        if not self.actors:
+        self._check_any_left()
+
+    def _check_any_left(self) -> None:
+        if not self.actors and not self.starting:
             raise SaecliError("every Ray worker died and none could be started again", hint="see `ray status`", exit_code=1)
 
     def _room(self) -> int:
@@ -346,12 +388,13 @@ class Pool:
 
     def stop(self) -> None:
         ray = import_ray()
-        for actor in self.actors:
+        for actor in [*self.actors, *(fresh for fresh, _ in self.starting.values())]:
             try:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - stopping what may already be gone
                 pass
         self.actors.clear()
+        self.starting.clear()
 
 
 class RayBackend:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import polars as pl
@@ -93,24 +94,55 @@ def test_default_workers_one_per_gpu(ray_cluster):
         cluster.plan(info, cluster.RayOptions(workers=3))
 
 
-@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
-def test_a_worker_killed_mid_run_loses_nothing(tmp_path, ray_cluster, plain, pools, how):
+SLOW_LOAD = 120.0
+
+
+@pytest.mark.parametrize("how", ["ray.kill-one-of-two-replacement-loads-slowly", "SIGKILL-the-only-one"])
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path, ray_cluster, plain, pools, monkeypatch, how):
     killed = []
 
     def progress(done=None, total=None, busy=None):
-        if done and not killed:  # the first chunk is written: kill a worker that has more to do
-            actor = pools[0].actors[1]
-            if how == "ray.kill":
-                ray_cluster.kill(actor)
+        if done and not killed:  # the first chunk is written: kill workers that have more to do
+            if how.startswith("ray.kill"):
+                monkeypatch.setenv("SAECLI_SLOW_LOAD", str(SLOW_LOAD))  # workers started from now on load slowly
+                ray_cluster.kill(pools[0].actors[1])
             else:
-                os.kill(ray_cluster.get(actor.pid.remote()), signal.SIGKILL)
-            killed.append(how)
+                os.kill(ray_cluster.get(pools[0].actors[0].pid.remote()), signal.SIGKILL)
+            killed.append(time.perf_counter())
 
     config = RunConfig(limit=LIMIT, batch_size=2, dtype="float64")
-    result = execute(config, out=tmp_path / "run", ray=cluster.RayOptions(workers=2), progress=progress)
-    assert killed and result.frame.equals(plain)  # nothing lost, nothing twice, nothing changed
+    workers = 2 if how.startswith("ray.kill") else 1
+    result = execute(config, out=tmp_path / "run", ray=cluster.RayOptions(workers=workers), progress=progress)
+    after_kill = time.perf_counter() - killed[0]
+    assert result.frame.equals(plain)  # nothing lost, nothing twice, nothing changed
     record = result.manifest["cluster"]
-    assert record["replaced_workers"] >= 1 and sum(w["samples"] for w in record["per_worker"]) == LIMIT
+    assert sum(w["samples"] for w in record["per_worker"]) == LIMIT
+    if how.startswith("ray.kill"):
+        # The survivor went on with the rest while the replacement loaded: the driver did not wait for it.
+        assert record["replaced_workers"] == 1 and after_kill < SLOW_LOAD / 2, f"the run ended {after_kill:.1f} s after the kill"
+    else:
+        # Only the replacement was left: it joined once loaded and did the rest.
+        assert record["replaced_workers"] == 1 and [w["samples"] > 0 for w in record["per_worker"]] == [True, True]
+
+
+def test_the_test_cluster_tolerates_a_loaded_machine(ray_cluster):
+    from ray._raylet import Config
+
+    # The session's cluster was started with the tolerant health checks (the driver reads the cluster's settings).
+    assert Config.health_check_timeout_ms() >= 60_000 and Config.health_check_failure_threshold() >= 20
+
+
+def test_a_test_cluster_that_died_is_started_again(ray_session):
+    ray = ray_session.ray
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process
+    os.kill(raylet.pid, signal.SIGTERM)  # the node leaves the cluster at once, as one marked dead does
+    deadline = time.monotonic() + 30
+    while ray_session.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ray_session.alive()
+    died = ray_session.revive()  # what the ray_cluster fixture does after (and before) each test
+    assert died is not None and "died during this test" in died
+    assert ray_session.alive() and ray.get(ray.remote(num_cpus=0)(lambda: 42).remote(), timeout=60) == 42
 
 
 def test_out_of_memory_backs_off_inside_the_worker(tmp_path, ray_cluster, plain, oom_above):

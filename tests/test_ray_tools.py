@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 import saecli
+from saecli import cluster
 from saecli.cli import app
-from saecli.doctor.nodes import ClusterFacts, NodeFacts, check_cluster
+from saecli.cluster import DOCTOR_CHECKS
+from saecli.doctor.nodes import ClusterFacts, NodeFacts, check_cluster, gather_cluster
+from saecli.errors import SaecliError
 from saecli.memory import GiB
 
 runner = CliRunner()
@@ -33,10 +43,98 @@ def _rows(checks):
 
 def test_check_cluster_unreachable_is_one_failed_row():
     facts = ClusterFacts(address="10.0.0.9:6379", connect_error="cannot reach the Ray cluster at 10.0.0.9:6379 (Connection refused)",
-                         connect_hint="is `ray start --head` running there, and is the port open? `saecli doctor --ray ADDRESS` checks")  # fmt: skip
+                         connect_hint=f"check that `ray start --head` runs there and its port is open; {DOCTOR_CHECKS}")  # fmt: skip
     (row,) = check_cluster(facts, saecli.__version__)
     assert (row.name, row.status) == ("ray", "fail")
     assert "10.0.0.9:6379" in row.detail and "ray start --head" in row.hint and "saecli doctor" not in row.hint
+
+
+def test_doctor_shows_a_failed_join_with_its_whole_hint(monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster, "_reachable", lambda *args: None)  # as if it listened, and answered:
+    monkeypatch.setattr(cluster, "_authenticate", lambda *args: None, raising=False)
+
+    def init(**kwargs):  # but Ray could not join it
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379")
+
+    monkeypatch.setattr(ray, "init", init)
+    (row,) = check_cluster(gather_cluster("10.0.0.9:6379", None), saecli.__version__)
+    assert row.status == "fail" and "10.0.0.9:6379" in row.detail
+    assert "saecli doctor" not in row.hint and not re.search(r"\b(or|and|check|with)\W*$", row.hint), row.hint
+
+
+def test_a_cluster_without_alive_nodes_is_one_line():
+    info = cluster.ClusterInfo(ray_version="2.60.0", address="10.0.0.9:6379", started_here=False, nodes=[])
+    for options in (cluster.RayOptions(), cluster.RayOptions(workers=2), cluster.RayOptions(worker_cpus=4)):
+        with pytest.raises(SaecliError, match="10.0.0.9:6379 has no alive node") as caught:
+            cluster.plan(info, options)
+        assert "ray status" in caught.value.hint
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_init_calls(monkeypatch):
+    """This process not yet in a Ray cluster, and ``ray.init`` recording its arguments instead of
+    joining anything (the real one would wait on a bad address for minutes)."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    calls = []
+
+    def init(*args, **kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("stopped here: ray.init was called")
+
+    monkeypatch.setattr(ray, "init", init)
+    return calls
+
+
+@pytest.fixture
+def stale_address(tmp_path, monkeypatch, ray_init_calls):
+    """Ray's address file left by a `ray start --head` that was killed: nothing listens there now."""
+    services = pytest.importorskip("ray._private.services")
+    address = f"127.0.0.1:{_closed_port()}"
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(address)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])  # no other Ray instance on this machine
+    return address, tmp_path / "ray" / "ray_current_cluster", ray_init_calls
+
+
+def test_a_stale_address_file_is_one_line_naming_the_address_and_the_file(stale_address):
+    address, file, calls = stale_address
+    started = time.perf_counter()
+    with pytest.raises(SaecliError) as caught:
+        cluster.connect(cluster.RayOptions(address="auto"))
+    assert time.perf_counter() - started < cluster.CONNECT_TIMEOUT + 1 and not calls  # refused before Ray waits on it
+    port = address.rpartition(":")[2]  # Ray reads 127.0.0.1 there as this machine's address
+    assert f":{port} (from {file}" in caught.value.message and "ray start" in caught.value.hint
+
+
+def test_an_address_that_listens_but_never_answers_is_one_line_within_the_bound(ray_init_calls, monkeypatch):
+    monkeypatch.setattr(cluster, "GCS_TIMEOUT", 1.0, raising=False)
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.perf_counter()
+        with pytest.raises(SaecliError, match=f"no Ray cluster answered at {address} within 1 s"):
+            cluster.connect(cluster.RayOptions(address=address))
+    assert time.perf_counter() - started < 5 and not ray_init_calls
+
+
+def test_ray_alone_starts_a_local_instance_whatever_the_address_file_says(stale_address):
+    _, _, calls = stale_address
+    with pytest.raises(SaecliError) as caught:
+        cluster.connect(cluster.RayOptions())
+    assert calls and calls[0].get("address") == "local"  # never the stale address (Ray's default for no address)
+    assert caught.value.message.startswith("cannot start a local Ray instance")
 
 
 def test_check_cluster_rows_per_node():
@@ -162,3 +260,64 @@ def test_bench_ray_two_worker_counts(ray_cluster, tmp_path):
     assert len(rows[1]["per_worker_samples_per_second"]) == 2 and rows[1]["peak_memory_per_worker"] > 0
     assert (out / "bench.csv").read_text().startswith("workers,ok,")
     assert "efficiency" in result.stdout and ray_cluster.is_initialized()
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A cluster started the way a user starts one, `ray start --head`, which turns token
+    authentication on when the machine has a token (here in its own ~/.ray/auth_token); its own temp
+    folder, so that nothing of it meets another Ray on this machine. Yields (port, environment of
+    a driver that has the token); stopped by its process group (`ray stop` would stop every Ray here)."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(home), "RAY_TMPDIR": temp}
+    port = _closed_port()
+    log = tmp_path / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--port", str(port), "--num-cpus", "1",
+                                 "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield port, env
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _saecli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "saecli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=180)
+
+
+@pytest.mark.slow
+def test_joining_a_cluster_that_wants_a_token(ray_head, tmp_path):
+    port, env = ray_head
+    address, out = f"127.0.0.1:{port}", tmp_path / "never"
+    (tmp_path / "empty").mkdir()
+    # Without a token: one line that says what is missing, in seconds (Ray alone: "Failed to connect" after 24 s).
+    started = time.perf_counter()
+    proc = _saecli(
+        "run", "--limit", "2", "--ray", address, "--out", str(out), env=env | {"HOME": str(tmp_path / "empty")}, cwd=tmp_path
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and time.perf_counter() - started < 20, proc.stderr
+    assert f"the Ray cluster at {address} wants an authentication token" in lines[0] and "~/.ray/auth_token" in lines[0]
+    # A wrong one: refused, naming where it came from.
+    proc = _saecli(
+        "run", "--limit", "2", "--ray", address, "--out", str(out), env=env | {"RAY_AUTH_TOKEN": "not-the-token"}, cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "refused the authentication token from RAY_AUTH_TOKEN" in proc.stderr, proc.stderr
+    assert not out.exists()
+    # With the cluster's token in ~/.ray/auth_token, as Ray documents: joined, and the node checked.
+    proc = _saecli("doctor", "--ray", address, "--json", env=env, cwd=tmp_path)
+    report = json.loads(proc.stdout)
+    row = {c["name"]: c for c in report["checks"]}["ray"]
+    assert row["status"] == "ok" and f"joined {address}" in row["detail"], row
+    (node,) = report["cluster"]["nodes"]
+    assert node["saecli_version"] == saecli.__version__ and node["preset_status"] == "ok"

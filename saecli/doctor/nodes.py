@@ -8,17 +8,17 @@ and Hugging Face cache entries (:func:`saecli.doctor.preset.gather_preset`, whos
 
 Belongs here: :func:`gather_cluster` (the only function that touches Ray) filling a
 :class:`ClusterFacts`, and :func:`check_cluster`, a pure function of it. Ray stays optional:
-:mod:`saecli.cluster` is imported inside the functions.
+:mod:`saecli.cluster` imports it only inside its functions.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from saecli.cluster import DOCTOR_CHECKS
 from saecli.doctor.checks import Check, Status
 from saecli.errors import SaecliError
 from saecli.memory import GiB, gib
@@ -158,7 +158,7 @@ def check_cluster(facts: ClusterFacts, local_version: str | None = None) -> list
     """The ``ray`` row (reached or not), then per node its resources, its saecli and the preset's files."""
     if facts.connect_error is not None:
         # The connection's hint may point at this very check: leave that part out here.
-        hint = re.sub(r"[;,]?\s*`saecli doctor --ray[^`]*`( checks)?", "", facts.connect_hint or "").strip()
+        hint = (facts.connect_hint or "").removesuffix(f"; {DOCTOR_CHECKS}").strip()
         return [
             Check(
                 "ray",
