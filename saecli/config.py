@@ -346,7 +346,10 @@ class RunConfig:
     (a TOML table in a preset); None: the columns named like the fields, or a built-in dataset's own
     mapping. It changes what is analysed, so the samples it reads are part of the run's identity."""
     limit: int | None = None
-    """Analyse only the first N samples (after the domain filter)."""
+    """Analyse only N samples (after the domain filter), picked by ``limit_order``."""
+    limit_order: str = "balanced"
+    """How ``limit`` picks them (:func:`saecli.data.limited`): ``balanced``, a round-robin over the
+    domains, or ``file``, the first N. It changes what is analysed: part of the run's identity."""
     domains: tuple[str, ...] | None = None
     """Keep only these domains."""
     batch_size: int | str = 16
@@ -380,7 +383,7 @@ class RunConfig:
             check_option(f.name, getattr(self, f.name))
 
 
-PRESET_DEFAULT_KEYS = ("batch_size", "seed", "noise_std", "device", "data", "columns", "limit")
+PRESET_DEFAULT_KEYS = ("batch_size", "seed", "noise_std", "device", "data", "columns", "limit", "limit_order")
 
 
 def resolve_run_config(preset: Preset, /, **overrides: Any) -> RunConfig:

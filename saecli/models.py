@@ -346,7 +346,8 @@ def _random_saes(preset: Preset, model: HookedTransformer, dtype: str, device: s
     from saecli.data import load_samples
     from saecli.synthetic import calibrate_thresholds, random_sae
 
-    probe = [s.fact_text for s in load_samples(limit=32)]
+    # The first 32 in file order: the thresholds (and so every benchmark of these presets) stay as they were.
+    probe = [s.fact_text for s in load_samples(limit=32, limit_order="file")]
     tokens = model.to_tokens(probe, padding_side="right")
     lengths = torch.tensor([len(model.to_tokens(t)[0]) for t in probe], device=tokens.device)
     real = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) < lengths.unsqueeze(1)

@@ -22,14 +22,14 @@ from saecli import io
 from saecli.backend import Backend, LocalBackend, Progress
 from saecli.columns import PAIRED_METRICS, layer_column, layer_metric, paired_column
 from saecli.config import RunConfig, find_preset
-from saecli.data import builtin_benchmark_path, dataset_identity, load_samples
+from saecli.data import builtin_benchmark_path, dataset_identity, run_samples
 from saecli.errors import RunInterrupted, SaecliError
 from saecli.faults import crash_point
 from saecli.hub import package_versions
 from saecli.memory import is_out_of_memory as is_oom
 from saecli.memory import oom_message
 from saecli.models import LoadedPreset, PresetInfo, check_preset_files, load_preset
-from saecli.parts import Parts, check_parts, merge_parts, merged_residuals, write_part
+from saecli.parts import EARLIER_DEFAULTS, Parts, check_parts, merge_parts, merged_residuals, write_part
 from saecli.residuals import write_residuals
 from saecli.rundir import claim_run_dir, clear_outputs
 from saecli.validation import split_domains
@@ -140,9 +140,9 @@ def finish_manifest(
 IDENTITY_FIELDS = (
     "preset",
     "data",
-    "data_fingerprint",
     "domains",
     "limit",
+    "limit_order",
     "layers",
     "seed",
     "noise_std",
@@ -152,8 +152,10 @@ IDENTITY_FIELDS = (
     "truncation",
     "columns",
     "baselines",
+    "data_fingerprint",
 )
-"""What must not change between a run and its resumption."""
+"""What must not change between a run and its resumption; the settings first, so that a message
+names the one that changed rather than the samples it selects."""
 
 TRUNCATION = "one window"
 """How ``--truncate`` cuts a sample (:func:`saecli.plan.cut_to_context`). Runs made before it cut P,
@@ -172,6 +174,7 @@ def identity(config: RunConfig, loaded_layers: list[int], dtype: str, samples: l
         "data_fingerprint": digest.hexdigest()[:16],
         "domains": list(config.domains) if config.domains else None,
         "limit": config.limit,
+        "limit_order": config.limit_order,
         "layers": loaded_layers,
         "seed": config.seed,
         "noise_std": config.noise_std,
@@ -201,7 +204,7 @@ def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
         raise SaecliError(
             f"{run_dir / io.MANIFEST_FILE}: unknown config key {unknown[0]!r}", hint="was it written by another saecli version?"
         )
-    values = {**stored, **{k: v for k, v in overrides.items() if v is not None}}
+    values = {**EARLIER_DEFAULTS, **stored, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         values["domains"] = split_domains(values.get("domains"))
         return RunConfig(**values)
@@ -214,7 +217,7 @@ def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
 
 
 def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: Path) -> None:
-    stored = {"truncate": False, "baselines": False, **(manifest.get("identity") or {})}  # runs from before truncate was recorded
+    stored = {**EARLIER_DEFAULTS, "baselines": False, **(manifest.get("identity") or {})}
     for key in IDENTITY_FIELDS:
         if stored.get(key) != ident.get(key):
             raise SaecliError(
@@ -276,7 +279,7 @@ def execute(
     after the claim (a text longer than the model's context) leaves nothing behind.
     """
     preset = loaded.preset if loaded is not None else find_preset(config.preset)
-    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
+    samples = run_samples(config)
     if loaded is None:
         check_preset_files(preset)
     if ray is not None and config.mode != "batched":

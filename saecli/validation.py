@@ -13,6 +13,8 @@ from saecli.device import DEVICES, DTYPES
 from saecli.errors import SaecliError
 
 MODES = ("batched", "sequential")
+LIMIT_ORDERS = ("balanced", "file")
+"""How ``--limit N`` picks its N samples (:func:`saecli.data.limited`): round-robin over the domains, or the first N."""
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """Seeds and sample complexities are stored as signed 64-bit integers (torch generators, Parquet)."""
@@ -196,6 +198,7 @@ _OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "data": check_optional_str,
     "columns": check_columns,
     "limit": check_limit,
+    "limit_order": _check_choice(LIMIT_ORDERS),
     "domains": check_domains,
     "batch_size": check_batch_size,
     "seed": check_seed,

@@ -110,7 +110,7 @@ def preset_with_defaults(tmp_path) -> Path:
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
     text = re.sub(r"\[defaults\][^\[]*", "", tiny.read_text())
     path = tmp_path / "mine.toml"
-    path.write_text(text + "\n[defaults]\nseed = 7\nnoise_std = 0.25\nlimit = 6\nbatch_size = 3\n")
+    path.write_text(text + '\n[defaults]\nseed = 7\nnoise_std = 0.25\nlimit = 6\nlimit_order = "file"\nbatch_size = 3\n')
     return path
 
 
@@ -119,7 +119,7 @@ def test_every_command_honours_the_presets_defaults(capture, preset_with_default
     _invoke([*command, "--config", str(preset_with_defaults)])
     name = "bench --ray" if "--ray" in command else command[0]
     config = capture[name]
-    assert (config.seed, config.noise_std, config.limit) == (7, 0.25, 6)
+    assert (config.seed, config.noise_std, config.limit, config.limit_order) == (7, 0.25, 6, "file")
 
 
 def test_flags_beat_the_presets_defaults_everywhere(capture, preset_with_defaults):
@@ -188,6 +188,7 @@ OPTION_SETS = st.fixed_dictionaries(
     {"--limit": st.integers(1, 50)},  # given: bench's own default (4 × the largest size) is not run's
     optional={
         "--seed": st.integers(-(2**40), 2**40),
+        "--limit-order": st.sampled_from(["file", "balanced"]),
         "--noise-std": st.sampled_from(["0", "0.05", "0.3", "2.5"]),
         "--domains": st.sampled_from(["entity", "entity,logical", " temporal , adversarial "]),
         "--dtype": st.sampled_from(["float32", "float64"]),

@@ -41,16 +41,14 @@ def ray_sweep(
     run, then ``repeats`` runs per count, and with ``baselines`` "both" as many again without
     baselines. One Ray connection serves the sweep (started here and stopped at the end, or joined)."""
     from saecli.cluster import connect, import_ray, plan
-    from saecli.data import load_samples
+    from saecli.data import run_samples
 
     check_ray_options(workers=workers, sizes=[config.batch_size], repeats=repeats, limit=config.limit)
     if config.mode != "batched":
         raise SaecliError("bench --ray measures the batched analysis; the sequential reference runs on one machine",
                           hint="drop --sequential, or bench without --ray")  # fmt: skip
     ray_module = import_ray()
-    load_samples(
-        config.data, domains=config.domains, limit=config.limit, columns=config.columns
-    )  # bad data: one error, not one per run
+    run_samples(config)  # bad data: one error, not one per run
     chosen = find_preset(config.preset)
     timed = dataclasses.replace(config, baselines=baselines != "off")
     info = connect(ray)

@@ -46,12 +46,10 @@ def sweep(
     """Measure every size (and the sequential reference) of the run ``config`` describes, each in
     its own process; ``config.limit`` samples (the caller sets it: bench's default is 4 × the
     largest size)."""
-    from saecli.data import load_samples
+    from saecli.data import run_samples
 
     check_options(sizes=sizes, repeats=repeats, limit=config.limit)
-    load_samples(
-        config.data, domains=config.domains, limit=config.limit, columns=config.columns
-    )  # bad data: one error here, not one per size
+    run_samples(config)  # bad data: one error here, not one per size
     chosen = find_preset(config.preset)
     device, _ = resolve_device(config.device, live_facts())
     dtype = config.dtype or chosen.model.dtype

@@ -38,6 +38,7 @@ from saecli.cli.options import (
     DeviceOpt,
     DomainsOpt,
     DTypeOpt,
+    LimitOrderOpt,
     NoiseOpt,
     PresetOpt,
     RayOpt,
@@ -127,6 +128,7 @@ def bench(
     data: DataOpt = None,
     columns: ColumnsOpt = None,
     limit: BenchLimitOpt = None,
+    limit_order: LimitOrderOpt = None,
     domains: DomainsOpt = None,
     repeats: Annotated[
         int, typer.Option("--repeats", help=f"Timed passes per size (1 to {MAX_REPEATS}); the median is reported.")

@@ -22,6 +22,7 @@ from saecli.cli.options import (
     DomainsOpt,
     DType,
     LimitOpt,
+    LimitOrderOpt,
     NoiseOpt,
     PresetOpt,
     RunFlags,
@@ -121,6 +122,7 @@ def compare(
     data: DataOpt = None,
     columns: ColumnsOpt = None,
     limit: LimitOpt = None,
+    limit_order: LimitOrderOpt = None,
     domains: DomainsOpt = None,
     size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size to check (>= 1).")] = 16,
     sizes: Annotated[

@@ -21,11 +21,12 @@ import typer
 from saecli.config import DEFAULT_PRESET, Preset, RunConfig, find_preset, resolve_run_config
 from saecli.device import DEVICES, DTYPES
 from saecli.errors import SaecliError
-from saecli.validation import check_option
+from saecli.validation import LIMIT_ORDERS, check_option
 
 # The choices of --device and --dtype: saecli.device's vocabulary, the one the presets and the API accept.
 Device = StrEnum("Device", {name: name for name in DEVICES})
 DType = StrEnum("DType", {name: name for name in DTYPES})
+LimitOrder = StrEnum("LimitOrder", {name: name for name in LIMIT_ORDERS})
 
 PresetOpt = Annotated[
     str | None,
@@ -53,8 +54,17 @@ ColumnsOpt = Annotated[
     ),
 ]  # fmt: skip
 LimitOpt = Annotated[
-    int | None, typer.Option("--limit", "-n", help="Analyse only the first N samples (N >= 1).", show_default=False)
+    int | None,
+    typer.Option("--limit", "-n", help="Analyse only N samples (N >= 1), picked by --limit-order.", show_default=False),
 ]
+LimitOrderOpt = Annotated[
+    LimitOrder | None,
+    typer.Option(
+        "--limit-order", show_default=False,
+        help="Which N samples --limit keeps, in file order: balanced takes the domains in turn (round-robin, each "
+        "domain's first ones); file takes the first N [default: balanced].",
+    ),
+]  # fmt: skip
 DomainsOpt = Annotated[
     str | None,
     typer.Option("--domains", help="Comma-separated domains to keep, e.g. entity,logical (spaces allowed).", show_default=False),
@@ -133,6 +143,7 @@ class RunFlags:
     data: Path | None = None
     columns: str | None = None
     limit: int | None = None
+    limit_order: LimitOrder | None = None
     domains: str | None = None
     batch_size: str | None = None
     seed: int | None = None
@@ -163,6 +174,7 @@ class RunFlags:
             "data": str(self.data) if self.data is not None else None,
             "columns": self.columns,
             "limit": self.limit,
+            "limit_order": self.limit_order.value if self.limit_order is not None else None,
             "domains": self.domains,
             "batch_size": parse_batch_size(self.batch_size),
             "seed": self.seed,
