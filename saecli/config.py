@@ -19,6 +19,7 @@ from saecli.errors import SaecliError
 from saecli.validation import (
     INT64_MAX,
     canonical_columns,
+    check_hook_layer,
     check_int64,
     check_option,
     check_str,
@@ -170,6 +171,7 @@ class SAESpec:
             if key not in random:
                 raise SaecliError(f"sae.random for layer {self.layer} needs '{key}'")
         check_str(random["hook"], f"{where}.hook")
+        check_hook_layer(self.layer, random["hook"], "sae.random.hook")
         if not is_whole(random["d_sae"]) or not 1 <= random["d_sae"] <= INT64_MAX:
             raise SaecliError(f"{where}.d_sae must be a whole number >= 1, got {random['d_sae']!r}")
         if "target_l0" in random:

@@ -28,7 +28,7 @@ from saecli.device import dtype_problem, live_facts, resolve_device, sae_dtype_f
 from saecli.errors import SaecliError
 from saecli.hub import cached_snapshot, fetch_commands, is_offline, model_repo, sae_location
 from saecli.memory import is_out_of_memory
-from saecli.validation import check_option
+from saecli.validation import check_hook_layer, check_option
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -275,7 +275,9 @@ def check_preset_files(preset: Preset) -> None:
         folder = resolve_location(sae.path, preset.base_dir)
         if not folder.is_dir():
             raise _bad_file(what, folder, "is not a folder" if folder.exists() else "does not exist")
-        check_json_file(what, folder / "cfg.json")
+        cfg = check_json_file(what, folder / "cfg.json")
+        meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+        check_hook_layer(sae.layer, meta.get("hook_name", cfg.get("hook_name")), str(folder / "cfg.json"))
         check_safetensors_file(what, folder / "sae_weights.safetensors")
 
 
@@ -390,11 +392,15 @@ def _load_sae(spec: SAESpec, preset: Preset, dtype: str, device: str) -> SAE:
         if not (folder / "cfg.json").is_file():
             raise SaecliError(f"SAE folder for layer {spec.layer} not found or has no cfg.json: {folder}")
         with _naming(folder, f"(the SAE for layer {spec.layer}) cannot be loaded by SAELens"):
-            return SAE.load_from_disk(str(folder), device=device, dtype=dtype)
-    try:
-        return SAE.from_pretrained(spec.release, spec.id, device=device, dtype=dtype)
-    except OSError as exc:
-        raise SaecliError(f"could not load SAE {spec.identity}: {exc}".splitlines()[0]) from None
+            sae = SAE.load_from_disk(str(folder), device=device, dtype=dtype)
+    else:
+        try:
+            sae = SAE.from_pretrained(spec.release, spec.id, device=device, dtype=dtype)
+        except OSError as exc:
+            raise SaecliError(f"could not load SAE {spec.identity}: {exc}".splitlines()[0]) from None
+    # A hub SAE's hook is known only now: checked before the model loads (minutes for a large one).
+    check_hook_layer(spec.layer, sae.cfg.metadata.hook_name, f"SAE {spec.identity}")
+    return sae
 
 
 def load_preset(name_or_path: str | Preset = "tiny", *, device: str = "auto", dtype: str | None = None) -> LoadedPreset:

@@ -6,6 +6,7 @@ one-line :class:`SaecliError` naming that name and what is allowed."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -164,6 +165,22 @@ def check_threads(value: Any, name: str = "threads") -> int | None:
     if value is not None and (not is_whole(value) or not 1 <= value <= 1024):
         raise SaecliError(f"{name} must be a whole number from 1 to 1024, got {shown(value)}")
     return value
+
+
+_BLOCK_HOOK = re.compile(r"blocks\.(\d+)\.")
+
+
+def check_hook_layer(layer: int, hook: Any, where: str) -> None:
+    """The SAE of layer L must read a hook of block L (``blocks.L.…``) when it reads a block's hook
+    at all: the layer names its columns (``l{L}_…``) and the report's rows, which would otherwise
+    describe another block. ``where`` says where the hook was found (a preset, a cfg.json)."""
+    match = _BLOCK_HOOK.match(hook) if isinstance(hook, str) else None
+    if match is not None and int(match.group(1)) != layer:
+        block = int(match.group(1))
+        raise SaecliError(
+            f"{where}: the SAE for layer {layer} reads {hook!r}, a hook of block {block}",
+            hint=f"declare it as layer {block}, or give layer {layer} an SAE that reads blocks.{layer}",
+        )
 
 
 def check_bool(value: Any, name: str) -> bool:
