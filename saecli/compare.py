@@ -231,11 +231,11 @@ def compare_live(
         set_torch_threads(config.threads)
     exact = None
     if config.dtype not in (None, "float64"):
-        loaded = load_preset(config.preset, device=config.device, dtype="float64")
+        loaded = load_preset(config.preset, device=config.device, dtype="float64", layers=config.layers)
         exact = _frame(samples, loaded, config, "sequential float64", progress, sequential=True)
         del loaded  # the float64 model goes before the other is loaded: never two in memory
         gc.collect()
-    loaded = load_preset(config.preset, device=config.device, dtype=config.dtype)
+    loaded = load_preset(config.preset, device=config.device, dtype=config.dtype, layers=config.layers)
 
     def frame(label: str, **kwargs: Any) -> pl.DataFrame:
         return _frame(samples, loaded, config, label, progress, **kwargs)

@@ -403,11 +403,14 @@ def _load_sae(spec: SAESpec, preset: Preset, dtype: str, device: str) -> SAE:
     return sae
 
 
-def load_preset(name_or_path: str | Preset = "tiny", *, device: str = "auto", dtype: str | None = None) -> LoadedPreset:
-    """Load a preset by name, TOML path or :class:`Preset`, ready for :func:`saecli.analyze`."""
+def load_preset(name_or_path: str | Preset = "tiny", *, device: str = "auto", dtype: str | None = None,
+                layers: Any = None) -> LoadedPreset:  # fmt: skip
+    """Load a preset by name, TOML path or :class:`Preset`, ready for :func:`saecli.analyze`;
+    ``layers`` (``(5, 12, 20)`` or ``"5,12,20"``) reads those layers, as ``--layers`` does."""
     preset = name_or_path if isinstance(name_or_path, Preset) else find_preset(name_or_path)
     check_option("device", device)
     check_option("dtype", dtype)
+    preset = preset.with_layers(check_option("layers", layers))
     check_preset_files(preset)
     dtype = dtype or preset.model.dtype
     device, reason = resolve_device(device, live_facts())

@@ -21,7 +21,7 @@ import saecli
 from saecli import io
 from saecli.backend import Backend, LocalBackend, Progress
 from saecli.columns import PAIRED_METRICS, layer_column, layer_metric, paired_column
-from saecli.config import RunConfig, find_preset
+from saecli.config import RunConfig, run_preset
 from saecli.data import builtin_benchmark_path, dataset_identity, run_samples
 from saecli.errors import RunInterrupted, SaecliError
 from saecli.faults import crash_point
@@ -228,10 +228,11 @@ def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: P
 
 def _stored_identity(config: RunConfig, manifest: dict[str, Any], samples: list[Any]) -> dict[str, Any]:
     """The identity of ``config`` for a complete run, whose model is not loaded again: the layers
-    and (unless ``config`` names one) the dtype are the run's."""
+    and the dtype are the run's unless ``config`` names them."""
     recorded = manifest.get("identity") or {}
     dtype = recorded.get("dtype") if config.dtype in (None, "auto") else config.dtype
-    return identity(config, recorded.get("layers") or [], str(dtype), samples)
+    layers = list(config.layers) if config.layers is not None else recorded.get("layers") or []
+    return identity(config, layers, str(dtype), samples)
 
 
 def remaining(samples: list[Any], finished: Iterable[str]) -> list[int]:
@@ -278,7 +279,7 @@ def execute(
     merged into ``metrics.parquet`` (rows in input order), atomically, and removed. Input found bad
     after the claim (a text longer than the model's context) leaves nothing behind.
     """
-    preset = loaded.preset if loaded is not None else find_preset(config.preset)
+    preset = loaded.preset if loaded is not None else run_preset(config)
     samples = run_samples(config)
     if loaded is None:
         check_preset_files(preset)

@@ -101,6 +101,27 @@ def check_domains(value: Any, name: str = "domains") -> tuple[str, ...] | None:
     return value
 
 
+def split_layers(value: Any) -> Any:
+    """``"5,12,20"`` (spaces allowed) or a list → ``(5, 12, 20)``; anything else as it is (for
+    :func:`check_layers` to judge)."""
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        return tuple(int(part) for part in parts) if all(part.isascii() and part.isdigit() for part in parts) else value
+    return tuple(value) if isinstance(value, list) else value
+
+
+def check_layers(value: Any, name: str = "layers") -> tuple[int, ...] | None:
+    """None (the preset's own layers) or three different layers >= 0, early to late: the engine reads
+    an early layer (drift, twist, stability, entropy) and two later ones (their consistency)."""
+    layers = split_layers(value)
+    if layers is None:
+        return None
+    if not (isinstance(layers, tuple) and len(layers) == 3 and all(is_whole(n) for n in layers)
+            and 0 <= layers[0] < layers[1] < layers[2]):  # fmt: skip
+        raise SaecliError(f"{name} must be three different layers from early to late, e.g. 5,12,20, got {shown(value)}")
+    return layers
+
+
 COLUMN_TARGETS = ("id", "prompt", "fact", "hallucination", "domain", "topic", "complexity")
 """The sample fields a table's or a dataset's columns can be mapped to (``--columns fact=best_answer``)."""
 
@@ -216,6 +237,7 @@ _OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "columns": check_columns,
     "limit": check_limit,
     "limit_order": _check_choice(LIMIT_ORDERS),
+    "layers": check_layers,
     "domains": check_domains,
     "batch_size": check_batch_size,
     "seed": check_seed,

@@ -109,7 +109,7 @@ def measure(document: dict[str, Any]) -> dict[str, Any]:
     config = RunConfig(**document["config"])
     mode = document.get("baselines", "on")
     config = dataclasses.replace(config, baselines=mode != "off")
-    loaded = load_preset(config.preset, device=config.device, dtype=config.dtype)
+    loaded = load_preset(config.preset, device=config.device, dtype=config.dtype, layers=config.layers)
     threads = set_torch_threads(config.threads) if loaded.device == "cpu" else None
     samples = run_samples(config)
     model_memory = allocated_bytes(loaded.device)

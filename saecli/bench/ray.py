@@ -14,7 +14,7 @@ from typing import Any
 
 from saecli.bench.results import RaySweep, WorkersResult
 from saecli.bench.setup import check_ray_options
-from saecli.config import RunConfig, find_preset
+from saecli.config import RunConfig, run_preset
 from saecli.errors import SaecliError
 from saecli.hub import package_versions
 from saecli.runner import execute
@@ -49,7 +49,7 @@ def ray_sweep(
                           hint="drop --sequential, or bench without --ray")  # fmt: skip
     ray_module = import_ray()
     run_samples(config)  # bad data: one error, not one per run
-    chosen = find_preset(config.preset)
+    chosen = run_preset(config)
     timed = dataclasses.replace(config, baselines=baselines != "off")
     info = connect(ray)
     try:

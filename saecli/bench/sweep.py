@@ -14,7 +14,7 @@ from typing import Any
 from saecli.bench.measure import job
 from saecli.bench.results import SEQUENTIAL, SizeResult, Sweep, recommend
 from saecli.bench.setup import check_options
-from saecli.config import RunConfig, find_preset
+from saecli.config import RunConfig, run_preset
 from saecli.device import live_facts, resolve_device
 from saecli.hub import package_versions
 from saecli.memory import available_memory
@@ -50,7 +50,7 @@ def sweep(
 
     check_options(sizes=sizes, repeats=repeats, limit=config.limit)
     run_samples(config)  # bad data: one error here, not one per size
-    chosen = find_preset(config.preset)
+    chosen = run_preset(config)
     device, _ = resolve_device(config.device, live_facts())
     dtype = config.dtype or chosen.model.dtype
     measured = RunConfig(**{**asdict(config), "device": device, "dtype": dtype})

@@ -18,6 +18,7 @@ from saecli.cli.options import (
     DeviceOpt,
     DomainsOpt,
     DTypeOpt,
+    LayersOpt,
     LimitOpt,
     LimitOrderOpt,
     NoiseOpt,
@@ -40,6 +41,7 @@ _STATUS = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "
 def doctor(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
+    layers: LayersOpt = None,
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
     data: DataOpt = None,

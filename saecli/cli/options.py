@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from saecli.config import DEFAULT_PRESET, Preset, RunConfig, find_preset, resolve_run_config
+from saecli.config import DEFAULT_PRESET, Preset, RunConfig, find_preset, resolve_run_config, run_preset
 from saecli.device import DEVICES, DTYPES
 from saecli.errors import SaecliError
 from saecli.validation import LIMIT_ORDERS, check_option
@@ -32,6 +32,14 @@ PresetOpt = Annotated[
     str | None,
     typer.Option("--preset", "-p", help="Preset name: tiny (embedded, default), gemma-2-2b, gpt2-small, ...", show_default=False),
 ]
+LayersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layers", metavar="L1,L2,L3", show_default=False,
+        help="The three layers to read, early to late, e.g. 5,12,20: presets whose SAE ids follow the layer "
+        "(gemma-2-2b, gpt2-small) [default: the preset's].",
+    ),
+]  # fmt: skip
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="A preset TOML file (instead of --preset).", show_default=False)
 ]
@@ -140,6 +148,7 @@ class RunFlags:
 
     preset: str | None = None
     config: Path | None = None
+    layers: str | None = None
     data: Path | None = None
     columns: str | None = None
     limit: int | None = None
@@ -171,6 +180,7 @@ class RunFlags:
         message names ``--limit``, not ``limit``); None for the ones not given."""
         raw = {
             "preset": self.preset_name,
+            "layers": self.layers,
             "data": str(self.data) if self.data is not None else None,
             "columns": self.columns,
             "limit": self.limit,
@@ -202,12 +212,13 @@ def resolve_run(
         from saecli.runner import resume_config
 
         config = resume_config(resume, **overrides)
-        return find_preset(config.preset), config
+        return run_preset(config), config
     name = overrides["preset"] or DEFAULT_PRESET
     preset = find_preset(name)
     given = {key: value for key, value in overrides.items() if value is not None}
     below = {key: value for key, value in command_defaults.items() if key not in preset.defaults}
-    return preset, resolve_run_config(preset, **{**below, **given, "preset": name})
+    config = resolve_run_config(preset, **{**below, **given, "preset": name})
+    return run_preset(config, preset), config
 
 
 def parse_counts(text: str, option: str, example: str = "1,8,32") -> list[int]:

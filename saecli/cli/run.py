@@ -20,6 +20,7 @@ from saecli.cli.options import (
     DeviceOpt,
     DomainsOpt,
     DTypeOpt,
+    LayersOpt,
     LimitOpt,
     LimitOrderOpt,
     NoiseOpt,
@@ -179,6 +180,7 @@ WorkersOpt = Annotated[
 def run(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
+    layers: LayersOpt = None,
     data: DataOpt = None,
     columns: ColumnsOpt = None,
     limit: LimitOpt = None,
@@ -214,6 +216,7 @@ def run(
 def sequential(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
+    layers: LayersOpt = None,
     data: DataOpt = None,
     columns: ColumnsOpt = None,
     limit: LimitOpt = None,

@@ -50,7 +50,7 @@ def run_probe(config: RunConfig) -> ProbeResult:
 
     samples = run_samples(config)
     try:
-        loaded = load_preset(config.preset, device=config.device, dtype=config.dtype)
+        loaded = load_preset(config.preset, device=config.device, dtype=config.dtype, layers=config.layers)
     except SaecliError as exc:
         return ProbeResult(ok=False, error=exc.message, hint=exc.hint)
     except Exception as exc:  # noqa: BLE001
