@@ -222,20 +222,20 @@ def compare_live(
     dtype, and compare every metric column at each batch size. Below float64, also run the
     sequential reference in float64 first (its model freed before the other loads) and report the
     drift of every run against it."""
-    from saecli.data import load_samples
+    from saecli.data import run_samples
     from saecli.device import live_facts, resolve_device, set_torch_threads
     from saecli.models import load_preset
 
-    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
+    samples = run_samples(config)
     if resolve_device(config.device, live_facts())[0] == "cpu":
         set_torch_threads(config.threads)
     exact = None
     if config.dtype not in (None, "float64"):
-        loaded = load_preset(config.preset, device=config.device, dtype="float64")
+        loaded = load_preset(config.preset, device=config.device, dtype="float64", layers=config.layers)
         exact = _frame(samples, loaded, config, "sequential float64", progress, sequential=True)
         del loaded  # the float64 model goes before the other is loaded: never two in memory
         gc.collect()
-    loaded = load_preset(config.preset, device=config.device, dtype=config.dtype)
+    loaded = load_preset(config.preset, device=config.device, dtype=config.dtype, layers=config.layers)
 
     def frame(label: str, **kwargs: Any) -> pl.DataFrame:
         return _frame(samples, loaded, config, label, progress, **kwargs)

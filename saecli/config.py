@@ -19,12 +19,15 @@ from saecli.errors import SaecliError
 from saecli.validation import (
     INT64_MAX,
     canonical_columns,
+    check_hook_layer,
     check_int64,
     check_option,
     check_str,
     is_finite_number,
     is_whole,
+    shown,
     split_domains,
+    split_layers,
 )
 
 BUILTIN_PREFIX = "builtin:"
@@ -170,6 +173,7 @@ class SAESpec:
             if key not in random:
                 raise SaecliError(f"sae.random for layer {self.layer} needs '{key}'")
         check_str(random["hook"], f"{where}.hook")
+        check_hook_layer(self.layer, random["hook"], "sae.random.hook")
         if not is_whole(random["d_sae"]) or not 1 <= random["d_sae"] <= INT64_MAX:
             raise SaecliError(f"{where}.d_sae must be a whole number >= 1, got {random['d_sae']!r}")
         if "target_l0" in random:
@@ -184,6 +188,47 @@ class SAESpec:
         if self.random is not None:
             return f"random:{self.random['hook']}:{self.random['d_sae']}"
         return self.path if self.path is not None else f"{self.release}/{self.id}"
+
+
+@dataclass(frozen=True)
+class SAETemplate:
+    """A preset's ``[sae_template]``: the SAE of any layer in ``layer_range``, ``{layer}`` in its id
+    (or in a random SAE's hook) standing for the layer. What ``--layers`` reads its SAEs from."""
+
+    layer_range: tuple[int, int]
+    """The first and the last layer with an SAE (``[0, 25]`` in TOML)."""
+    release: str | None = None
+    """SAELens release, e.g. ``gemma-scope-2b-pt-res-canonical``."""
+    id: str | None = None
+    """SAE id with ``{layer}``, e.g. ``layer_{layer}/width_16k/canonical``."""
+    random: dict[str, Any] | None = None
+    """A random SAE as in ``[[sae]]``, its hook with ``{layer}`` (its seed is the layer unless given)."""
+
+    def __post_init__(self) -> None:
+        span = self.layer_range
+        if not (
+            isinstance(span, (list, tuple)) and len(span) == 2 and all(is_whole(n) for n in span) and 0 <= span[0] <= span[1]
+        ):
+            raise SaecliError(f"'sae_template.layer_range' must be [first, last], whole numbers with 0 <= first <= last, got {shown(span)}")  # fmt: skip
+        object.__setattr__(self, "layer_range", tuple(span))
+        _check_field_types(self, "sae_template")
+        key, text = ("random.hook", self.random.get("hook")) if self.random is not None else ("id", self.id)
+        if not isinstance(text, str) or "{layer}" not in text:
+            raise SaecliError(f"'sae_template.{key}' must hold {{layer}}, where the layer goes, got {shown(text)}",
+                              hint="e.g. id = \"layer_{layer}/width_16k/canonical\"")  # fmt: skip
+        try:
+            self.spec(span[0])  # every other check is the SAE's own
+        except SaecliError as exc:
+            raise SaecliError(f"[sae_template]: {exc.message}", exc.hint) from None
+
+    def spec(self, layer: int) -> SAESpec:
+        """The SAE of ``layer``."""
+
+        def fill(text: Any) -> Any:
+            return text.replace("{layer}", str(layer)) if isinstance(text, str) else text
+
+        random = None if self.random is None else {"seed": layer, **self.random, "hook": fill(self.random.get("hook"))}
+        return SAESpec(layer=layer, release=self.release, id=fill(self.id), random=random)
 
 
 @dataclass(frozen=True)
@@ -207,6 +252,8 @@ class Preset:
     trained_on_benchmark: bool = False
     """True when the model (or its SAEs) learned the built-in benchmark's facts (the embedded ``tiny``):
     on that benchmark its log-probability and reconstruction AUROCs are in-sample, and the report says so."""
+    sae_template: SAETemplate | None = None
+    """The SAE of any layer in a range, for ``--layers``; None: the preset's own SAEs only."""
 
     def __post_init__(self) -> None:
         self._check_defaults()
@@ -234,14 +281,30 @@ class Preset:
     def layers(self) -> list[int]:
         return [s.layer for s in self.saes]
 
+    def with_layers(self, layers: tuple[int, ...] | None) -> Preset:
+        """This preset reading ``layers`` (``--layers``: checked three, early to late), each SAE its
+        ``[sae_template]``'s; None: as it is."""
+        if layers is None:
+            return self
+        if self.sae_template is None:
+            raise SaecliError(f"preset {self.name} cannot read other layers (--layers): it names each of its SAEs, "
+                              "with no [sae_template]", hint="--layers needs a preset whose SAE ids follow the layer, "
+                              "e.g. gemma-2-2b or gpt2-small")  # fmt: skip
+        first, last = self.sae_template.layer_range
+        outside = [n for n in layers if not first <= n <= last]
+        if outside:
+            raise SaecliError(f"--layers: preset {self.name} has SAEs for layers {first} to {last}, not for {outside[0]}")
+        return dataclasses.replace(self, saes=tuple(self.sae_template.spec(n) for n in layers))
+
     @property
     def base_dir(self) -> Path:
         return Path(self.source).parent if self.source else Path.cwd()
 
 
-_PRESET_KEYS = {"name", "description", "model", "sae", "defaults", "synthetic", "trained_on_benchmark"}
+_PRESET_KEYS = {"name", "description", "model", "sae", "sae_template", "defaults", "synthetic", "trained_on_benchmark"}
 _MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
 _SAE_KEYS = {f.name for f in dataclasses.fields(SAESpec)}
+_TEMPLATE_KEYS = {f.name for f in dataclasses.fields(SAETemplate)}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -285,6 +348,13 @@ def load_preset_file(path: Path) -> Preset:
         _expect(table.get("layer"), int, f"sae[{i}].layer", path)
         saes.append(_with_source(path, lambda t=table: SAESpec(**t)))
     defaults = _expect(raw.get("defaults", {}), dict, "defaults", path)
+    template = None
+    if "sae_template" in raw:
+        table = _expect(raw["sae_template"], dict, "sae_template", path)
+        _check_keys(table, _TEMPLATE_KEYS, "[sae_template]", path)
+        if "layer_range" not in table:
+            raise SaecliError(f"{path}: [sae_template] needs 'layer_range', its first and last layer, e.g. [0, 25]")
+        template = _with_source(path, lambda: SAETemplate(**table))
     return _with_source(
         path,
         lambda: Preset(
@@ -296,6 +366,7 @@ def load_preset_file(path: Path) -> Preset:
             source=str(path),
             synthetic=_expect(raw.get("synthetic", False), bool, "synthetic", path),
             trained_on_benchmark=_expect(raw.get("trained_on_benchmark", False), bool, "trained_on_benchmark", path),
+            sae_template=template,
         ),
     )
 
@@ -338,6 +409,9 @@ class RunConfig:
 
     preset: str = DEFAULT_PRESET
     """Preset name or TOML path."""
+    layers: tuple[int, ...] | None = None
+    """The three layers to read, early to late (``--layers 5,12,20``), each SAE from the preset's
+    ``[sae_template]``; None: the preset's own layers."""
     data: str | None = None
     """Benchmark file or folder, a CSV/TSV/Parquet table, or ``hf:NAME[:CONFIG][:SPLIT]`` (a Hugging
     Face dataset in the local cache); None is the built-in benchmark."""
@@ -346,7 +420,10 @@ class RunConfig:
     (a TOML table in a preset); None: the columns named like the fields, or a built-in dataset's own
     mapping. It changes what is analysed, so the samples it reads are part of the run's identity."""
     limit: int | None = None
-    """Analyse only the first N samples (after the domain filter)."""
+    """Analyse only N samples (after the domain filter), picked by ``limit_order``."""
+    limit_order: str = "balanced"
+    """How ``limit`` picks them (:func:`saecli.data.limited`): ``balanced``, a round-robin over the
+    domains, or ``file``, the first N. It changes what is analysed: part of the run's identity."""
     domains: tuple[str, ...] | None = None
     """Keep only these domains."""
     batch_size: int | str = 16
@@ -376,11 +453,12 @@ class RunConfig:
         # --domains arrives as "a,b" (the CLI), a list (a manifest's JSON) or a tuple (Python).
         object.__setattr__(self, "domains", split_domains(self.domains))
         object.__setattr__(self, "columns", canonical_columns(self.columns))
+        object.__setattr__(self, "layers", split_layers(self.layers))
         for f in dataclasses.fields(self):
             check_option(f.name, getattr(self, f.name))
 
 
-PRESET_DEFAULT_KEYS = ("batch_size", "seed", "noise_std", "device", "data", "columns", "limit")
+PRESET_DEFAULT_KEYS = ("batch_size", "seed", "noise_std", "device", "data", "columns", "limit", "limit_order")
 
 
 def resolve_run_config(preset: Preset, /, **overrides: Any) -> RunConfig:
@@ -396,4 +474,11 @@ def resolve_run_config(preset: Preset, /, **overrides: Any) -> RunConfig:
     data = values.get("data")
     if data is not None and preset.defaults.get("data") == data and not str(data).startswith(HF_PREFIX):
         values["data"] = str(resolve_location(values["data"], preset.base_dir))
-    return RunConfig(**values)
+    config = RunConfig(**values)
+    preset.with_layers(config.layers)  # layers this preset has no SAE for: refused now, before anything loads
+    return config
+
+
+def run_preset(config: RunConfig, preset: Preset | None = None) -> Preset:
+    """The preset a run reads: ``preset`` (default: the one ``config`` names) with ``config.layers``."""
+    return (preset if preset is not None else find_preset(config.preset)).with_layers(config.layers)

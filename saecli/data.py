@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from saecli import hfdata, tables
-from saecli.config import assets_dir
+from saecli.config import RunConfig, assets_dir
 from saecli.errors import SaecliError
 from saecli.io import file_sha256
-from saecli.validation import INT64_MAX, INT64_MIN, check_domains, check_limit, columns_mapping
+from saecli.validation import INT64_MAX, INT64_MIN, check_domains, check_limit, check_option, columns_mapping
 
 # HB-1000 (neural-polygraph) ships one file per suite; the record's own "domain" is a topic.
 HB_FILES = {
@@ -262,6 +262,7 @@ def load_samples(
     domains: Iterable[str] | None = None,
     limit: int | None = None,
     columns: str | dict[str, str] | None = None,
+    limit_order: str = "balanced",
 ) -> list[Sample]:
     """Load benchmark samples, in file order.
 
@@ -271,10 +272,12 @@ def load_samples(
     Hugging Face dataset in the local cache. None loads the built-in benchmark. ``columns``
     (``"prompt=question,fact=best_answer"`` or a dict) names the columns of a table or dataset that
     hold the sample fields (default: the columns named like them, or a built-in dataset's mapping).
+    ``limit`` keeps N of the samples (after the domain filter) as :func:`limited` picks them by ``limit_order``.
     """
     if path is not None and not isinstance(path, (str, Path)):
         raise SaecliError(f"data must be a path, got {type(path).__name__} {path!r}")
     check_limit(limit)
+    check_option("limit_order", limit_order)
     if domains is not None:
         domains = check_domains(tuple(domains) if not isinstance(domains, str) else domains)
     given = columns_mapping(columns)
@@ -305,9 +308,42 @@ def load_samples(
         if missing:
             raise SaecliError(f"domain {missing[0]!r} is not in the data", hint=f"domains present: {', '.join(present)}")
         samples = [s for s in samples if s.domain in wanted]
-    if limit is not None:
-        samples = samples[:limit]
-    return samples
+    return samples if limit is None else limited(samples, limit, limit_order)
+
+
+def run_samples(config: RunConfig) -> list[Sample]:
+    """The samples a run's configuration selects (its data, columns, domains and limit, in its
+    limit order): what every command that runs the engine analyses."""
+    return load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns,
+                        limit_order=config.limit_order)  # fmt: skip
+
+
+def limited(samples: list[Sample], limit: int, order: str = "balanced") -> list[Sample]:
+    """``limit`` of ``samples``, in file order. ``file``: the first ones. ``balanced``: as a
+    round-robin over the domains (in the order each first appears) picks them, each domain's in
+    file order: every domain gives as many as the smallest it can, a domain with too few gives
+    all of its own and the others share the rest, the first domains one more when it does not
+    divide evenly. Benchmarks list their domains one after the other, so the first N would often
+    be one domain alone."""
+    if order == "file" or limit >= len(samples):
+        return samples[:limit]
+    members: dict[str, list[int]] = {}
+    for i, sample in enumerate(samples):
+        members.setdefault(sample.domain, []).append(i)
+    sizes = [len(m) for m in members.values()]
+    # The number of whole rounds: the largest r whose rounds take at most ``limit`` samples
+    # (a binary search, so that a million samples in thousands of domains cost no loop per sample).
+    low, high = 0, max(sizes)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if sum(min(n, mid) for n in sizes) <= limit else (low, mid - 1)
+    left = limit - sum(min(n, low) for n in sizes)
+    keep: list[int] = []
+    for indices in members.values():
+        extra = 1 if left > 0 and len(indices) > low else 0
+        left -= extra
+        keep += indices[: low + extra]
+    return [samples[i] for i in sorted(keep)]
 
 
 def dataset_identity(path: str | Path | None, columns: str | dict[str, str] | None = None) -> dict[str, Any]:

@@ -110,6 +110,9 @@ class Engine:
         self.config = config or RunConfig()
         self.model = loaded.model
         self.layers = list(loaded.layers)
+        if self.config.layers is not None and list(self.config.layers) != self.layers:
+            raise SaecliError(f"the configuration reads layers {list(self.config.layers)}, the loaded preset {self.layers}",
+                              hint="load the preset with them: saecli.load_preset(name, layers=...)")  # fmt: skip
         self.timer = timer or StageTimer()
         self.backoff = backoff
         """Split a batch that runs out of memory (off for ``bench``, which must see the OOM)."""

@@ -28,7 +28,7 @@ from saecli.device import dtype_problem, live_facts, resolve_device, sae_dtype_f
 from saecli.errors import SaecliError
 from saecli.hub import cached_snapshot, fetch_commands, is_offline, model_repo, sae_location
 from saecli.memory import is_out_of_memory
-from saecli.validation import check_option
+from saecli.validation import check_hook_layer, check_option
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -275,7 +275,9 @@ def check_preset_files(preset: Preset) -> None:
         folder = resolve_location(sae.path, preset.base_dir)
         if not folder.is_dir():
             raise _bad_file(what, folder, "is not a folder" if folder.exists() else "does not exist")
-        check_json_file(what, folder / "cfg.json")
+        cfg = check_json_file(what, folder / "cfg.json")
+        meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+        check_hook_layer(sae.layer, meta.get("hook_name", cfg.get("hook_name")), str(folder / "cfg.json"))
         check_safetensors_file(what, folder / "sae_weights.safetensors")
 
 
@@ -346,7 +348,8 @@ def _random_saes(preset: Preset, model: HookedTransformer, dtype: str, device: s
     from saecli.data import load_samples
     from saecli.synthetic import calibrate_thresholds, random_sae
 
-    probe = [s.fact_text for s in load_samples(limit=32)]
+    # The first 32 in file order: the thresholds (and so every benchmark of these presets) stay as they were.
+    probe = [s.fact_text for s in load_samples(limit=32, limit_order="file")]
     tokens = model.to_tokens(probe, padding_side="right")
     lengths = torch.tensor([len(model.to_tokens(t)[0]) for t in probe], device=tokens.device)
     real = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) < lengths.unsqueeze(1)
@@ -389,18 +392,25 @@ def _load_sae(spec: SAESpec, preset: Preset, dtype: str, device: str) -> SAE:
         if not (folder / "cfg.json").is_file():
             raise SaecliError(f"SAE folder for layer {spec.layer} not found or has no cfg.json: {folder}")
         with _naming(folder, f"(the SAE for layer {spec.layer}) cannot be loaded by SAELens"):
-            return SAE.load_from_disk(str(folder), device=device, dtype=dtype)
-    try:
-        return SAE.from_pretrained(spec.release, spec.id, device=device, dtype=dtype)
-    except OSError as exc:
-        raise SaecliError(f"could not load SAE {spec.identity}: {exc}".splitlines()[0]) from None
+            sae = SAE.load_from_disk(str(folder), device=device, dtype=dtype)
+    else:
+        try:
+            sae = SAE.from_pretrained(spec.release, spec.id, device=device, dtype=dtype)
+        except OSError as exc:
+            raise SaecliError(f"could not load SAE {spec.identity}: {exc}".splitlines()[0]) from None
+    # A hub SAE's hook is known only now: checked before the model loads (minutes for a large one).
+    check_hook_layer(spec.layer, sae.cfg.metadata.hook_name, f"SAE {spec.identity}")
+    return sae
 
 
-def load_preset(name_or_path: str | Preset = "tiny", *, device: str = "auto", dtype: str | None = None) -> LoadedPreset:
-    """Load a preset by name, TOML path or :class:`Preset`, ready for :func:`saecli.analyze`."""
+def load_preset(name_or_path: str | Preset = "tiny", *, device: str = "auto", dtype: str | None = None,
+                layers: Any = None) -> LoadedPreset:  # fmt: skip
+    """Load a preset by name, TOML path or :class:`Preset`, ready for :func:`saecli.analyze`;
+    ``layers`` (``(5, 12, 20)`` or ``"5,12,20"``) reads those layers, as ``--layers`` does."""
     preset = name_or_path if isinstance(name_or_path, Preset) else find_preset(name_or_path)
     check_option("device", device)
     check_option("dtype", dtype)
+    preset = preset.with_layers(check_option("layers", layers))
     check_preset_files(preset)
     dtype = dtype or preset.model.dtype
     device, reason = resolve_device(device, live_facts())

@@ -41,6 +41,9 @@ RESIDUALS_NAME = re.compile(r"part-(\d{6})\.residuals\.safetensors")
 TEMPORARY_NAME = re.compile(r"\.part-.*\.(parquet|residuals\.safetensors)\..*\.tmp")
 """Half-written files of an interrupted run (:func:`saecli.io.atomic_write`), removed on resume."""
 IDENTITY_KEY = "saecli_identity"
+EARLIER_DEFAULTS = {"truncate": False, "limit_order": "file"}
+"""What a run made before saecli recorded these settings did: it never truncated, and its
+``--limit`` took the first N samples."""
 RESIDUALS_KEY = "saecli_residuals_sha256"
 
 
@@ -150,6 +153,7 @@ def _check_one(path: Path, layers: Sequence[int], ident: dict[str, Any], residua
         theirs = None
     if not isinstance(theirs, dict):
         raise _not_ours(run_dir, f"{PARTS_DIR}/{path.name}", resume, "it records no saecli run")
+    theirs = {**EARLIER_DEFAULTS, **theirs}
     for key, value in ident.items():
         if theirs.get(key) != value:
             raise _not_ours(

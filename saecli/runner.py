@@ -21,15 +21,15 @@ import saecli
 from saecli import io
 from saecli.backend import Backend, LocalBackend, Progress
 from saecli.columns import PAIRED_METRICS, layer_column, layer_metric, paired_column
-from saecli.config import RunConfig, find_preset
-from saecli.data import builtin_benchmark_path, dataset_identity, load_samples
+from saecli.config import RunConfig, run_preset
+from saecli.data import builtin_benchmark_path, dataset_identity, run_samples
 from saecli.errors import RunInterrupted, SaecliError
 from saecli.faults import crash_point
 from saecli.hub import package_versions
 from saecli.memory import is_out_of_memory as is_oom
 from saecli.memory import oom_message
 from saecli.models import LoadedPreset, PresetInfo, check_preset_files, load_preset
-from saecli.parts import Parts, check_parts, merge_parts, merged_residuals, write_part
+from saecli.parts import EARLIER_DEFAULTS, Parts, check_parts, merge_parts, merged_residuals, write_part
 from saecli.residuals import write_residuals
 from saecli.rundir import claim_run_dir, clear_outputs
 from saecli.validation import split_domains
@@ -144,9 +144,9 @@ def finish_manifest(
 IDENTITY_FIELDS = (
     "preset",
     "data",
-    "data_fingerprint",
     "domains",
     "limit",
+    "limit_order",
     "layers",
     "seed",
     "noise_std",
@@ -156,8 +156,10 @@ IDENTITY_FIELDS = (
     "truncation",
     "columns",
     "baselines",
+    "data_fingerprint",
 )
-"""What must not change between a run and its resumption."""
+"""What must not change between a run and its resumption; the settings first, so that a message
+names the one that changed rather than the samples it selects."""
 
 TRUNCATION = "one window"
 """How ``--truncate`` cuts a sample (:func:`saecli.plan.cut_to_context`). Runs made before it cut P,
@@ -176,6 +178,7 @@ def identity(config: RunConfig, loaded_layers: list[int], dtype: str, samples: l
         "data_fingerprint": digest.hexdigest()[:16],
         "domains": list(config.domains) if config.domains else None,
         "limit": config.limit,
+        "limit_order": config.limit_order,
         "layers": loaded_layers,
         "seed": config.seed,
         "noise_std": config.noise_std,
@@ -205,7 +208,7 @@ def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
         raise SaecliError(
             f"{run_dir / io.MANIFEST_FILE}: unknown config key {unknown[0]!r}", hint="was it written by another saecli version?"
         )
-    values = {**stored, **{k: v for k, v in overrides.items() if v is not None}}
+    values = {**EARLIER_DEFAULTS, **stored, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         values["domains"] = split_domains(values.get("domains"))
         return RunConfig(**values)
@@ -218,7 +221,7 @@ def resume_config(run_dir: Path, **overrides: Any) -> RunConfig:
 
 
 def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: Path) -> None:
-    stored = {"truncate": False, "baselines": False, **(manifest.get("identity") or {})}  # runs from before truncate was recorded
+    stored = {**EARLIER_DEFAULTS, "baselines": False, **(manifest.get("identity") or {})}
     for key in IDENTITY_FIELDS:
         if stored.get(key) != ident.get(key):
             raise SaecliError(
@@ -229,10 +232,11 @@ def _check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: P
 
 def _stored_identity(config: RunConfig, manifest: dict[str, Any], samples: list[Any]) -> dict[str, Any]:
     """The identity of ``config`` for a complete run, whose model is not loaded again: the layers
-    and (unless ``config`` names one) the dtype are the run's."""
+    and the dtype are the run's unless ``config`` names them."""
     recorded = manifest.get("identity") or {}
     dtype = recorded.get("dtype") if config.dtype in (None, "auto") else config.dtype
-    return identity(config, recorded.get("layers") or [], str(dtype), samples)
+    layers = list(config.layers) if config.layers is not None else recorded.get("layers") or []
+    return identity(config, layers, str(dtype), samples)
 
 
 def remaining(samples: list[Any], finished: Iterable[str]) -> list[int]:
@@ -279,8 +283,8 @@ def execute(
     merged into ``metrics.parquet`` (rows in input order), atomically, and removed. Input found bad
     after the claim (a text longer than the model's context) leaves nothing behind.
     """
-    preset = loaded.preset if loaded is not None else find_preset(config.preset)
-    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
+    preset = loaded.preset if loaded is not None else run_preset(config)
+    samples = run_samples(config)
     if loaded is None:
         check_preset_files(preset)
     if ray is not None and config.mode != "batched":

@@ -6,6 +6,7 @@ one-line :class:`SaecliError` naming that name and what is allowed."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ from saecli.device import DEVICES, DTYPES
 from saecli.errors import SaecliError
 
 MODES = ("batched", "sequential")
+LIMIT_ORDERS = ("balanced", "file")
+"""How ``--limit N`` picks its N samples (:func:`saecli.data.limited`): round-robin over the domains, or the first N."""
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """Seeds and sample complexities are stored as signed 64-bit integers (torch generators, Parquet)."""
@@ -98,6 +101,27 @@ def check_domains(value: Any, name: str = "domains") -> tuple[str, ...] | None:
     return value
 
 
+def split_layers(value: Any) -> Any:
+    """``"5,12,20"`` (spaces allowed) or a list → ``(5, 12, 20)``; anything else as it is (for
+    :func:`check_layers` to judge)."""
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        return tuple(int(part) for part in parts) if all(part.isascii() and part.isdigit() for part in parts) else value
+    return tuple(value) if isinstance(value, list) else value
+
+
+def check_layers(value: Any, name: str = "layers") -> tuple[int, ...] | None:
+    """None (the preset's own layers) or three different layers >= 0, early to late: the engine reads
+    an early layer (drift, twist, stability, entropy) and two later ones (their consistency)."""
+    layers = split_layers(value)
+    if layers is None:
+        return None
+    if not (isinstance(layers, tuple) and len(layers) == 3 and all(is_whole(n) for n in layers)
+            and 0 <= layers[0] < layers[1] < layers[2]):  # fmt: skip
+        raise SaecliError(f"{name} must be three different layers from early to late, e.g. 5,12,20, got {shown(value)}")
+    return layers
+
+
 COLUMN_TARGETS = ("id", "prompt", "fact", "hallucination", "domain", "topic", "complexity")
 """The sample fields a table's or a dataset's columns can be mapped to (``--columns fact=best_answer``)."""
 
@@ -164,6 +188,22 @@ def check_threads(value: Any, name: str = "threads") -> int | None:
     return value
 
 
+_BLOCK_HOOK = re.compile(r"blocks\.(\d+)\.")
+
+
+def check_hook_layer(layer: int, hook: Any, where: str) -> None:
+    """The SAE of layer L must read a hook of block L (``blocks.L.…``) when it reads a block's hook
+    at all: the layer names its columns (``l{L}_…``) and the report's rows, which would otherwise
+    describe another block. ``where`` says where the hook was found (a preset, a cfg.json)."""
+    match = _BLOCK_HOOK.match(hook) if isinstance(hook, str) else None
+    if match is not None and int(match.group(1)) != layer:
+        block = int(match.group(1))
+        raise SaecliError(
+            f"{where}: the SAE for layer {layer} reads {hook!r}, a hook of block {block}",
+            hint=f"declare it as layer {block}, or give layer {layer} an SAE that reads blocks.{layer}",
+        )
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise SaecliError(f"{name} must be true or false, got {shown(value)}")
@@ -196,6 +236,8 @@ _OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "data": check_optional_str,
     "columns": check_columns,
     "limit": check_limit,
+    "limit_order": _check_choice(LIMIT_ORDERS),
+    "layers": check_layers,
     "domains": check_domains,
     "batch_size": check_batch_size,
     "seed": check_seed,

@@ -343,8 +343,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--preset", default="gpt2-small-shape", help="saecli preset name or TOML path")
-    parser.add_argument("--limit", type=int, default=32, help="first N samples (forward, engine)")
-    parser.add_argument("--research-limit", type=int, default=None, help="first N samples for research (default min(limit, 16))")
+    parser.add_argument("--limit", type=int, default=32, help="N samples, as saecli's --limit picks them (forward, engine)")
+    parser.add_argument(
+        "--research-limit", type=int, default=None, help="the first N of those for research (default: min(limit, 16))"
+    )
     parser.add_argument("--data", default=None, help="samples file or folder (default: the built-in benchmark)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])

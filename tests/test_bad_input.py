@@ -62,7 +62,7 @@ random_init = true
 tokenizer = "builtin:tiny/model/tokenizer.json"
 {model}
 [model.config]
-n_layers = 2
+n_layers = 3
 d_model = 16
 n_heads = 2
 d_head = 8
@@ -79,7 +79,7 @@ layer = 1
 random = {{ hook = "blocks.1.hook_resid_post", d_sae = 32 }}
 [[sae]]
 layer = 2
-random = {{ hook = "blocks.1.hook_resid_pre", d_sae = 32 }}
+random = {{ hook = "blocks.2.hook_resid_pre", d_sae = 32 }}
 """
 
 
@@ -158,8 +158,8 @@ CASES = [
     ),
     (
         "SAE hook not in model",
-        lambda t: ["run", "--config", str(_preset(t, str(_sae_folder(t, "s", 128, "blocks.9.hook_resid_post"))))],
-        "reads hook 'blocks.9.hook_resid_post', which the model",
+        lambda t: ["run", "--config", str(_preset(t, str(_sae_folder(t, "s", 128, "blocks.3.hook_bogus"))))],
+        "reads hook 'blocks.3.hook_bogus', which the model",
     ),
     ("batch size 0", lambda t: ["run", "--batch-size", "0"], "--batch-size must be a whole number >= 1"),
     ("batch size negative", lambda t: ["run", "--batch-size", "-3"], "--batch-size must be a whole number >= 1"),
@@ -261,7 +261,7 @@ CASES = [
     ),
     (
         "config model.config mistyped",
-        lambda t: _random_toml(t, edit=("n_layers = 2", 'n_layers = "two"')),
+        lambda t: _random_toml(t, edit=("n_layers = 3", 'n_layers = "three"')),
         "r.toml has a [model.config] that is not a valid",
     ),
     # The preset's own files: checked before any model is built, each named.

@@ -36,6 +36,9 @@ def test_run_writes_run_folder(tmp_path):
     frame = pl.read_parquet(out / "metrics.parquet")
     assert frame.columns == ["sample_id", "domain", "topic", "complexity", *metric_columns(manifest["layers"])]
     assert frame["sample_id"].to_list() == [s.id for s in saecli.load_samples(limit=6)]
+    # The built-in benchmark lists its domains one after the other: --limit takes them in turn, and says so.
+    assert frame["domain"].to_list() == ["entity", "entity", "temporal", "temporal", "logical", "adversarial"]
+    assert manifest["config"]["limit_order"] == manifest["identity"]["limit_order"] == "balanced"
 
 
 @pytest.mark.slow

@@ -41,6 +41,37 @@ def test_domains_and_limit(hb_dir):
     assert len(samples) == 250 and {s.domain for s in samples} == {"entity", "logical"}
 
 
+def test_limit_takes_the_domains_in_turn_in_file_order(hb_dir):
+    """HB-1000 lists its suites one after the other: the first 100 would all be entity swaps."""
+    both = load_samples(hb_dir, domains=["entity", "logical"])
+    picked = load_samples(hb_dir, domains=["entity", "logical"], limit=100)
+    assert Counter(s.domain for s in picked) == {"entity": 50, "logical": 50}
+    chosen = {s.id for s in picked}
+    # Each domain's first 50, kept in file order; the same subset every time.
+    assert [s.id for s in picked] == [s.id for s in both if s.id in chosen]
+    assert chosen == {s.id for d in ("entity", "logical") for s in [x for x in both if x.domain == d][:50]}
+    assert picked == load_samples(hb_dir, domains=["logical", "entity"], limit=100)
+    # A domain with too few gives all it has, the others share the rest (round-robin: the first ones one more).
+    assert Counter(s.domain for s in load_samples(hb_dir, limit=900)) == {
+        "entity": 230,
+        "temporal": 270,
+        "logical": 200,
+        "adversarial": 200,
+    }
+    assert Counter(s.domain for s in load_samples(hb_dir, limit=6)) == {
+        "entity": 2,
+        "temporal": 2,
+        "logical": 1,
+        "adversarial": 1,
+    }
+    assert load_samples(hb_dir, limit=10**6) == load_samples(hb_dir)
+    assert [s.id for s in load_samples(hb_dir, domains=["entity", "logical"], limit=100, limit_order="file")] == [
+        s.id for s in both[:100]
+    ]
+    with pytest.raises(SaecliError, match="limit_order must be one of balanced, file"):
+        load_samples(hb_dir, limit=2, limit_order="random")
+
+
 def test_jsonl_and_json_list(tmp_path):
     rec = {"id": "a", "domain": "entity", "prompt": "P", "fact": "f", "hallucination": "h"}
     (tmp_path / "x.jsonl").write_text(json.dumps(rec) + "\n\n" + json.dumps({**rec, "id": "b"}) + "\n")

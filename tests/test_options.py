@@ -110,7 +110,7 @@ def preset_with_defaults(tmp_path) -> Path:
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
     text = re.sub(r"\[defaults\][^\[]*", "", tiny.read_text())
     path = tmp_path / "mine.toml"
-    path.write_text(text + "\n[defaults]\nseed = 7\nnoise_std = 0.25\nlimit = 6\nbatch_size = 3\n")
+    path.write_text(text + '\n[defaults]\nseed = 7\nnoise_std = 0.25\nlimit = 6\nlimit_order = "file"\nbatch_size = 3\n')
     return path
 
 
@@ -119,7 +119,16 @@ def test_every_command_honours_the_presets_defaults(capture, preset_with_default
     _invoke([*command, "--config", str(preset_with_defaults)])
     name = "bench --ray" if "--ray" in command else command[0]
     config = capture[name]
-    assert (config.seed, config.noise_std, config.limit) == (7, 0.25, 6)
+    assert (config.seed, config.noise_std, config.limit, config.limit_order) == (7, 0.25, 6, "file")
+
+
+@pytest.mark.parametrize(
+    "command", [["run"], ["sequential"], ["bench", "--no-sequential"], ["bench", "--ray"], ["compare"], ["doctor"]]
+)
+def test_every_command_takes_layers_and_limit_order(capture, command):
+    _invoke([*command, "--preset", "gpt2-small-shape", "--layers", "1,5,9", "--limit-order", "file"])
+    name = "bench --ray" if "--ray" in command else "run" if command == ["sequential"] else command[0]
+    assert (capture[name].layers, capture[name].limit_order) == ((1, 5, 9), "file")
 
 
 def test_flags_beat_the_presets_defaults_everywhere(capture, preset_with_defaults):
@@ -188,6 +197,8 @@ OPTION_SETS = st.fixed_dictionaries(
     {"--limit": st.integers(1, 50)},  # given: bench's own default (4 × the largest size) is not run's
     optional={
         "--seed": st.integers(-(2**40), 2**40),
+        "--limit-order": st.sampled_from(["file", "balanced"]),
+        "--layers": st.sampled_from(["1,5,9", "0, 6,11"]),  # with a preset that has an [sae_template]
         "--noise-std": st.sampled_from(["0", "0.05", "0.3", "2.5"]),
         "--domains": st.sampled_from(["entity", "entity,logical", " temporal , adversarial "]),
         "--dtype": st.sampled_from(["float32", "float64"]),
@@ -207,7 +218,7 @@ def _argv(options: dict[str, Any]) -> list[str]:
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(options=OPTION_SETS)
 def test_every_path_resolves_the_same_configuration(capture, options):
-    argv = _argv(options)
+    argv = _argv(options) + (["--preset", "gpt2-small-shape"] if "--layers" in options else [])
     if "--dtype" not in options:
         argv += ["--dtype", "float32"]  # compare's own default is float64: the same options, given explicitly
     bench_baselines = ["--baselines", "off"] if "--no-baselines" in options else []

@@ -109,6 +109,22 @@ def test_resume_refuses_other_settings_and_non_runs(tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_refuses_another_limit_order(tmp_path):
+    out = tmp_path / "run"
+    assert (
+        runner.invoke(app, ["run", "--limit", "2", "--limit-order", "file", "--no-baselines", "--out", str(out)]).exit_code == 0
+    )
+    result = runner.invoke(app, ["run", "--resume", str(out), "--limit-order", "balanced"])
+    assert result.exit_code == 2 and "limit_order was 'file' and is now 'balanced'" in result.output
+    # A run from before the order was recorded took the first N samples: resumed, it keeps them.
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["config"]["limit_order"], manifest["identity"]["limit_order"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["run", "--resume", str(out)])
+    assert result.exit_code == 0 and "already complete" in result.output, result.output
+
+
+@pytest.mark.slow
 def test_corrupted_part_is_redone(tmp_path, reference):
     out = tmp_path / "run"
     assert _saecli([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": "after_part#3"}).returncode == -signal.SIGKILL

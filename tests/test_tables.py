@@ -308,7 +308,7 @@ def test_tsv_is_tab_separated(tmp_path):
 
 
 def test_resume_refuses_other_columns(tmp_path, loaded64):
-    # Other columns read other texts: the run's data fingerprint changes and --resume refuses.
+    # Other columns read other texts: --resume refuses, naming the setting that changed.
     from saecli.runner import execute, resume_config
 
     path = write_table(tmp_path / "pairs.csv", rename=RENAMED)
@@ -318,7 +318,7 @@ def test_resume_refuses_other_columns(tmp_path, loaded64):
     assert manifest["config"]["columns"] == COLUMNS and manifest["dataset"]["columns"]["fact"] == "best_answer"
     (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running", "finished_ids": []}))
     swapped = COLUMNS.replace("fact=best_answer,hallucination=wrong_answer", "fact=wrong_answer,hallucination=best_answer")
-    with pytest.raises(SaecliError, match="cannot resume .*: data_fingerprint was"):
+    with pytest.raises(SaecliError, match="cannot resume .*: columns was"):
         execute(resume_config(out, columns=swapped), resume=out, loaded=loaded64)
     assert execute(resume_config(out), resume=out, loaded=loaded64).manifest["status"] == "complete"
 

@@ -130,7 +130,7 @@ def measure(document: dict[str, Any], progress: Progress | None = None) -> dict[
     """Load, warm up, time ``repeats`` passes at one size (and, with ``baselines`` "both", the same
     passes without baselines after), telling ``progress``. Runs in a fresh process; an out-of-memory
     error is a result."""
-    from saecli.data import load_samples
+    from saecli.data import run_samples
     from saecli.device import set_torch_threads
     from saecli.engine import Engine
     from saecli.models import load_preset
@@ -138,9 +138,9 @@ def measure(document: dict[str, Any], progress: Progress | None = None) -> dict[
     config = RunConfig(**document["config"])
     mode = document.get("baselines", "on")
     config = dataclasses.replace(config, baselines=mode != "off")
-    loaded = load_preset(config.preset, device=config.device, dtype=config.dtype)
+    loaded = load_preset(config.preset, device=config.device, dtype=config.dtype, layers=config.layers)
     threads = set_torch_threads(config.threads) if loaded.device == "cpu" else None
-    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
+    samples = run_samples(config)
     model_memory = allocated_bytes(loaded.device)
     reset_device_peak(loaded.device)
     result = SizeResult(size=document["size"], ok=False, samples=len(samples), load_seconds=round(loaded.load_seconds, 3),

@@ -14,7 +14,7 @@ from typing import Any
 
 from saecli.bench.results import RaySweep, WorkersResult
 from saecli.bench.setup import check_ray_options
-from saecli.config import RunConfig, find_preset
+from saecli.config import RunConfig, run_preset
 from saecli.errors import SaecliError
 from saecli.hub import package_versions
 from saecli.runner import execute
@@ -41,17 +41,15 @@ def ray_sweep(
     run, then ``repeats`` runs per count, and with ``baselines`` "both" as many again without
     baselines. One Ray connection serves the sweep (started here and stopped at the end, or joined)."""
     from saecli.cluster import connect, import_ray, plan
-    from saecli.data import load_samples
+    from saecli.data import run_samples
 
     check_ray_options(workers=workers, sizes=[config.batch_size], repeats=repeats, limit=config.limit)
     if config.mode != "batched":
         raise SaecliError("bench --ray measures the batched analysis; the sequential reference runs on one machine",
                           hint="drop --sequential, or bench without --ray")  # fmt: skip
     ray_module = import_ray()
-    load_samples(
-        config.data, domains=config.domains, limit=config.limit, columns=config.columns
-    )  # bad data: one error, not one per run
-    chosen = find_preset(config.preset)
+    run_samples(config)  # bad data: one error, not one per run
+    chosen = run_preset(config)
     timed = dataclasses.replace(config, baselines=baselines != "off")
     info = connect(ray)
     try:

@@ -16,7 +16,7 @@ from typing import Any
 from saecli.bench.measure import PROGRESS_KEY, job
 from saecli.bench.results import SEQUENTIAL, SizeResult, Sweep, recommend
 from saecli.bench.setup import check_options
-from saecli.config import RunConfig, find_preset
+from saecli.config import RunConfig, run_preset
 from saecli.device import live_facts, resolve_device
 from saecli.hub import package_versions
 from saecli.memory import available_memory
@@ -84,13 +84,11 @@ def sweep(
     """Measure every size (and the sequential reference) of the run ``config`` describes, each in
     its own process; ``config.limit`` samples (the caller sets it: bench's default is 4 × the
     largest size). ``on_progress(size, step, done, total)``: the samples of that size's passes."""
-    from saecli.data import load_samples
+    from saecli.data import run_samples
 
     check_options(sizes=sizes, repeats=repeats, limit=config.limit)
-    load_samples(
-        config.data, domains=config.domains, limit=config.limit, columns=config.columns
-    )  # bad data: one error here, not one per size
-    chosen = find_preset(config.preset)
+    run_samples(config)  # bad data: one error here, not one per size
+    chosen = run_preset(config)
     device, _ = resolve_device(config.device, live_facts())
     dtype = config.dtype or chosen.model.dtype
     measured = RunConfig(**{**asdict(config), "device": device, "dtype": dtype})

@@ -39,6 +39,8 @@ from saecli.cli.options import (
     DeviceOpt,
     DomainsOpt,
     DTypeOpt,
+    LayersOpt,
+    LimitOrderOpt,
     NoiseOpt,
     PresetOpt,
     RayOpt,
@@ -125,9 +127,11 @@ def bench(
     sizes: SizesOpt = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
+    layers: LayersOpt = None,
     data: DataOpt = None,
     columns: ColumnsOpt = None,
     limit: BenchLimitOpt = None,
+    limit_order: LimitOrderOpt = None,
     domains: DomainsOpt = None,
     repeats: Annotated[
         int, typer.Option("--repeats", help=f"Timed passes per size (1 to {MAX_REPEATS}); the median is reported.")

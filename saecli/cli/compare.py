@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -21,7 +21,9 @@ from saecli.cli.options import (
     DeviceOpt,
     DomainsOpt,
     DType,
+    LayersOpt,
     LimitOpt,
+    LimitOrderOpt,
     NoiseOpt,
     PresetOpt,
     RunFlags,
@@ -110,6 +112,28 @@ def _check_options(*, atol: float, rtol: float, noise_std: float | None, batch_s
         raise SaecliError(f"--batch-size must be a whole number >= 1 (got {batch_size})")
 
 
+def _live(flags: RunFlags, sizes: list[int], *, atol: float, rtol: float) -> tuple[dict[Any, Comparison], dict[str, Comparison], dict[str, Any]]:  # fmt: skip
+    """Run the sequential reference and the batched engine now (float64 unless --dtype), a progress
+    bar per run: their comparisons, the drift against float64, and the --json document."""
+    _, run_config = resolve_run(flags, dtype="float64")
+    with Progress(
+        TextColumn("{task.description}", style="bold", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done)
+
+        live = compare_live(run_config, sizes, atol=atol, rtol=rtol, progress=progress)
+    return live.results, live.drift, {**live.to_dict(), "config": dataclasses.asdict(run_config)}
+
+
 @command()
 def compare(
     runs: Annotated[
@@ -118,9 +142,11 @@ def compare(
     ] = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
+    layers: LayersOpt = None,
     data: DataOpt = None,
     columns: ColumnsOpt = None,
     limit: LimitOpt = None,
+    limit_order: LimitOrderOpt = None,
     domains: DomainsOpt = None,
     size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size to check (>= 1).")] = 16,
     sizes: Annotated[
@@ -166,25 +192,7 @@ def compare(
         document = {"passed": results["runs"].passed, **results["runs"].to_dict()}
     else:
         size_list = parse_counts(sizes, "--sizes") if sizes is not None else [size]
-        _, run_config = resolve_run(flags, dtype="float64")
-        with Progress(
-            TextColumn("{task.description}", style="bold", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=stderr,
-        ) as bar:
-            tasks: dict[str, int] = {}
-
-            def progress(label: str, done: int, total: int) -> None:
-                if label not in tasks:
-                    tasks[label] = bar.add_task(label, total=total)
-                bar.update(tasks[label], completed=done)
-
-            live = compare_live(run_config, size_list, atol=atol, rtol=rtol, progress=progress)
-        results = live.results
-        drift = live.drift
-        document = {**live.to_dict(), "config": dataclasses.asdict(run_config)}
+        results, drift, document = _live(flags, size_list, atol=atol, rtol=rtol)
     if json_:
         emit_json(document)
     else:

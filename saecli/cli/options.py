@@ -18,19 +18,28 @@ from typing import Annotated, Any
 
 import typer
 
-from saecli.config import DEFAULT_PRESET, Preset, RunConfig, find_preset, resolve_run_config
+from saecli.config import DEFAULT_PRESET, Preset, RunConfig, find_preset, resolve_run_config, run_preset
 from saecli.device import DEVICES, DTYPES
 from saecli.errors import SaecliError
-from saecli.validation import check_option
+from saecli.validation import LIMIT_ORDERS, check_option
 
 # The choices of --device and --dtype: saecli.device's vocabulary, the one the presets and the API accept.
 Device = StrEnum("Device", {name: name for name in DEVICES})
 DType = StrEnum("DType", {name: name for name in DTYPES})
+LimitOrder = StrEnum("LimitOrder", {name: name for name in LIMIT_ORDERS})
 
 PresetOpt = Annotated[
     str | None,
     typer.Option("--preset", "-p", help="Preset name: tiny (embedded, default), gemma-2-2b, gpt2-small, ...", show_default=False),
 ]
+LayersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layers", metavar="L1,L2,L3", show_default=False,
+        help="The three layers to read, early to late, e.g. 5,12,20: presets whose SAE ids follow the layer "
+        "(gemma-2-2b, gpt2-small) [default: the preset's].",
+    ),
+]  # fmt: skip
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="A preset TOML file (instead of --preset).", show_default=False)
 ]
@@ -53,8 +62,17 @@ ColumnsOpt = Annotated[
     ),
 ]  # fmt: skip
 LimitOpt = Annotated[
-    int | None, typer.Option("--limit", "-n", help="Analyse only the first N samples (N >= 1).", show_default=False)
+    int | None,
+    typer.Option("--limit", "-n", help="Analyse only N samples (N >= 1), picked by --limit-order.", show_default=False),
 ]
+LimitOrderOpt = Annotated[
+    LimitOrder | None,
+    typer.Option(
+        "--limit-order", show_default=False,
+        help="Which N samples --limit keeps, in file order: balanced takes the domains in turn (round-robin, each "
+        "domain's first ones); file takes the first N [default: balanced].",
+    ),
+]  # fmt: skip
 DomainsOpt = Annotated[
     str | None,
     typer.Option("--domains", help="Comma-separated domains to keep, e.g. entity,logical (spaces allowed).", show_default=False),
@@ -130,9 +148,11 @@ class RunFlags:
 
     preset: str | None = None
     config: Path | None = None
+    layers: str | None = None
     data: Path | None = None
     columns: str | None = None
     limit: int | None = None
+    limit_order: LimitOrder | None = None
     domains: str | None = None
     batch_size: str | None = None
     seed: int | None = None
@@ -160,9 +180,11 @@ class RunFlags:
         message names ``--limit``, not ``limit``); None for the ones not given."""
         raw = {
             "preset": self.preset_name,
+            "layers": self.layers,
             "data": str(self.data) if self.data is not None else None,
             "columns": self.columns,
             "limit": self.limit,
+            "limit_order": self.limit_order.value if self.limit_order is not None else None,
             "domains": self.domains,
             "batch_size": parse_batch_size(self.batch_size),
             "seed": self.seed,
@@ -190,12 +212,13 @@ def resolve_run(
         from saecli.runner import resume_config
 
         config = resume_config(resume, **overrides)
-        return find_preset(config.preset), config
+        return run_preset(config), config
     name = overrides["preset"] or DEFAULT_PRESET
     preset = find_preset(name)
     given = {key: value for key, value in overrides.items() if value is not None}
     below = {key: value for key, value in command_defaults.items() if key not in preset.defaults}
-    return preset, resolve_run_config(preset, **{**below, **given, "preset": name})
+    config = resolve_run_config(preset, **{**below, **given, "preset": name})
+    return run_preset(config, preset), config
 
 
 def parse_counts(text: str, option: str, example: str = "1,8,32") -> list[int]:

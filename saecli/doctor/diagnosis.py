@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from saecli.config import DEFAULT_PRESET, RunConfig, find_preset, resolve_run_config
+from saecli.config import DEFAULT_PRESET, RunConfig, find_preset, resolve_run_config, run_preset
 from saecli.doctor.checks import (
     Check,
     check_cpu,
@@ -79,7 +79,7 @@ def diagnose(
         name = config or DEFAULT_PRESET
         config = resolve_run_config(find_preset(name), preset=name)
     name, device = config.preset, config.device
-    chosen = find_preset(name)
+    chosen = run_preset(config)
     env = env or gather_environment()
     facts = facts or gather_preset(chosen, config)
     dtype = config.dtype or chosen.model.dtype

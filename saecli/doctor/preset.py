@@ -121,7 +121,7 @@ def gather_preset(preset: Preset, config: RunConfig | None = None, *, check_hub:
     """What the preset needs and what of it is on this machine: local files, Hugging Face cache
     entries (and the command that fetches each missing one), the model's and SAEs' shapes, and the
     longest text in tokens of the data ``config`` selects (None: the preset's defaults). Loads no model."""
-    from saecli.data import load_samples
+    from saecli.data import run_samples
     from saecli.models import check_preset_files
 
     spec = preset.model
@@ -148,7 +148,7 @@ def gather_preset(preset: Preset, config: RunConfig | None = None, *, check_hub:
             facts.hub = hub_status()
         except Exception as exc:  # noqa: BLE001
             facts.problems.append(f"cannot ask the hub client: {first_line(exc)}")
-    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
+    samples = run_samples(config)
     facts.n_samples = len(samples)
     facts.longest_tokens, facts.tokens_exact = _tokens_of_longest(samples, tokenizer_file)
     return facts

@@ -42,15 +42,15 @@ def run_probe(config: RunConfig) -> ProbeResult:
     code of ``run --batch-size auto``. Failures (not cached, nothing fits) become the result."""
     try:
         from saecli.autobatch import find_batch_size
-        from saecli.data import load_samples
+        from saecli.data import run_samples
         from saecli.models import load_preset
     except Exception as exc:  # noqa: BLE001 - a broken install shows as a failed probe
         return ProbeResult(ok=False, error=f"cannot import the engine: {first_line(exc)}", hint="see the torch and versions rows")
     from saecli.device import set_torch_threads
 
-    samples = load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns)
+    samples = run_samples(config)
     try:
-        loaded = load_preset(config.preset, device=config.device, dtype=config.dtype)
+        loaded = load_preset(config.preset, device=config.device, dtype=config.dtype, layers=config.layers)
     except SaecliError as exc:
         return ProbeResult(ok=False, error=exc.message, hint=exc.hint)
     except Exception as exc:  # noqa: BLE001

@@ -290,9 +290,9 @@ def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, 
         return sample_groups(texts)
     config = manifest.get("config") or {}
     try:
-        samples = load_samples(
-            config.get("data"), domains=config.get("domains"), limit=config.get("limit"), columns=config.get("columns")
-        )
+        # A run that recorded no limit order predates it: its --limit took the first N samples.
+        samples = load_samples(config.get("data"), domains=config.get("domains"), limit=config.get("limit"),
+                               columns=config.get("columns"), limit_order=config.get("limit_order", "file"))  # fmt: skip
     except SaecliError as exc:
         report.notes.append(f"Probe folds: the run's data cannot be read again ({exc.message}); each sample is its own group.")
         return None

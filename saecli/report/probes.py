@@ -428,11 +428,13 @@ def run_probes(
             f"probes: {shared} samples share a text with another sample; the {n} samples form {n_groups} "
             "groups, each kept in one fold"
         )
-    cv = n_groups >= n_splits
+    # The folds are stratified by domain over both texts of each sample: scikit-learn refuses them
+    # when every domain has fewer than n_splits texts (8 samples in 4 domains, as --limit 8 picks).
+    largest = max(np.unique(np.asarray(list(domains), dtype=object).astype(str), return_counts=True)[1], default=0)
+    cv = n_groups >= n_splits and 2 * int(largest) >= n_splits
     if not cv:
-        outcome.notes.append(
-            f"probes: not enough data for {n_splits}-fold cross-validation ({n} samples, {n_groups} groups); no probe AUROC"
-        )
+        outcome.notes.append(f"probes: not enough data for {n_splits}-fold cross-validation ({n} samples, {n_groups} groups, "
+                             f"at most {largest} in a domain); no probe AUROC")  # fmt: skip
     if len(distinct) < 2:
         outcome.notes.append("out-of-domain generalisation: not enough data (one domain only)")
     steps.plan(len(inputs) * ((repeats * n_splits + 1 if cv else 0) + (len(distinct) if len(distinct) >= 2 else 0)))

@@ -107,6 +107,12 @@ def test_too_little_data_is_said_not_crashed_on():
     outcome = run_probes(res, one, n_splits=5, seed=0, bootstrap=10)
     assert len(outcome.fits) == 2 and outcome.generalisation == []
     assert any("generalisation: not enough data (one domain only)" in note for note in outcome.notes)
+    # Enough samples, but each domain too small for the stratified folds (what --limit 8 picks from 4 domains).
+    four = ("entity", "logical", "temporal", "adversarial")
+    res, spread = planted_residuals(8, layers=[0], domains=four)
+    assert sorted(spread) == sorted(four * 2)
+    outcome = run_probes(res, spread, n_splits=5, seed=0, bootstrap=10)
+    assert outcome.fits == [] and any("at most 2 in a domain" in note for note in outcome.notes)
 
 
 def test_probes_are_deterministic():
