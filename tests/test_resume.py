@@ -59,10 +59,8 @@ CRASH_POINTS = [
     "after_manifest",  # before the first part file
     "tmp_written#2",  # the first part's residuals written under their temporary name, not yet renamed
     "tmp_written#3",  # the first part's table under its temporary name (its residuals renamed)
-    "batch_done#1",  # mid-run: a batch analysed, nothing of it written
-    "after_part#1",  # a part renamed, the manifest not yet updated
-    "batch_done#3",
-    "after_part#4",
+    "batch_done#3",  # mid-run: a batch analysed, nothing of it written
+    "after_part#4",  # a part renamed, the manifest not yet updated
     "before_merge",  # every part written
     "tmp_written#17",  # during the merge: residuals.safetensors under its temporary name
     "tmp_written#18",  # during the merge: metrics.parquet under its temporary name
