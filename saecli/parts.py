@@ -4,7 +4,7 @@ bound to the run that wrote it and checked before it is trusted.
 A part's table is ``parts/part-NNNNNN-<sha>.parquet``: ``<sha>`` is the first 16 hex digits of the
 SHA-256 of the file's bytes, so any change to the file (a bit flip, a truncation) is seen. Its
 Parquet metadata holds the run's identity (``saecli_identity``: what makes two runs the same
-computation, :func:`saecli.runner.identity`) and the SHA-256 of its residuals part
+computation, :func:`saecli.manifest.identity`) and the SHA-256 of its residuals part
 (``part-NNNNNN.residuals.safetensors``, written first), which the table's own checksum thereby covers.
 
 Before a resumed run does any work, :func:`check_parts` reads every entry of the parts folder:

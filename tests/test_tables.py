@@ -309,7 +309,8 @@ def test_tsv_is_tab_separated(tmp_path):
 
 def test_resume_refuses_other_columns(tmp_path, loaded64):
     # Other columns read other texts: --resume refuses, naming the setting that changed.
-    from saecli.runner import execute, resume_config
+    from saecli.manifest import resume_config
+    from saecli.runner import execute
 
     path = write_table(tmp_path / "pairs.csv", rename=RENAMED)
     out = tmp_path / "run"

@@ -21,7 +21,7 @@ from saecli.data import load_samples
 from saecli.errors import SaecliError
 from saecli.io import RESIDUALS_FILE, SAMPLE_COLUMNS, SAMPLES_FILE, file_record, read_parquet
 from saecli.report import make_report
-from saecli.report.probes import sample_groups
+from saecli.report.folds import sample_groups
 from saecli.residuals import read_residuals
 
 runner = CliRunner()

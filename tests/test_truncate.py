@@ -220,7 +220,8 @@ def test_a_truncated_run_from_before_the_fix_is_not_resumed(tmp_path):
     """A --truncate run written by the old cut (no `truncation` in its identity) is refused, not mixed."""
     from saecli.config import RunConfig
     from saecli.errors import SaecliError
-    from saecli.runner import _check_resumable, identity
+    from saecli.manifest import check_resumable as _check_resumable
+    from saecli.manifest import identity
 
     current = identity(RunConfig(truncate=True), [0, 2, 3], "float32", [])
     old = {k: v for k, v in current.items() if k != "truncation"}

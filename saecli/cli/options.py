@@ -209,7 +209,7 @@ def resolve_run(
     ``--resume`` the run folder's own settings with the given flags on top. Returns the preset too."""
     overrides = {**flags.overrides(), "mode": mode}
     if resume is not None:
-        from saecli.runner import resume_config
+        from saecli.manifest import resume_config
 
         config = resume_config(resume, **overrides)
         return run_preset(config), config

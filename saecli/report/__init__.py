@@ -81,7 +81,8 @@ from saecli.report.detection import (
     run_metrics,
 )
 from saecli.report.features import FEATURES_TOP, FeatureRow, neuronpedia_id, rank_features, sample_excerpt
-from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, sample_groups, scores_frame
+from saecli.report.folds import sample_groups
+from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, scores_frame
 from saecli.report.progress import ReportProgress, Steps
 from saecli.report.stats import (
     auroc,

@@ -46,7 +46,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,7 @@ import polars as pl
 
 from saecli.columns import paired_column
 from saecli.report.detection import ALL, PROBE, Detection, Metric
+from saecli.report.folds import group_codes, grouped_folds
 from saecli.report.progress import Steps
 from saecli.report.stats import (
     auroc,
@@ -187,67 +188,6 @@ def _fit_scores(x: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> n
     return np.asarray(model.decision_function(x[test]), dtype=np.float64)
 
 
-def text_groups(texts: Sequence[Iterable[Any]]) -> np.ndarray:
-    """A group label per sample (0, 1, … in first-seen order): samples that share any identical text
-    (stripped, non-empty; in any field: a prompt equal to another sample's fact counts) are in one
-    group, transitively (union-find). ``texts[i]``: sample i's texts, e.g. (prompt, fact, hallucination)."""
-    parent = list(range(len(texts)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first: dict[str, int] = {}
-    for i, row in enumerate(texts):
-        for text in row:
-            if isinstance(text, str) and text.strip():
-                j = first.setdefault(text.strip(), i)
-                a, b = root(i), root(j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-    roots = [root(i) for i in range(len(texts))]
-    labels = {r: k for k, r in enumerate(dict.fromkeys(roots))}
-    return np.asarray([labels[r] for r in roots], dtype=np.int64)
-
-
-def sample_groups(samples: Sequence[Any]) -> np.ndarray:
-    """:func:`text_groups` of :class:`saecli.data.Sample`-like objects over the texts a run reads: the
-    prompt, the fact text (prompt + " " + fact) and the hallucination text (prompt + " " + hallucination).
-    Pass the samples in the run's row order."""
-    return text_groups([(s.prompt, s.fact_text, s.hall_text) for s in samples])
-
-
-def _sample_groups(n: int, groups: Sequence[Any] | None) -> np.ndarray:
-    """Integer codes of the per-sample ``groups`` (each sample its own group when None)."""
-    if groups is None:
-        return np.arange(n)
-    if len(groups) != n:
-        raise ValueError(f"{len(groups)} group labels for {n} samples")
-    return np.unique(np.asarray(list(groups), dtype=object).astype(str), return_inverse=True)[1]
-
-
-def grouped_folds(
-    strata: Sequence[Any], n_splits: int, seed: int, groups: Sequence[Any] | None = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The (train, test) row indices of each fold over the 2n rows fact₀…factₙ₋₁, hall₀…hallₙ₋₁.
-
-    ``StratifiedGroupKFold`` (shuffled with ``seed``), groups = ``groups`` (a label per sample; default:
-    the sample itself) on both of a sample's rows, strata = each sample's domain (``strata``): a
-    group's texts never straddle train and test.
-    """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    n = len(strata)
-    codes = np.unique(np.asarray(list(strata), dtype=object).astype(str), return_inverse=True)[1]
-    rows = np.tile(_sample_groups(n, groups), 2)
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only k members"
-        return [(train, test) for train, test in splitter.split(np.zeros((2 * n, 1)), np.tile(codes, 2), rows)]
-
-
 def cross_validate(
     fact: Any, hall: Any, strata: Sequence[Any], *, n_splits: int, seed: int, groups: Sequence[Any] | None = None,
     on_fold: Callable[[int], None] | None = None,
@@ -352,7 +292,7 @@ def generalise(
     draws for D (:func:`~saecli.report.stats.group_rng`). ``on_domain(D)`` is called as D starts."""
     n = fact.shape[0]
     labels = np.asarray(list(domains), dtype=object)
-    codes = _sample_groups(n, groups)
+    codes = group_codes(n, groups)
     x = _stack(fact, hall)
     y = np.r_[np.zeros(n), np.ones(n)]
     out = []
@@ -390,7 +330,7 @@ def _fit_probe(
     fit = ProbeFit(
         name, layer, source, int(fact.shape[1]), n_splits, f.mean(axis=0), h.mean(axis=0), folds[0], fold_aurocs,
         repeats=repeats, repeat_fact=f, repeat_hall=h, repeat_aurocs=[auroc(h[r], f[r]) for r in range(repeats)],
-        groups=int(np.unique(_sample_groups(fact.shape[0], groups)).size),
+        groups=int(np.unique(group_codes(fact.shape[0], groups)).size),
     )  # fmt: skip
     steps.start(f"{name}: intervals")
     fit.detections = repeated_detections(fit, domains, bootstrap=bootstrap, seed=seed)
@@ -421,7 +361,7 @@ def run_probes(
     if not inputs:
         outcome.notes.append("the residuals file holds no layer with both texts: no probe fitted")
         return outcome
-    codes = _sample_groups(n, groups)
+    codes = group_codes(n, groups)
     n_groups, shared = int(np.unique(codes).size), int((np.bincount(codes)[codes] > 1).sum())
     if shared:
         outcome.notes.append(

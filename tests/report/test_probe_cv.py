@@ -8,18 +8,16 @@ import numpy as np
 import pytest
 
 from saecli.report.detection import detect_metrics
+from saecli.report.folds import grouped_folds, sample_groups, text_groups
 from saecli.report.probes import (
     ProbeFit,
     generalise,
-    grouped_folds,
     probe_detections,
     probe_rows,
     repeated_cross_validate,
     repeated_detections,
     run_probes,
-    sample_groups,
     scores_frame,
-    text_groups,
 )
 from saecli.report.stats import auroc
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saecli.report.probes import cross_validate, generalise, grouped_folds, make_probe, run_probes
+from saecli.report.folds import grouped_folds
+from saecli.report.probes import cross_validate, generalise, make_probe, run_probes
 from saecli.report.stats import auroc
 
 from .helpers import DENSE_FEATURE, PLANTED_FEATURE, planted_residuals
