@@ -59,9 +59,10 @@ def _saecli(*args: str, stdout: int) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_full_stdout_is_one_line_not_a_bug(tmp_path):
+@pytest.mark.parametrize("args", [("doctor",), ("run", "-h")])  # the help is typer's own console, before the command
+def test_full_stdout_is_one_line_not_a_bug(tmp_path, args):
     with open("/dev/full", "w") as full:
-        done = _saecli("doctor", stdout=full.fileno())
+        done = _saecli(*args, stdout=full.fileno())
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip() == "error: cannot write to standard output (No space left on device)", done.stderr
 

@@ -188,11 +188,26 @@ def _plain_flags(params: list[Any]) -> list[Any]:
     return params
 
 
+def _parsed(parse: Any) -> list[str]:
+    """``parse()``: the arguments parsed. ``--help`` and ``--version`` print while the arguments are
+    parsed, before the command's boundary; only stdout is written then (no option reads a file), so
+    an OSError there is a stdout that cannot be written (typer's own help console raises it raw)."""
+    try:
+        return parse()
+    except StdoutError as exc:
+        raise typer.Exit(_stdout_failed(exc)) from None
+    except OSError as exc:
+        raise typer.Exit(_stdout_failed(StdoutError(exc))) from None
+
+
 class Command(typer.core.TyperCommand):
     """Every saecli command: the help shows a flag without a value type."""
 
     def get_params(self, ctx: click.Context) -> list[Any]:
         return _plain_flags(super().get_params(ctx))
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return _parsed(lambda: super(Command, self).parse_args(ctx, args))
 
 
 class _Group(typer.core.TyperGroup):
@@ -204,10 +219,7 @@ class _Group(typer.core.TyperGroup):
         return _plain_flags(super().get_params(ctx))
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:  # --version prints while the arguments are parsed, before invoke
-            return super().parse_args(ctx, _fill_optional_values(args))
-        except StdoutError as exc:
-            raise typer.Exit(_stdout_failed(exc)) from None
+        return _parsed(lambda: super(_Group, self).parse_args(ctx, _fill_optional_values(args)))
 
     def invoke(self, ctx: click.Context) -> Any:
         _results.set(None)  # a command run before in this process (tests) said where its results were
