@@ -34,8 +34,9 @@ def start_manifest(
     batch_size: int,
     backoffs: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The manifest of a run as it starts (status ``running``; ``finished_ids`` grows with each part
-    file). :func:`finish_manifest` turns it into the final one: the one place a manifest is built."""
+    """The manifest of a run as it starts (status ``running``; the part files, not the manifest, say
+    which samples are finished). :func:`finish_manifest` turns it into the final one: the one place a
+    manifest is built."""
     preset = loaded.preset
     return {
         "schema_version": saecli.SCHEMA_VERSION,
@@ -76,7 +77,6 @@ def start_manifest(
         "data_source": data_source,
         "dataset": dataset_identity(config.data, config.columns),
         "versions": package_versions(),
-        "finished_ids": [],
         "backoffs": backoffs,
     }
 
@@ -96,7 +96,7 @@ def finish_manifest(
     rows of metrics.parquet and are not repeated. The rates are this process's: its ``n_analysed``
     samples (and their ``n_tokens``) over its analysis seconds; a resumed run's samples finished
     before the interruption took none of those seconds."""
-    final = {k: v for k, v in manifest.items() if k != "finished_ids"}
+    final = {k: v for k, v in manifest.items() if k != "finished_ids"}  # listed by runs before 2026-12
     timed = analysis_seconds > 0 and n_analysed > 0  # a resume with nothing left to do has no rate
     final.update(
         status="complete",

@@ -163,7 +163,6 @@ def _analyse(
     todo = remaining(samples, finished)
     toks = backend.tokenize([samples[i] for i in todo])
     state, batch_size = _start(config, run_dir, samples, backend, ident, previous=previous)
-    state["finished_ids"] = finished
     work = _Work(done=len(finished), part_number=done.last_number, earlier_backoffs=list(state["backoffs"]))
     if progress is not None:
         progress(work.done, len(samples))
@@ -173,8 +172,12 @@ def _analyse(
             crash_point("batch_done")
             with backend.timer("write"), _writing(run_dir, work.done, state):
                 _write_part(batch, run_dir, state, work, info.layers)
-                state["backoffs"] = work.earlier_backoffs + backend.backoffs
-                io.write_manifest(state, run_dir)
+                # The parts say which samples are finished; the manifest is rewritten only when what
+                # it records changes (an out-of-memory backoff), so a batch writes a bounded amount.
+                backoffs = work.earlier_backoffs + backend.backoffs
+                if backoffs != state["backoffs"]:
+                    state["backoffs"] = backoffs
+                    io.write_manifest(state, run_dir)
             if progress is not None:
                 progress(work.done, len(samples))
     except Exception as exc:
@@ -250,7 +253,6 @@ def _write_part(batch: BatchResult, run_dir: Path, state: dict[str, Any], work: 
     work.part_number += 1
     write_part(part, run_dir, work.part_number, state["identity"], batch.residuals)
     crash_point("after_part")
-    state["finished_ids"] += part["sample_id"].to_list()
     work.done += len(batch.indices)
     work.analysed += len(batch.indices)
     work.tokens += batch.tokens

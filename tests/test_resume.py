@@ -18,6 +18,7 @@ from saecli.cli import app
 from saecli.compare import compare_frames
 from saecli.config import RunConfig
 from saecli.io import RESIDUALS_FILE, rows_to_frame
+from saecli.manifest import resume_config
 from saecli.residuals import Residuals, read_residuals
 from saecli.runner import execute
 
@@ -62,11 +63,19 @@ CRASH_POINTS = [
     "batch_done#3",  # mid-run: a batch analysed, nothing of it written
     "after_part#4",  # a part renamed, the manifest not yet updated
     "before_merge",  # every part written
-    "tmp_written#17",  # during the merge: residuals.safetensors under its temporary name
-    "tmp_written#18",  # during the merge: metrics.parquet under its temporary name
+    "tmp_written#12",  # during the merge: residuals.safetensors under its temporary name (1 manifest + 5 × 2 parts before)
+    "tmp_written#13",  # during the merge: metrics.parquet under its temporary name
     "after_merge",  # merged, final manifest not yet written
     "after_final_manifest",  # done but the parts not yet removed
 ]
+
+
+HALF_WRITTEN = {
+    "tmp_written#2": "parts/.part-000001.residuals.safetensors.*.tmp",
+    "tmp_written#3": "parts/.part-000001-*.parquet.*.tmp",
+    "tmp_written#12": ".residuals.safetensors.*.tmp",
+    "tmp_written#13": ".metrics.parquet.*.tmp",
+}
 
 
 @pytest.mark.slow
@@ -75,6 +84,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, reference
     out = tmp_path / "run"
     killed = _saecli([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if point in HALF_WRITTEN:  # the point is the window its comment says
+        assert list(out.glob(HALF_WRITTEN[point])), sorted(p.name for p in out.rglob("*"))
     assert not (out / "metrics.parquet").exists() or point == "after_final_manifest" or point == "after_merge"
     # Killed for real in its own process; resumed in this one (the model is loaded once per test session).
     resumed = runner.invoke(app, ["run", "--resume", str(out)])
@@ -187,7 +198,27 @@ def test_truncate_is_part_of_the_run_identity(tmp_path, monkeypatch):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["truncate"] is True and manifest["identity"]["truncate"] is True
     with pytest.raises(saecli.SaecliError, match="truncate was True and is now False"):
-        execute(run_module.resume_config(out, truncate=False), resume=out)
+        execute(resume_config(out, truncate=False), resume=out)
     result = runner.invoke(app, ["run", "--resume", str(out)])  # the run's own --truncate is kept
     assert result.exit_code == 0, result.output
     assert pl.read_parquet(out / "metrics.parquet").height == 6
+
+
+def test_a_batch_writes_a_bounded_amount(tmp_path, monkeypatch):
+    """The manifest is written when the run starts and ends, not once per batch with every finished
+    id (bytes written per batch grew with the run: quadratic in total)."""
+    from saecli import io as io_module
+    from saecli import runner as run_module
+
+    sizes: list[int] = []
+    original = io_module.write_manifest
+
+    def counted(manifest, run_dir):
+        path = original(manifest, run_dir)
+        sizes.append(path.stat().st_size)
+        return path
+
+    monkeypatch.setattr(run_module.io, "write_manifest", counted)
+    result = execute(RunConfig(limit=8, batch_size=1, baselines=False), out=tmp_path / "run")
+    assert result.manifest["status"] == "complete" and len(list((tmp_path / "run").rglob("*.parquet"))) == 2
+    assert len(sizes) == 2, sizes  # start and end, for 8 batches
