@@ -110,7 +110,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="where the data, runs and scale.json go (default: a temp folder)")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes: expected comma-separated whole numbers, got {args.sizes!r}")
+    if any(n < 2 for n in sizes) or args.batch_size < 1:
+        parser.error("--sizes: each size must be at least 2, and --batch-size at least 1")
     out = args.out or Path(tempfile.mkdtemp(prefix="saecli-scale-"))
     out.mkdir(parents=True, exist_ok=True)
     rows = []

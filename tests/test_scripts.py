@@ -28,7 +28,15 @@ from saecli.columns import metric_columns
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 GOLDEN = ROOT / "tests" / "golden" / "tiny.json"
-TESTED = {"baselines.py", "build_tiny.py", "competitor_bench.py", "gpu_check.sh", "gpu_check_summary.py", "update_golden.py"}
+TESTED = {
+    "baselines.py",
+    "build_tiny.py",
+    "competitor_bench.py",
+    "gpu_check.sh",
+    "gpu_check_summary.py",
+    "scale.py",
+    "update_golden.py",
+}
 GPU_CHECK_STEPS = ["doctor", "pytest-gpu", "compare-float64", "compare-float32", "compare-bfloat16", "bench-bfloat16", "bench-float32",
                    "doctor-probe"]  # fmt: skip
 REQUIRED_STEPS = {"doctor", "pytest-gpu", "compare-float64", "bench-bfloat16", "bench-float32"}
@@ -84,6 +92,33 @@ def test_baselines_times_all_three_and_research_agrees_with_sequential_on_every_
 def test_baselines_rejects_an_unknown_algorithm():
     result = run_script(["scripts/baselines.py", "--preset", "tiny", "--which", "research,fastest"])
     assert result.returncode == 2 and "--which: unknown ['fastest']" in result.stderr
+
+
+# -- scale.py -------------------------------------------------------------------------------------
+@pytest.mark.slow  # four saecli processes on the embedded preset: ~30 s on 2 idle cores
+def test_scale_measures_run_resume_and_report_and_the_resumed_run_matches(tmp_path):
+    import polars as pl
+
+    result = run_script(["scripts/scale.py", "--sizes", "16", "--batch-size", "8", "--out", str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, row = result.stdout.strip().splitlines()
+    assert header.split(" | ")[0] == "samples" and row.split(" | ")[0] == "16"
+    (measured,) = json.loads((tmp_path / "scale.json").read_text())["rows"]
+    assert measured["samples"] == 16 and all(v > 0 for v in measured.values()), measured
+    # The data repeat the benchmark with new ids; the run stopped halfway and resumed ends like the
+    # uninterrupted one, and report ran on it.
+    ids = [json.loads(line)["id"] for line in (tmp_path / "data-16.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 16
+    whole = pl.read_parquet(tmp_path / "run-16" / "metrics.parquet").sort("sample_id")
+    resumed = pl.read_parquet(tmp_path / "resumed-16" / "metrics.parquet").sort("sample_id")
+    assert sorted(whole["sample_id"]) == sorted(ids)
+    assert whole.equals(resumed)
+    assert (tmp_path / "run-16" / "summary.md").is_file() and (tmp_path / "run-16" / "probes.csv").is_file()
+
+
+def test_scale_rejects_bad_sizes():
+    result = run_script(["scripts/scale.py", "--sizes", "10k"])
+    assert result.returncode == 2 and "--sizes: expected comma-separated whole numbers" in result.stderr
 
 
 # -- update_golden.py -----------------------------------------------------------------------------
