@@ -169,7 +169,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _new_temporary(path: Path) -> Path:
+def new_temporary(path: Path) -> Path:
     """Create an empty, fresh ``.<name>.<random>.tmp`` beside ``path``. Not ``tempfile.mkstemp``:
     its files are ``-rw-------`` whatever the umask, and the rename would keep that mode, so that
     colleagues on a shared machine could not read the results. Created with 0666 here, the umask
@@ -188,7 +188,7 @@ def atomic_write(path: Path, write: Any) -> None:
     """Write ``path`` through ``write(tmp)`` on a temporary name beside it, then rename: the file is
     whole or absent, never half-written. Its mode is the umask's, as for any other file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temporary(path)
+    tmp = new_temporary(path)
     try:
         write(tmp)
         crash_point("tmp_written")

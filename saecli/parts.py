@@ -22,16 +22,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from saecli.errors import SaecliError
-from saecli.io import PARTS_DIR, atomic_write, parquet_bytes, parquet_from_bytes, rows_to_frame, schema
+from saecli.faults import crash_point
+from saecli.io import PARTS_DIR, atomic_write, file_sha256, new_temporary, parquet_bytes, parquet_from_bytes, schema
+from saecli.merge import Piece, positions_of, write_residuals_file, write_table_to
 from saecli.residuals import Residuals, residuals_bytes
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,13 @@ EARLIER_DEFAULTS = {"truncate": False, "limit_order": "file"}
 """What a run made before saecli recorded these settings did: it never truncated, and its
 ``--limit`` took the first N samples."""
 RESIDUALS_KEY = "saecli_residuals_sha256"
+TIER_KEY = "saecli_tier"
+REPLACES_KEY = "saecli_replaces"
+"""The numbers of the parts a compacted part holds: left over when the run stopped before they
+were removed, they are removed on resume."""
+FAN_IN = 16
+"""Parts of one tier compacted into one of the next (:func:`compact`): a run holds at most
+FAN_IN − 1 parts per tier, and each row is rewritten once per tier (log_FAN_IN of the batches)."""
 
 
 def _as_json(ident: dict[str, Any]) -> str:
@@ -73,9 +84,15 @@ def write_part(frame: pl.DataFrame, run_dir: Path, number: int, ident: dict[str,
 class Parts:
     """The checked parts of a run folder, in the order they were written."""
 
-    frames: list[pl.DataFrame] = field(default_factory=list)
+    ids: list[pl.Series] = field(default_factory=list)
+    """Each part's sample ids, in its rows' order (the tables themselves are read again when merged)."""
     numbers: list[int] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
     with_residuals: list[bool] = field(default_factory=list)
+    tiers: list[int] = field(default_factory=list)
+    """0 for a batch's part; t + 1 for a part compacted from :data:`FAN_IN` parts of tier t."""
+    positions: list[np.ndarray] = field(default_factory=list)
+    """Each part's rows' input positions (:meth:`locate`)."""
     redone: list[str] = field(default_factory=list)
     """Names of the broken parts that were removed (their samples are analysed again)."""
 
@@ -84,7 +101,30 @@ class Parts:
         return max(self.numbers, default=0)
 
     def sample_ids(self) -> list[str]:
-        return [sid for frame in self.frames for sid in frame["sample_id"].to_list()]
+        return [sid for ids in self.ids for sid in ids.to_list()]
+
+    def locate(self, run_dir: Path, sample_ids: Sequence[str], *, every: bool = False) -> None:
+        """Find each row's input position (:func:`saecli.merge.positions_of`: refused when a sample
+        is held twice or is not in the data; with ``every``, unless every sample is held)."""
+        self.positions = positions_of(self.ids, sample_ids, run_dir, every=every)
+
+    def piece(self, k: int, run_dir: Path) -> Piece:
+        """Part ``k`` as :mod:`saecli.merge` reads it."""
+        residuals = residuals_path(run_dir, self.numbers[k]) if self.with_residuals[k] else None
+        return Piece(self.tables[k], residuals, self.ids[k], self.positions[k])
+
+    def add(self, number: int, table: Path, ids: pl.Series, positions: np.ndarray, *, residuals: bool, tier: int = 0) -> None:
+        self.numbers.append(number)
+        self.tables.append(table)
+        self.ids.append(ids)
+        self.positions.append(positions)
+        self.with_residuals.append(residuals)
+        self.tiers.append(tier)
+
+    def drop(self, chosen: Sequence[int]) -> None:
+        gone = set(chosen)
+        for name in ("numbers", "tables", "ids", "positions", "with_residuals", "tiers"):
+            setattr(self, name, [v for k, v in enumerate(getattr(self, name)) if k not in gone])
 
 
 def check_parts(run_dir: Path, layers: Sequence[int], ident: dict[str, Any], resume: str) -> Parts:
@@ -113,30 +153,46 @@ def check_parts(run_dir: Path, layers: Sequence[int], ident: dict[str, Any], res
         if number in target:
             raise _not_ours(run_dir, f"{PARTS_DIR}/{name}", resume)
         target[number] = entry
-    for number, path in sorted(tables.items()):
-        broken = _check_one(path, layers, ident, residuals.get(number), run_dir, resume)
-        if broken is None:
-            continue
-        if isinstance(broken, str):
-            log.warning("part file %s is broken (%s); its samples are analysed again", path.name, broken)
-            parts.redone.append(path.name)
+    checked = {
+        number: _check_one(path, layers, ident, residuals.get(number), run_dir, resume) for number, path in sorted(tables.items())
+    }
+    replaced = {n for found in checked.values() if isinstance(found, _Found) for n in found.replaces}
+    for number, found in checked.items():
+        path = tables[number]
+        if number in replaced or not isinstance(found, _Found):
+            if number in replaced:  # the run stopped while compacting: a part holds these rows already
+                log.info("removed %s, already compacted into a later part", path.name)
+            else:
+                log.warning("part file %s is broken (%s); its samples are analysed again", path.name, found)
+                parts.redone.append(path.name)
             path.unlink(missing_ok=True)
             if number in residuals:
                 residuals.pop(number).unlink(missing_ok=True)
             continue
-        frame, has_residuals = broken
-        parts.frames.append(frame)
+        parts.ids.append(found.ids)
         parts.numbers.append(number)
-        parts.with_residuals.append(has_residuals)
+        parts.tables.append(path)
+        parts.with_residuals.append(found.residuals)
+        parts.tiers.append(found.tier)
     for number, path in residuals.items():
         if number not in parts.numbers:  # the run stopped between a part's residuals and its table
             path.unlink(missing_ok=True)
     return parts
 
 
+@dataclass
+class _Found:
+    """What a sound part holds: its ids, whether it has residuals, its tier, the parts it replaces."""
+
+    ids: pl.Series
+    residuals: bool
+    tier: int
+    replaces: list[int]
+
+
 def _check_one(path: Path, layers: Sequence[int], ident: dict[str, Any], residuals: Path | None, run_dir: Path,
-               resume: str) -> str | tuple[pl.DataFrame, bool] | None:  # fmt: skip
-    """A part's table and whether it has residuals; or why it is broken (a str)."""
+               resume: str) -> str | _Found:  # fmt: skip
+    """What a sound part holds; or why it is broken (a str)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -171,11 +227,15 @@ def _check_one(path: Path, layers: Sequence[int], ident: dict[str, Any], residua
         if residuals is None:
             return "its residuals are missing"
         try:
-            if hashlib.sha256(residuals.read_bytes()).hexdigest() != expected:
+            if file_sha256(residuals) != expected:
                 return f"its residuals {residuals.name} changed since they were written"
         except OSError as exc:
             return f"its residuals are unreadable: {exc.strerror or exc}"
-    return frame, bool(expected)
+    try:
+        tier, replaces = int(metadata.get(TIER_KEY, "0")), [int(n) for n in json.loads(metadata.get(REPLACES_KEY, "[]"))]
+    except (ValueError, TypeError):
+        return "its compaction record is not readable"
+    return _Found(frame["sample_id"], bool(expected), tier, replaces)
 
 
 def _not_ours(run_dir: Path, name: str, resume: str, why: str = "it is not a part file this run wrote") -> SaecliError:
@@ -185,23 +245,53 @@ def _not_ours(run_dir: Path, name: str, resume: str, why: str = "it is not a par
     )
 
 
-def merge_parts(parts: Parts, layers: Sequence[int], sample_ids: Sequence[str], run_dir: Path) -> pl.DataFrame:
-    """The checked parts as one table, rows in the order of ``sample_ids``, which they must hold
-    exactly (each once)."""
-    merged = pl.concat(parts.frames) if parts.frames else rows_to_frame([], layers)
-    position = {sid: i for i, sid in enumerate(sample_ids)}
-    order = merged["sample_id"].map_elements(position.get, return_dtype=pl.Int64)
-    frame = merged.with_columns(order.alias("__order")).sort("__order").drop("__order")
-    if frame["sample_id"].to_list() != list(sample_ids):
-        raise SaecliError(f"{run_dir}: the merged results do not match the samples", hint="start a new run", exit_code=1)
-    return frame
+def compact(parts: Parts, run_dir: Path, ident: dict[str, Any], layers: Sequence[int]) -> int:
+    """While :data:`FAN_IN` parts share a tier, merge the oldest of them into one part of the next
+    tier (rows sorted by input position, streamed by :mod:`saecli.merge`), then remove them: the
+    parts folder stays small (at most FAN_IN − 1 parts per tier) and each row is rewritten once per
+    tier. The merged part is written whole (residuals, then table, each renamed into place) before
+    any of the parts it replaces is removed; it names them (``saecli_replaces``), so a run stopped
+    in between removes the rest on resume. Returns the number of parts written."""
+    written = 0
+    while True:
+        tiers = sorted({t for t in parts.tiers if parts.tiers.count(t) >= FAN_IN})
+        if not tiers:
+            return written
+        chosen = [k for k, t in enumerate(parts.tiers) if t == tiers[0]][:FAN_IN]
+        _compact_into_one(parts, chosen, run_dir, ident, layers, tiers[0] + 1)
+        written += 1
 
 
-def merged_residuals(parts: Parts, run_dir: Path, sample_ids: Sequence[str]) -> Residuals:
-    """The residuals of the checked parts, rows in the order of ``sample_ids``."""
-    from saecli.residuals import read_residuals
-
-    if not all(parts.with_residuals):
-        raise SaecliError(f"{run_dir}: a finished part has no residuals", hint="start a new run", exit_code=1)
-    pieces = [read_residuals(residuals_path(run_dir, number)) for number in parts.numbers]
-    return Residuals.concat(pieces).select(list(sample_ids))
+def _compact_into_one(parts: Parts, chosen: list[int], run_dir: Path, ident: dict[str, Any], layers: Sequence[int],
+                      tier: int) -> None:  # fmt: skip
+    pieces = [parts.piece(k, run_dir) for k in chosen]
+    positions = np.concatenate([p.positions for p in pieces])
+    order = np.argsort(positions, kind="stable")
+    ids = pl.concat([p.ids for p in pieces]).gather(order)
+    number = parts.last_number + 1
+    residuals_sha = ""
+    has_residuals = all(p.residuals is not None for p in pieces)
+    if has_residuals:
+        write_residuals_file(pieces, ids.to_list(), layers, residuals_path(run_dir, number))
+        residuals_sha = file_sha256(residuals_path(run_dir, number))
+    metadata = {IDENTITY_KEY: _as_json(ident), RESIDUALS_KEY: residuals_sha, TIER_KEY: str(tier),
+                REPLACES_KEY: json.dumps([parts.numbers[k] for k in chosen])}  # fmt: skip
+    tmp = new_temporary(run_dir / PARTS_DIR / f"part-{number:06d}.parquet")
+    try:
+        with open(tmp, "wb") as handle:
+            write_table_to(handle, pieces, layers, metadata)
+        crash_point("compact_written")
+        table = run_dir / PARTS_DIR / f"part-{number:06d}-{file_sha256(tmp)[:16]}.parquet"
+        os.replace(tmp, table)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    crash_point("compacted")
+    for piece in pieces:
+        piece.table.unlink(missing_ok=True)
+        crash_point("compact_removed")
+        if piece.residuals is not None:
+            piece.residuals.unlink(missing_ok=True)
+    log.debug("compacted %d parts of tier %d into %s", len(pieces), tier - 1, table.name)
+    parts.drop(chosen)
+    parts.add(number, table, ids, positions[order], residuals=has_residuals, tier=tier)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from saecli import io
@@ -23,9 +24,10 @@ from saecli.faults import crash_point
 from saecli.manifest import check_resumable, finish_manifest, identity, start_manifest, stored_identity
 from saecli.memory import is_out_of_memory as is_oom
 from saecli.memory import oom_message
+from saecli.merge import write_residuals_file, write_table
 from saecli.models import LoadedPreset, check_preset_files, load_preset
-from saecli.parts import Parts, check_parts, merge_parts, merged_residuals, write_part
-from saecli.residuals import write_residuals
+from saecli.parts import Parts, check_parts, compact, write_part
+from saecli.plan import PackedTokens, windows
 from saecli.rundir import claim_run_dir, clear_outputs
 
 if TYPE_CHECKING:
@@ -37,11 +39,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
-    """What a finished run produced."""
+    """What a finished run produced. Its table stays on disk (a million rows need not fit in
+    memory): :attr:`frame` reads it when asked."""
 
     run_dir: Path
     manifest: dict[str, Any]
-    frame: pl.DataFrame
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        return io.read_parquet(self.run_dir / io.METRICS_FILE)
+
+    def scan(self) -> pl.LazyFrame:
+        """The table, to be read by streaming (the path is literal: no glob)."""
+        return pl.scan_parquet(self.run_dir / io.METRICS_FILE, glob=False)
 
 
 def remaining(samples: list[Any], finished: Iterable[str]) -> list[int]:
@@ -122,10 +132,10 @@ def _execute_claimed(
     previous = io.read_manifest(run_dir) if resuming else None
     if previous is not None and previous.get("status") == "complete" and not (run_dir / io.PARTS_DIR).exists():
         check_resumable(previous, stored_identity(config, previous, samples), run_dir)
-        frame, manifest = io.read_run(run_dir)
+        _, manifest = io.read_run(run_dir)
         io.check_complete(manifest, run_dir)
         log.warning("%s is already complete; nothing to resume", run_dir)
-        return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
+        return RunResult(run_dir=run_dir, manifest=manifest)
     if preset.synthetic:
         log.warning("preset %s has random weights: its metrics mean nothing (benchmarking only)", preset.name)
     if ray is not None:
@@ -155,31 +165,32 @@ def _analyse(
     ident = identity(config, info.layers, info.dtype, samples)
     if previous is not None:
         check_resumable(previous, ident, run_dir)
-    # On --resume only the samples still to do are tokenized (the finished ones were checked when
-    # they ran): 40,000 samples take 20 s to tokenize here. Before anything is written, so that a
-    # text too long for the model leaves the folder as it was.
     done = _finished_so_far(run_dir, samples, info.layers, ident, config.mode) if previous is not None else Parts()
     finished = done.sample_ids()
-    todo = remaining(samples, finished)
-    toks = backend.tokenize([samples[i] for i in todo])
+    todo = np.asarray(remaining(samples, finished), dtype=np.int64)
+    packed = _checked_tokens(backend, samples, todo) if previous is None else None
     state, batch_size = _start(config, run_dir, samples, backend, ident, previous=previous)
-    work = _Work(done=len(finished), part_number=done.last_number, earlier_backoffs=list(state["backoffs"]))
+    work = _Work(done=len(finished), parts=done, todo=todo, earlier_backoffs=list(state["backoffs"]))
     if progress is not None:
         progress(work.done, len(samples))
     started = time.perf_counter()
     try:
-        for batch in backend.batches([samples[i] for i in todo], toks, batch_size, progress):
-            crash_point("batch_done")
-            with backend.timer("write"), _writing(run_dir, work.done, state):
-                _write_part(batch, run_dir, state, work, info.layers)
-                # The parts say which samples are finished; the manifest is rewritten only when what
-                # it records changes (an out-of-memory backoff), so a batch writes a bounded amount.
-                backoffs = work.earlier_backoffs + backend.backoffs
-                if backoffs != state["backoffs"]:
-                    state["backoffs"] = backoffs
-                    io.write_manifest(state, run_dir)
-            if progress is not None:
-                progress(work.done, len(samples))
+        for window in windows(len(todo), batch_size):
+            work.todo = todo[window.start : window.stop]
+            chunk = [samples[i] for i in work.todo]
+            toks = packed.unpack(window.start, window.stop) if packed is not None else backend.tokenize(chunk)
+            for batch in backend.batches(chunk, toks, batch_size, progress):
+                crash_point("batch_done")
+                with backend.timer("write"), _writing(run_dir, work.done, state):
+                    _write_part(batch, run_dir, state, work, info.layers, samples)
+                    # The parts say which samples are finished; the manifest is rewritten only when what
+                    # it records changes (an out-of-memory backoff), so a batch writes a bounded amount.
+                    backoffs = work.earlier_backoffs + backend.backoffs
+                    if backoffs != state["backoffs"]:
+                        state["backoffs"] = backoffs
+                        io.write_manifest(state, run_dir)
+                if progress is not None:
+                    progress(work.done, len(samples))
     except Exception as exc:
         if is_oom(exc):
             raise oom_message(1, preset.name, info.device) from None
@@ -187,12 +198,24 @@ def _analyse(
     return _finish(config, run_dir, samples, backend, state, work, time.perf_counter() - started, resumed=previous is not None)
 
 
+def _checked_tokens(backend: Backend, samples: list[Any], todo: Any) -> PackedTokens:
+    """Every sample of a new run tokenized before anything is written, so that a text too long for
+    the model leaves the folder as it was; kept packed (about 4 bytes a token) until its window runs.
+    A resumed run skips this: the run that started it checked every sample, and it tokenizes each
+    window as it comes (40,000 samples take about 20 s to tokenize here: resuming starts at once)."""
+    spans = windows(len(todo), 1)
+    return PackedTokens.concat([PackedTokens.pack(backend.tokenize([samples[i] for i in todo[w.start : w.stop]])) for w in spans])
+
+
 @dataclass
 class _Work:
     """What the analysis has done so far in this process (for the progress, the parts and the manifest)."""
 
     done: int
-    part_number: int
+    parts: Parts
+    """The run's parts on disk, as this process wrote and compacted them."""
+    todo: Any
+    """The input positions of the samples of the window being analysed (np.ndarray; a batch's indices index it)."""
     earlier_backoffs: list[dict[str, Any]]
     """Out-of-memory backoffs of the run before it was resumed (this process's are the backend's)."""
     analysed: int = 0
@@ -234,30 +257,35 @@ def _start(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backen
     return state, batch_size
 
 
-def _finished_so_far(run_dir: Path, samples: list[Any], layers: list[int], ident: dict[str, Any], mode: str) -> Parts:
+def _finished_so_far(run_dir: Path, samples: list[Any], layers: list[int], ident: dict[str, Any], mode: str, *,
+                     every: bool = False) -> Parts:  # fmt: skip
     """The checked parts of the run (:func:`saecli.parts.check_parts`: a broken part is removed and
-    analysed again; another run's part is refused), before any work starts."""
+    analysed again; another run's part is refused), each row's input position found (with
+    ``every``, every sample must be there), before any work starts."""
     parts = check_parts(run_dir, layers, ident, io.resume_command(run_dir, {"mode": mode}))
-    position = {s.id: i for i, s in enumerate(samples)}
-    finished = parts.sample_ids()
-    if len(set(finished)) != len(finished) or any(sid not in position for sid in finished):
-        raise SaecliError(f"{run_dir}: the part files hold a sample twice, or one not in the data", hint="start a new run",
-                          exit_code=1)  # fmt: skip
+    parts.locate(run_dir, [s.id for s in samples], every=every)
     return parts
 
 
-def _write_part(batch: BatchResult, run_dir: Path, state: dict[str, Any], work: _Work, layers: list[int]) -> None:
+def _write_part(
+    batch: BatchResult, run_dir: Path, state: dict[str, Any], work: _Work, layers: list[int], samples: list[Any]
+) -> None:
     """One finished batch as a part file (its residuals first: a part's samples count as done once
-    its table is there), and its work counted."""
+    its table is there), its work counted, and the parts compacted when a tier is full."""
     part = io.rows_to_frame(batch.rows, layers)
-    work.part_number += 1
-    write_part(part, run_dir, work.part_number, state["identity"], batch.residuals)
+    positions = work.todo[np.asarray(batch.indices, dtype=np.int64)]
+    if part["sample_id"].to_list() != [samples[i].id for i in positions]:
+        raise RuntimeError("a batch's rows are not its samples")  # the engine's contract; never the user's input
+    number = work.parts.last_number + 1
+    table = write_part(part, run_dir, number, state["identity"], batch.residuals)
+    work.parts.add(number, table, part["sample_id"], positions, residuals=batch.residuals is not None)
     crash_point("after_part")
     work.done += len(batch.indices)
     work.analysed += len(batch.indices)
     work.tokens += batch.tokens
     work.forwarded += batch.forwarded_tokens
     work.forwarded_real += batch.forwarded_real_tokens
+    compact(work.parts, run_dir, state["identity"], layers)
 
 
 def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backend, state: dict[str, Any], work: _Work,
@@ -267,15 +295,17 @@ def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backe
     crash_point("before_merge")
     ids = [s.id for s in samples]
     layers = backend.info.layers
-    parts = _finished_so_far(run_dir, samples, layers, state["identity"], config.mode)
+    parts = _finished_so_far(run_dir, samples, layers, state["identity"], config.mode, every=True)
     files = {}
     with backend.timer("write"), _writing(run_dir, work.done, state):
-        frame = merge_parts(parts, layers, ids, run_dir)
+        pieces = [parts.piece(k, run_dir) for k in range(len(parts.numbers))]
         if config.baselines:
-            residuals = merged_residuals(parts, run_dir, ids)
-            residuals.run = state["config_hash"]
-            files[io.RESIDUALS_FILE] = io.file_record(write_residuals(run_dir / io.RESIDUALS_FILE, residuals))
-        files[io.METRICS_FILE] = io.file_record(io.write_metrics(frame, run_dir))
+            if not all(parts.with_residuals):
+                raise SaecliError(f"{run_dir}: a finished part has no residuals", hint="start a new run", exit_code=1)
+            write_residuals_file(pieces, ids, layers, run_dir / io.RESIDUALS_FILE, run=state["config_hash"])
+            files[io.RESIDUALS_FILE] = io.file_record(run_dir / io.RESIDUALS_FILE)
+        write_table(pieces, layers, run_dir / io.METRICS_FILE)
+        files[io.METRICS_FILE] = io.file_record(run_dir / io.METRICS_FILE)
         files[io.SAMPLES_FILE] = io.file_record(io.write_samples(samples, run_dir))  # the table's rows are in `ids` order
     crash_point("after_merge")
     state = {**state, "backoffs": work.earlier_backoffs + backend.backoffs, **backend.record(), "files": files}
@@ -292,11 +322,12 @@ def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backe
         io.write_manifest(manifest, run_dir)
     crash_point("after_final_manifest")
     io.remove_parts(run_dir)
-    return RunResult(run_dir=run_dir, manifest=manifest, frame=frame)
+    return RunResult(run_dir=run_dir, manifest=manifest)
 
 
-def domain_summary(frame: pl.DataFrame, layers: list[int]) -> pl.DataFrame:
-    """Per domain, the mean hall − fact difference of the headline metrics (and all domains)."""
+def domain_summary(frame: pl.DataFrame | pl.LazyFrame, layers: list[int]) -> pl.DataFrame:
+    """Per domain, the mean hall − fact difference of the headline metrics (and all domains). A
+    LazyFrame (a scan of ``metrics.parquet``) is read by streaming, only the columns needed."""
     headline = {layer_metric(layer, "reconstruction_error"): lambda kind, layer=layer: layer_column(layer, kind, "reconstruction_error")
                 for layer in layers}  # fmt: skip
     headline[layer_metric(layers[0], "l0_norm")] = lambda kind: layer_column(layers[0], kind, "l0_norm")
@@ -306,6 +337,7 @@ def domain_summary(frame: pl.DataFrame, layers: list[int]) -> pl.DataFrame:
         (pl.col(column("hall")).cast(pl.Float64) - pl.col(column("fact")).cast(pl.Float64)).mean().alias(name)
         for name, column in headline.items()
     ]
-    by_domain = frame.group_by("domain", maintain_order=True).agg(pl.len().alias("n"), *exprs)
-    overall = frame.select(pl.lit("all").alias("domain"), pl.len().alias("n"), *exprs)
+    lazy = frame.lazy()
+    by_domain = lazy.group_by("domain", maintain_order=True).agg(pl.len().alias("n"), *exprs).collect(engine="streaming")
+    overall = lazy.select(pl.lit("all").alias("domain"), pl.len().alias("n"), *exprs).collect(engine="streaming")
     return pl.concat([by_domain, overall.cast(by_domain.schema)])

@@ -13,7 +13,11 @@ own process:
 Usage::
 
     .venv/bin/python scripts/scale.py --sizes 10000,100000 --out scale/   # README's figures
+    .venv/bin/python scripts/scale.py --sizes 1000000 --steps run,report  # the million-sample run
     .venv/bin/python scripts/scale.py --sizes 40 --batch-size 8           # a smoke test
+
+``--steps`` leaves out what is not wanted (a million samples take over half an hour per run).
+While ``run`` goes, the parts folder is watched: its largest number of files is reported.
 
 Prints one table row per size and writes ``scale.json`` into ``--out``.
 """
@@ -60,6 +64,30 @@ def measured(args: list[str], env: dict[str, str] | None = None) -> tuple[int, f
     return int(code), float(seconds), int(rss)
 
 
+class Watch:
+    """The largest number of entries of ``folder`` seen while a command runs (polled)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.most, self.done = folder, 0, False
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+
+    def poll(self) -> None:
+        while not self.done:
+            try:
+                self.most = max(self.most, sum(1 for _ in self.folder.iterdir()))
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    def __enter__(self) -> Watch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done = True
+        self.thread.join()
+
+
 def resume_start(run_dir: Path) -> float:
     """Seconds from ``saecli run --resume`` to its first new part file (it then runs to the end)."""
     before = set((run_dir / "parts").glob("part-*.parquet"))
@@ -82,26 +110,35 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def one_size(n: int, batch_size: int, out: Path) -> dict[str, float | int]:
+def one_size(n: int, batch_size: int, out: Path, steps: set[str]) -> dict[str, float | int | None]:
     data = make_data(n, out / f"data-{n}.jsonl")
     common = ["--data", str(data), "--batch-size", str(batch_size)]
-    _, run_seconds, run_rss = measured(["run", *common, "--out", str(out / f"run-{n}")])
-    manifest = json.loads((out / f"run-{n}" / "manifest.json").read_text())
-    half = max(1, n // batch_size // 2)
-    stopped = out / f"resumed-{n}"
-    measured(["run", *common, "--out", str(stopped)], env={"SAECLI_CRASH_AT": f"batch_done#{half}"})
-    resume_seconds = resume_start(stopped)
-    _, report_seconds, report_rss = measured(["report", str(out / f"run-{n}")])
-    return {
-        "samples": n,
-        "run_seconds": round(run_seconds, 1),
-        "samples_per_second": manifest["timings"]["samples_per_second"],
-        "run_peak_rss_gb": round(run_rss / 1e9, 2),
-        "resume_to_first_part_seconds": round(resume_seconds, 1),
-        "report_seconds": round(report_seconds, 1),
-        "report_peak_rss_gb": round(report_rss / 1e9, 2),
-        "run_folder_mb": round(folder_bytes(out / f"run-{n}") / 1e6, 1),
-    }
+    row: dict[str, float | int | None] = dict.fromkeys(HEADER)
+    row["samples"] = n
+    run_dir = out / f"run-{n}"
+    if "run" in steps:
+        with Watch(run_dir / "parts") as watch:
+            _, run_seconds, run_rss = measured(["run", *common, "--out", str(run_dir)])
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        row.update(run_seconds=round(run_seconds, 1), samples_per_second=manifest["timings"]["samples_per_second"],
+                   run_peak_rss_gb=round(run_rss / 1e9, 2), most_part_files=watch.most,
+                   run_folder_mb=round(folder_bytes(run_dir) / 1e6, 1))  # fmt: skip
+    if "resume" in steps:
+        half = max(1, n // batch_size // 2)
+        stopped = out / f"resumed-{n}"
+        measured(["run", *common, "--out", str(stopped)], env={"SAECLI_CRASH_AT": f"batch_done#{half}"})
+        row["resume_to_first_part_seconds"] = round(resume_start(stopped), 1)
+    if "report" in steps:
+        _, report_seconds, report_rss = measured(["report", str(run_dir)])
+        row.update(report_seconds=round(report_seconds, 1), report_peak_rss_gb=round(report_rss / 1e9, 2))
+    return row
+
+
+HEADER = (
+    "samples", "run_seconds", "samples_per_second", "run_peak_rss_gb", "most_part_files", "resume_to_first_part_seconds",
+    "report_seconds", "report_peak_rss_gb", "run_folder_mb",
+)  # fmt: skip
+STEPS = {"run", "resume", "report"}
 
 
 def main() -> None:
@@ -109,7 +146,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated sample counts (default 10000,100000)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="where the data, runs and scale.json go (default: a temp folder)")
+    parser.add_argument("--steps", default="run,resume,report", help="which of run,resume,report to measure (report needs run)")
     args = parser.parse_args()
+    steps = {s.strip() for s in args.steps.split(",")}
+    if not steps or steps - STEPS or ("report" in steps and "run" not in steps):
+        parser.error(f"--steps: a comma-separated subset of run,resume,report (report needs run), got {args.steps!r}")
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
@@ -119,16 +160,14 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="saecli-scale-"))
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    header = (
-        "samples", "run_seconds", "samples_per_second", "run_peak_rss_gb", "resume_to_first_part_seconds",
-        "report_seconds", "report_peak_rss_gb", "run_folder_mb",
-    )  # fmt: skip
-    print(" | ".join(header), flush=True)
+    print(" | ".join(HEADER), flush=True)
     for n in sizes:
-        row = one_size(n, args.batch_size, out)
+        row = one_size(n, args.batch_size, out, steps)
         rows.append(row)
-        print(" | ".join(str(row[k]) for k in header), flush=True)
-    (out / "scale.json").write_text(json.dumps({"batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
+        print(" | ".join("-" if row[k] is None else str(row[k]) for k in HEADER), flush=True)
+    (out / "scale.json").write_text(
+        json.dumps({"batch_size": args.batch_size, "steps": sorted(steps), "rows": rows}, indent=2) + "\n"
+    )
     print(f"wrote {out / 'scale.json'}", file=sys.stderr)
 
 

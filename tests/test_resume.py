@@ -99,6 +99,50 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, reference
     assert not list(out.glob(".*.tmp"))
 
 
+COMPACTING = "import sys, saecli.parts; saecli.parts.FAN_IN = 2; from saecli.cli import main; sys.argv[0] = 'saecli'; main()"
+"""saecli with parts compacted two by two (five batches: tiers 0, 1 and 2 are all written)."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["compact_written#2", "compacted#2", "compact_removed#3"])
+def test_sigkill_while_compacting_then_resume_equals_uninterrupted(tmp_path, monkeypatch, reference, reference_residuals, point):
+    out = tmp_path / "run"
+    env = {**os.environ, "SAECLI_CRASH_AT": point}
+    killed = subprocess.run([sys.executable, "-c", COMPACTING, *RUN_ARGS, "--out", str(out)], capture_output=True, text=True,
+                            env=env, timeout=300)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    tables = sorted(p.name for p in (out / "parts").glob("part-*.parquet"))
+    if point == "compacted#2":  # parts 4 and 5 beside part 6 that replaces them (and part 3, of 1 and 2)
+        assert [t[:11] for t in tables] == ["part-000003", "part-000004", "part-000005", "part-000006"], tables
+    monkeypatch.setattr("saecli.parts.FAN_IN", 2)
+    resumed = runner.invoke(app, ["run", "--resume", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    frame = pl.read_parquet(out / "metrics.parquet")
+    assert frame["sample_id"].to_list() == reference["sample_id"].to_list()
+    assert compare_frames(reference, frame, atol=1e-6).passed
+    _same_residuals(reference_residuals, read_residuals(out / RESIDUALS_FILE))
+
+
+@pytest.mark.slow
+def test_compaction_keeps_the_parts_folder_small_and_changes_nothing(tmp_path, monkeypatch, reference):
+    import saecli.runner as runner_module
+
+    monkeypatch.setattr("saecli.parts.FAN_IN", 2)
+    counts = []
+
+    def counting(parts, run_dir, *args):
+        written = compact(parts, run_dir, *args)
+        counts.append(len(list((run_dir / "parts").iterdir())))
+        return written
+
+    compact = runner_module.compact
+    monkeypatch.setattr(runner_module, "compact", counting)
+    result = execute(RunConfig(limit=LIMIT, batch_size=1, dtype="float64"), out=tmp_path / "run")
+    # 20 batches compacted two by two: at most one part per tier (tiers 0-4), each a table and its residuals.
+    assert len(counts) == LIMIT and max(counts) <= 2 * 5 and counts[-1] == 2 * 2  # 20 = 16 + 4: tiers 4 and 2
+    assert compare_frames(reference, result.frame, atol=1e-6).passed
+
+
 @pytest.mark.slow
 def test_resume_refuses_other_settings_and_non_runs(tmp_path):
     out = tmp_path / "run"

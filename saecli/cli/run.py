@@ -61,7 +61,7 @@ def _render(result: RunResult, as_json: bool) -> None:
     m = result.manifest
     if m["preset"]["synthetic"]:
         stderr.print(Text.assemble(("note:", "yellow"), " this preset has random weights; its metrics mean nothing."))
-    summary = domain_summary(result.frame, m["layers"])
+    summary = domain_summary(result.scan(), m["layers"])
     table = Table(title=f"Mean hall − fact by domain ({m['preset']['name']}, {m['samples']} samples)")
     table.add_column("metric", no_wrap=True)
     domains = summary["domain"].to_list()
