@@ -205,13 +205,27 @@ def write_metrics(frame: pl.DataFrame, run_dir: Path) -> Path:
     return path
 
 
+SAMPLE_ROWS = 65536
+"""Samples written to samples.parquet at once (one row group each): a million texts are not held twice."""
+
+
 def write_samples(samples: Sequence[Any], run_dir: Path) -> Path:
-    """:data:`SAMPLES_FILE` of ``samples`` (:class:`saecli.data.Sample`-like), in their order."""
-    columns = {name: [getattr(s, "id" if name == "sample_id" else name) for s in samples] for name in SAMPLE_COLUMNS}
-    frame = pl.DataFrame(columns, schema=dict.fromkeys(SAMPLE_COLUMNS, pl.String()))
+    """:data:`SAMPLES_FILE` of ``samples`` (:class:`saecli.data.Sample`-like), in their order,
+    :data:`SAMPLE_ROWS` at a time."""
+    import pyarrow.parquet as pq
+
+    types = dict.fromkeys(SAMPLE_COLUMNS, pl.String())
+    arrow_schema = pl.DataFrame(schema=types).to_arrow().schema
     path = run_dir / SAMPLES_FILE
-    data = parquet_bytes(frame)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle, pq.ParquetWriter(handle, arrow_schema) as writer:
+            for start in range(0, max(len(samples), 1), SAMPLE_ROWS):
+                chunk = samples[start : start + SAMPLE_ROWS]
+                columns = {name: [getattr(s, "id" if name == "sample_id" else name) for s in chunk] for name in SAMPLE_COLUMNS}
+                writer.write_table(pl.DataFrame(columns, schema=types).to_arrow().cast(arrow_schema))
+
+    atomic_write(path, write)
     return path
 
 
