@@ -104,6 +104,8 @@ class ProbeFit:
     groups: int = 0  # cross-validation groups (samples joined by shared texts)
     detections: list[Detection] = field(default_factory=list)  # per domain and all: mean AUROC, pooled interval
     repeat_sd: dict[str, float] = field(default_factory=dict)  # per domain and all: SD of the repeats' AUROCs
+    rows: np.ndarray | None = None  # the run's rows the arrays are of (a subsample); None: every row
+    run_counts: dict[str, int] = field(default_factory=dict)  # per domain and all: the run's samples
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class ProbeRow:
     repeats: int = 1
     repeat_auroc_sd: float = math.nan  # SD of the repeats' AUROCs (this group)
     groups: int = 0
+    n_run: int = 0  # the run's samples in this group (> n: the probe was fitted on a subsample of them)
 
 
 @dataclass(frozen=True)
@@ -397,14 +400,24 @@ def run_probes(
     return outcome
 
 
+def _run_rows(values: np.ndarray, rows: np.ndarray | None, n: int) -> np.ndarray:
+    """A subsample's values at their ``rows`` of the run's n, NaN elsewhere (as they are without rows)."""
+    if rows is None:
+        return values
+    out = np.full(n, math.nan)
+    out[rows] = values
+    return out
+
+
 def scores_frame(fits: Sequence[ProbeFit], domains: Sequence[str]) -> tuple[pl.DataFrame, list[Metric]]:
     """The out-of-fold scores (averaged over the repeats) as a frame (``domain``, ``{probe}_fact``,
-    ``{probe}_hall``) and their metrics, for :func:`~saecli.report.detection.detect_metrics`."""
+    ``{probe}_hall``) and their metrics, for :func:`~saecli.report.detection.detect_metrics`. A probe
+    fitted on a subsample (``fit.rows``) has NaN on the other rows: the detection table leaves them out."""
     columns: dict[str, Any] = {"domain": list(domains)}
     metrics = []
     for fit in fits:
         fact, hall = paired_column(fit.name, "fact"), paired_column(fit.name, "hall")
-        columns[fact], columns[hall] = fit.fact, fit.hall
+        columns[fact], columns[hall] = _run_rows(fit.fact, fit.rows, len(domains)), _run_rows(fit.hall, fit.rows, len(domains))
         metrics.append(Metric(fit.name, fact, hall, fit.layer, fit.source, PROBE))
     return pl.DataFrame(columns), metrics
 
@@ -435,6 +448,7 @@ def probe_rows(fits: Sequence[ProbeFit], rows: Sequence[Detection] = ()) -> list
                     repeats=fit.repeats,
                     repeat_auroc_sd=fit.repeat_sd.get(r.domain, math.nan),
                     groups=fit.groups,
+                    n_run=fit.run_counts.get(r.domain, r.n),
                 )  # fmt: skip
             )
     order = {name: i for i, name in enumerate(by_name)}
