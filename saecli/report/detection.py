@@ -271,7 +271,8 @@ STATISTICS = {
     "wilcoxon_p": "raw two-sided Wilcoxon signed-rank p of hall − fact",
     "q": "Benjamini-Hochberg q of wilcoxon_p over every row (metrics, baselines, probes × groups)",
     "significant": "q < alpha",
-    "vs_baseline": "oriented AUROC minus the group's best baseline's; paired bootstrap 95% interval over pairs",
+    "vs_baseline": "oriented AUROC minus the group's best baseline's; paired bootstrap 95% interval over pairs "
+    "(a group above resample_samples: drawn from that many, spread rescaled by sqrt(m/n))",
     "best.p_family": "sign-flip permutation p of the best |AUROC − 0.5| against the null maximum over all metrics",
 }
 """What each statistic of the detection document is (``--json`` carries it)."""
