@@ -83,7 +83,8 @@ from saecli.report.detection import (
     run_metrics,
 )
 from saecli.report.features import FeatureRow
-from saecli.report.probes import Generalisation, ProbeRow, probe_rows, scores_frame
+from saecli.report.folds import sample_groups
+from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, scores_frame
 from saecli.report.probing import probe_and_rank
 from saecli.report.progress import ReportProgress, Steps
 from saecli.report.sampling import PROBE_SAMPLES, RESAMPLE_SAMPLES, sampled_note
@@ -307,7 +308,8 @@ def make_report(
         report.notes.append(f"No {RESIDUALS_FILE} in the run: no probes, out-of-domain test or SAE feature ranking.")
     else:
         load = functools.partial(load_residuals, run_dir, frame)
-        fits = probe_and_rank(report, frame, residuals, manifest, texts, steps, load)
+        groups = _text_groups(frame, manifest, report, texts)
+        fits = probe_and_rank(report, frame, residuals, manifest, texts, steps, load, groups, fit=run_probes)
         if fits:  # the probes' out-of-fold scores join the metrics: one ranking, one family of tests
             scores, probe_metrics = scores_frame(fits, frame["domain"].to_list())
             table, metrics = frame.hstack(scores.drop("domain")), metrics + probe_metrics
@@ -324,6 +326,31 @@ def make_report(
     steps.finish()
     log.info("wrote %s", ", ".join(str(p) for p in report.files.values()))
     return report
+
+
+def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, texts: list[Any] | None) -> Any:
+    """The probes' fold groups (samples that share a text stay in one fold), from the texts the run
+    kept (``texts``) or, for a run that kept none, its data read again as the run read it; None (each
+    sample its own group, said in the notes) when that data cannot be read any more or no longer
+    holds the run's samples."""
+    from saecli.data import load_samples
+
+    if texts is not None:
+        return sample_groups(texts)
+    config = manifest.get("config") or {}
+    try:
+        # A run that recorded no limit order predates it: its --limit took the first N samples.
+        samples = load_samples(config.get("data"), domains=config.get("domains"), limit=config.get("limit"),
+                               columns=config.get("columns"), limit_order=config.get("limit_order", "file"))  # fmt: skip
+    except SaecliError as exc:
+        report.notes.append(f"Probe folds: the run's data cannot be read again ({exc.message}); each sample is its own group.")
+        return None
+    by_id = {s.id: s for s in samples}
+    ids = frame["sample_id"].to_list()
+    if not all(i in by_id for i in ids):
+        report.notes.append("Probe folds: the run's data no longer holds all its samples; each sample is its own group.")
+        return None
+    return sample_groups([by_id[i] for i in ids])
 
 
 _POLARS_TYPES = {"int": pl.Int64(), "float": pl.Float64(), "str": pl.String()}

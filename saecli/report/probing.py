@@ -15,12 +15,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from saecli.errors import SaecliError
 from saecli.io import RESIDUALS_FILE
 from saecli.report.detection import ALL, Report
 from saecli.report.features import FEATURES_TOP, neuronpedia_id, rank_features, sample_excerpt
-from saecli.report.folds import sample_groups
-from saecli.report.probes import ProbeFit, run_probes
+from saecli.report.probes import ProbeFit, ProbeOutcome, run_probes
 from saecli.report.progress import Steps
 from saecli.report.sampling import sampled_note, subsample
 from saecli.residuals import Residuals, residual_key
@@ -29,31 +27,6 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[..., Residuals | None]
 """``load(rows=…, keys=…)``: part of the run's residuals, rows in the table's order (:func:`saecli.report.load_residuals`)."""
-
-
-def text_groups_of(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, texts: list[Any] | None) -> Any:
-    """The probes' fold groups (samples that share a text stay in one fold), from the texts the run
-    kept (``texts``) or, for a run that kept none, its data read again as the run read it; None (each
-    sample its own group, said in the notes) when that data cannot be read any more or no longer
-    holds the run's samples."""
-    from saecli.data import load_samples
-
-    if texts is not None:
-        return sample_groups(texts)
-    config = manifest.get("config") or {}
-    try:
-        # A run that recorded no limit order predates it: its --limit took the first N samples.
-        samples = load_samples(config.get("data"), domains=config.get("domains"), limit=config.get("limit"),
-                               columns=config.get("columns"), limit_order=config.get("limit_order", "file"))  # fmt: skip
-    except SaecliError as exc:
-        report.notes.append(f"Probe folds: the run's data cannot be read again ({exc.message}); each sample is its own group.")
-        return None
-    by_id = {s.id: s for s in samples}
-    ids = frame["sample_id"].to_list()
-    if not all(i in by_id for i in ids):
-        report.notes.append("Probe folds: the run's data no longer holds all its samples; each sample is its own group.")
-        return None
-    return sample_groups([by_id[i] for i in ids])
 
 
 def _probe_inputs(report: Report, domains: list[str], groups: Any, load: Loader, steps: Steps) -> tuple[Any, ...]:
@@ -73,29 +46,30 @@ def _probe_inputs(report: Report, domains: list[str], groups: Any, load: Loader,
 
 def probe_and_rank(
     report: Report, frame: pl.DataFrame, index: Residuals, manifest: dict[str, Any], texts: list[Any] | None, steps: Steps,
-    load: Loader,
+    load: Loader, groups: Any, fit: Callable[..., ProbeOutcome] = run_probes,
 ) -> list[ProbeFit]:  # fmt: skip
     """Probes, their generalisation, and the feature ranking per layer (with the samples each feature
     differs most on, and their ``texts`` when the run kept them); returns the probes' fits (their
     out-of-fold scores join the detection ranking). ``index``: the residuals' ids and layers (no
-    arrays); ``load``: reads the rows and arrays each step needs."""
+    arrays); ``load``: reads the rows and arrays each step needs; ``groups``: the fold group of each
+    sample (:func:`~saecli.report.folds.sample_groups`; None: each sample its own); ``fit``: what fits
+    the probes (:func:`~saecli.report.probes.run_probes`)."""
     from saecli.residuals import residual_names
 
     domains = frame["domain"].to_list()
-    groups = text_groups_of(frame, manifest, report, texts)
     ids = frame["sample_id"].cast(pl.String).to_list()
     excerpts = [sample_excerpt(s.prompt, s.fact, s.hallucination) for s in texts] if texts is not None else None
     names = set(residual_names(report.run_dir / RESIDUALS_FILE))
     ranked = [layer for layer in index.layers if all(f"features.{residual_key(layer, k)}" in names for k in ("fact", "hall"))]
     steps.plan(len(ranked))
     residuals, probe_domains, probe_groups, rows = _probe_inputs(report, domains, groups, load, steps)
-    outcome = run_probes(residuals, probe_domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap,
+    outcome = fit(residuals, probe_domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap,
                          groups=probe_groups, steps=steps)  # fmt: skip
     whole = residuals if rows is None else None  # a run within the cap: every row already read, ranked from it
     del residuals
     counts = dict(report.domains) | {ALL: report.samples}
-    for fit in outcome.fits:
-        fit.rows, fit.run_counts = rows, counts
+    for probe in outcome.fits:
+        probe.rows, probe.run_counts = rows, counts
     report.notes += outcome.notes
     report.generalisation = outcome.generalisation
     null_rows = subsample(domains, report.resample_samples, report.seed) if report.bootstrap else None
