@@ -313,7 +313,7 @@ def make_report(
         if fits:  # the probes' out-of-fold scores join the metrics: one ranking, one family of tests
             scores, probe_metrics = scores_frame(fits, frame["domain"].to_list())
             table, metrics = frame.hstack(scores.drop("domain")), metrics + probe_metrics
-    if bootstrap and frame.height > resample_samples:
+    if bootstrap and frame.height > resample_samples and any(m.family == "baseline" for m in metrics):
         report.subsampled["bootstrap"] = resample_samples
         report.notes.append(sampled_note("The paired bootstrap against the baseline (vs_baseline), per group", resample_samples,
                                          frame.height) + "; its spread rescaled by √(m/n) to the group's")  # fmt: skip

@@ -138,3 +138,18 @@ def test_caps_below_the_minimum_are_refused_before_any_work(run40, no_detect):
         with pytest.raises(SaecliError, match=f"--{option.replace('_', '-')} must be a whole number >= 20"):
             make_report(run40, **{option: 5})
     one_line_error(runner.invoke(app, ["report", str(run40), "--resample-samples", "3"]), 2, "--resample-samples")
+
+
+def test_the_rescaled_feature_null_matches_the_whole():
+    """The features' null threshold drawn on 1000 of 6000 pairs, times √(1000/6000), is that of all 6000."""
+    from saecli.report.features import null_threshold
+    from saecli.report.stats import group_rng
+
+    from .helpers import planted_residuals
+
+    res, domains = planted_residuals(6000, layers=[0], d_sae=100, swap=True)
+    fact, hall = res.features["l0_fact"], res.features["l0_hall"]
+    whole = null_threshold(fact, hall, 200, group_rng(0, "null"))
+    part = null_threshold(fact, hall, 200, group_rng(0, "null"), rows=subsample(domains, 1000, 0))
+    assert 0.85 < part / whole < 1.15, (part, whole)
+    assert null_threshold(fact, hall, 200, group_rng(0, "null"), rows=np.arange(6000)) == whole  # all rows: unchanged
