@@ -257,8 +257,9 @@ def make_report(
     their out-of-domain generalisation and the feature ranking (probes.csv, generalisation.csv,
     features.csv), the probes joining the detection ranking.
 
-    The options are checked, the run (and its residuals) read and the output folder tried with a real
-    write before anything is computed; each file is written atomically (whole or absent). ``progress``
+    The options are checked, the run (and its residuals' ids and layers: their arrays are read a part
+    at a time as each step needs them) read and the output folder tried with a real write before
+    anything is computed; each file is written atomically (whole or absent). ``progress``
     is told of each step as it starts (:data:`~saecli.report.progress.ReportProgress`).
 
     A run of more samples than ``probe_samples`` fits its probes on a seeded, domain-stratified
