@@ -14,7 +14,7 @@ this (and the report) stays light.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,8 +173,16 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     return header.get("__metadata__") or {}
 
 
-def read_residuals(path: Path) -> Residuals:
-    """The residuals at exactly ``path``; a one-line SaecliError for a missing, truncated or foreign file."""
+def read_residuals(path: Path, *, keys: Iterable[str] | None = None, rows: Sequence[int] | None = None) -> Residuals:
+    """The residuals at exactly ``path``; a one-line SaecliError for a missing, truncated or foreign file.
+
+    ``keys`` (e.g. ``dense.l0_fact``, ``features.l0_fact``; :func:`residual_names`) reads only those
+    arrays (an empty list: the ids, layers and widths alone); ``rows`` (positions in the file, any
+    order) only those rows, in that order, with their ``sample_ids``. Either reads the file through
+    ``safetensors.safe_open`` a slice at a time (a dense array in blocks of rows, a CSR matrix its
+    ``indptr`` and then the entries of the rows asked for), so memory holds what is returned, not the
+    file. Without either, the whole file is read and checked as before.
+    """
     import numpy as np
     import scipy.sparse as sp
     from safetensors.numpy import load
@@ -183,6 +191,8 @@ def read_residuals(path: Path) -> Residuals:
     hint = "rerun `saecli run` (baselines on) to write it again, or move the file away to report without probes"
     if not path.is_file():
         raise SaecliError(f"no residuals file {path}", hint="`saecli run` writes it unless --no-baselines")
+    if keys is not None or rows is not None:
+        return _read_part(path, keys, rows, hint)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -212,6 +222,112 @@ def read_residuals(path: Path) -> Residuals:
                     shape=(rows, cols),
                 )
         residuals = Residuals(layers=layers, sample_ids=sample_ids, dense=dense, features=features, d_sae=d_sae,
+                              run=str(meta.get("run", "")))  # fmt: skip
+        residuals.check(str(path))
+    except SaecliError as exc:
+        raise SaecliError(exc.message, hint=hint) from None
+    except Exception as exc:  # noqa: BLE001 - safetensors, JSON, scipy: whatever a broken file raises
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SaecliError(f"{path} is not a readable saecli residuals file: {reason}", hint=hint) from None
+    return residuals
+
+
+ROW_BLOCK = 1 << 16
+"""Rows of a dense array read at once by a partial read (32 MiB at d_model 128)."""
+
+
+def residual_names(path: Path) -> list[str]:
+    """The arrays a residuals file holds, as :func:`read_residuals` ``keys`` (``dense.l0_fact``,
+    ``features.l0_fact``, …), in the file's order; a one-line SaecliError for an unreadable file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            names = list(handle.keys())
+    except Exception as exc:  # noqa: BLE001 - whatever a broken file raises
+        raise SaecliError(
+            f"{path} is not a readable saecli residuals file: {str(exc).splitlines()[0] if str(exc) else exc}"
+        ) from None
+    out = [n for n in names if n.startswith("dense.")]
+    return out + [n.removesuffix(".indptr") for n in names if n.startswith("features.") and n.endswith(".indptr")]
+
+
+def _dense_rows(handle: Any, name: str, rows: Any) -> Any:
+    """Rows ``rows`` of the dense tensor ``name``, read in blocks of :data:`ROW_BLOCK` file rows."""
+    import numpy as np
+
+    total, width = handle.get_slice(name).get_shape()
+    out = np.empty((rows.size, width), dtype=np.float32)
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    for start in range(0, int(total), ROW_BLOCK):
+        lo, hi = np.searchsorted(ordered, [start, start + ROW_BLOCK])
+        if hi > lo:
+            block = handle.get_slice(name)[start : min(start + ROW_BLOCK, int(total))]
+            out[order[lo:hi]] = block[ordered[lo:hi] - start]
+    return out
+
+
+def _csr_rows(handle: Any, prefix: str, rows: Any, width: int) -> Any:
+    """Rows ``rows`` of the CSR matrix stored as ``{prefix}.indptr/.indices/.data``: its indptr, then
+    each requested row's entries (consecutive rows read as one slice)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    indptr = handle.get_tensor(f"{prefix}.indptr")
+    if rows is None:
+        rows = np.arange(indptr.size - 1)
+    starts, ends = indptr[rows], indptr[rows + 1]
+    out_ptr = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+    indices = np.empty(int(out_ptr[-1]), dtype=np.int32)
+    data = np.empty(int(out_ptr[-1]), dtype=np.float32)
+    # runs of consecutive rows: one slice each
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1 if rows.size else np.array([], dtype=np.int64)
+    for a, b in zip(np.r_[0, breaks], np.r_[breaks, rows.size], strict=True):
+        if b <= a:
+            continue
+        lo, hi = int(starts[a]), int(ends[b - 1])
+        indices[out_ptr[a] : out_ptr[b]] = handle.get_slice(f"{prefix}.indices")[lo:hi]
+        data[out_ptr[a] : out_ptr[b]] = handle.get_slice(f"{prefix}.data")[lo:hi]
+    return sp.csr_matrix((data, indices, out_ptr), shape=(rows.size, width))
+
+
+def _read_part(path: Path, keys: Iterable[str] | None, rows: Sequence[int] | None, hint: str) -> Residuals:
+    """:func:`read_residuals` of some arrays and rows (``keys``, ``rows``), through ``safe_open``."""
+    import numpy as np
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("format") != "saecli-residuals":
+                raise ValueError("not a saecli residuals file (no format saecli-residuals in its metadata)")
+            if meta.get("schema") != str(RESIDUALS_SCHEMA):
+                raise ValueError(f"schema {meta.get('schema')!r}, this saecli reads {RESIDUALS_SCHEMA}")
+            layers = [int(layer) for layer in json.loads(meta["layers"])]
+            sample_ids = [str(sid) for sid in json.loads(meta["sample_ids"])]
+            d_sae = {int(layer): int(width) for layer, width in json.loads(meta["d_sae"]).items()}
+            names = set(handle.keys())
+            wanted = [n for n in names if n.startswith("dense.")] + [
+                n.removesuffix(".indptr") for n in names if n.startswith("features.") and n.endswith(".indptr")
+            ]
+            wanted = sorted(wanted) if keys is None else [k for k in keys if k in wanted]
+            picked = None if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+            if picked is not None and picked.size and (picked.min() < 0 or picked.max() >= len(sample_ids)):
+                raise ValueError(f"rows outside its {len(sample_ids)} samples")
+            dense, features = {}, {}
+            for name in wanted:
+                kind, key = name.split(".", 1)
+                if kind == "dense":
+                    every = np.arange(len(sample_ids)) if picked is None else picked
+                    dense[key] = _dense_rows(handle, name, every)
+                else:
+                    layer = int(key[1:].split("_", 1)[0])
+                    if layer not in d_sae:
+                        raise ValueError(f"no d_sae for layer {layer} in its metadata")
+                    features[key] = _csr_rows(handle, name, picked, d_sae[layer])
+        ids = sample_ids if picked is None else [sample_ids[i] for i in picked.tolist()]
+        residuals = Residuals(layers=layers, sample_ids=ids, dense=dense, features=features, d_sae=d_sae,
                               run=str(meta.get("run", "")))  # fmt: skip
         residuals.check(str(path))
     except SaecliError as exc:

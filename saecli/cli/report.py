@@ -13,7 +13,7 @@ from rich.text import Text
 
 from saecli.cli.app import command, emit_json, results_in, stderr, stdout
 from saecli.cli.options import json_option
-from saecli.report import ALPHA, FOLDS_DEFAULT, MAX_BOOTSTRAP, TOP_DEFAULT, Report, make_report
+from saecli.report import ALPHA, FOLDS_DEFAULT, MAX_BOOTSTRAP, PROBE_SAMPLES, RESAMPLE_SAMPLES, TOP_DEFAULT, Report, make_report
 from saecli.report.summary import baseline_sentence, best_sentence
 
 
@@ -119,6 +119,21 @@ def report(
         int,
         typer.Option("--folds", help="Cross-validation folds of the probes, grouped by sample (2 to 100; runs with residuals)."),
     ] = FOLDS_DEFAULT,
+    probe_samples: Annotated[
+        int,
+        typer.Option(
+            "--probe-samples",
+            help="Fit the probes on at most this many samples (a larger run: a seeded subsample, stratified by domain; >= 20).",
+        ),
+    ] = PROBE_SAMPLES,
+    resample_samples: Annotated[
+        int,
+        typer.Option(
+            "--resample-samples",
+            help="Draw the paired bootstrap and the SAE features' null from at most this many samples of a group, "
+            "rescaled to the group (>= 20). AUROCs, p- and q-values always use every sample.",
+        ),
+    ] = RESAMPLE_SAMPLES,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the report files here instead of into RUN_DIR.", show_default=False)
     ] = None,
@@ -131,7 +146,8 @@ def report(
     residual stream and SAE features, leave-one-domain-out tests, the features that differ most).
     Example: `saecli report runs/20250101T000000Z-tiny`, `saecli report RUN --bootstrap 2000 --json`.
     """
-    result = report_with_progress(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top, folds=folds)
+    result = report_with_progress(run_dir, bootstrap=bootstrap, seed=seed, out_dir=out, top=top, folds=folds,
+                                  probe_samples=probe_samples, resample_samples=resample_samples)  # fmt: skip
     results_in(result.out_dir)
     if json_:
         emit_json(result.to_dict())

@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +82,12 @@ from saecli.report.detection import (
     report_groups,
     run_metrics,
 )
-from saecli.report.features import FEATURES_TOP, FeatureRow, neuronpedia_id, rank_features, sample_excerpt
+from saecli.report.features import FeatureRow
 from saecli.report.folds import sample_groups
 from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, scores_frame
+from saecli.report.probing import probe_and_rank
 from saecli.report.progress import ReportProgress, Steps
+from saecli.report.sampling import PROBE_SAMPLES, RESAMPLE_SAMPLES, sampled_note
 from saecli.report.stats import (
     auroc,
     auroc_interval,
@@ -105,11 +109,11 @@ from saecli.report.summary import (
     SUMMARY_FILE,
     summary_markdown,
 )
-from saecli.residuals import Residuals, read_residuals, residual_key
+from saecli.residuals import Residuals, read_residuals
 
 __all__ = [
     "ALL", "ALPHA", "Best", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
-    "HALL_COLOR", "MAX_BOOTSTRAP", "PROBES_FILE", "SUMMARY_FILE", "TOP_DEFAULT",
+    "HALL_COLOR", "MAX_BOOTSTRAP", "PROBES_FILE", "PROBE_SAMPLES", "RESAMPLE_SAMPLES", "SUMMARY_FILE", "TOP_DEFAULT",
     "Detection", "Metric", "Report", "auroc", "auroc_interval", "bh_qvalues", "best_metrics", "check_options", "check_writable", "detect", "direction", "draw_dashboard",
     "load_residuals", "load_run", "load_texts", "make_report", "numeric_metrics", "paired_effect", "percentile_interval", "summary_markdown",
     "weighted_auroc", "wilcoxon_p", "wilson_interval", "win_rate", "write_files",
@@ -155,15 +159,24 @@ def load_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any], list[int]]:
     return frame.with_columns(pl.col("domain").fill_null("(none)")), manifest, layers
 
 
-def load_residuals(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None = None) -> Residuals | None:
+def load_residuals(
+    run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None = None, *, rows: Any = None,
+    keys: Sequence[str] | None = None,
+) -> Residuals | None:  # fmt: skip
     """The run's residuals, rows in ``frame``'s order, or None for a run without them. A file that
     is unreadable, is not the one the run recorded in its ``manifest``, or lacks a sample of the
-    table is an error (with the way to report without it)."""
+    table is an error (with the way to report without it).
+
+    ``rows`` (row numbers of ``frame``) and ``keys`` (:func:`~saecli.residuals.read_residuals`: e.g.
+    ``features.l2_fact``; ``()``: the ids and layers alone) read only part of the file: the rows in
+    that order, the arrays named. Without either the whole file is read, as before."""
     path = Path(run_dir) / RESIDUALS_FILE
     if not path.exists():
         return None
     if manifest is not None:
         verify_file(Path(run_dir), manifest, RESIDUALS_FILE)
+    if rows is not None or keys is not None:
+        return _load_part(path, frame, manifest, rows, keys)
     residuals = read_residuals(path)
     layers = manifest.get("layers") if manifest is not None else None
     if layers and residuals.layers != layers:
@@ -180,6 +193,26 @@ def load_residuals(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] 
             f"{path} does not match {METRICS_FILE}: {exc.message}",
             hint=f"rerun `saecli run`, or move {RESIDUALS_FILE} away to report without probes",
         ) from None
+
+
+def _load_part(path: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None, rows: Any, keys: Any) -> Residuals:
+    """:func:`load_residuals` of some rows and arrays: the file's ids and layers checked as for the whole
+    file, then only those read (file rows found by sample id)."""
+    header = read_residuals(path, keys=())
+    layers = manifest.get("layers") if manifest is not None else None
+    hint = f"rerun `saecli run`, or move {RESIDUALS_FILE} away to report without probes"
+    if layers and header.layers != layers:
+        raise SaecliError(f"{path} holds layers {header.layers}, the run has {layers}", hint=hint)
+    if "sample_id" not in frame.columns:
+        raise SaecliError(f"{path.parent / METRICS_FILE} has no sample_id column to match {RESIDUALS_FILE} with")
+    ids = frame["sample_id"].cast(pl.String).to_list()
+    wanted = ids if rows is None else [ids[i] for i in rows]
+    position = {sid: i for i, sid in enumerate(header.sample_ids)}
+    missing = [sid for sid in wanted if sid not in position]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise SaecliError(f"{path} does not match {METRICS_FILE}: the residuals hold no row for sample ids {shown}", hint=hint)
+    return read_residuals(path, keys=keys, rows=[position[sid] for sid in wanted])
 
 
 def load_texts(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None = None) -> list[Any] | None:
@@ -216,21 +249,29 @@ def load_texts(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | No
 
 def make_report(
     run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, out_dir: Path | None = None, top: int = TOP_DEFAULT,
-    folds: int = FOLDS_DEFAULT, progress: ReportProgress | None = None,
+    folds: int = FOLDS_DEFAULT, progress: ReportProgress | None = None, probe_samples: int = PROBE_SAMPLES,
+    resample_samples: int = RESAMPLE_SAMPLES,
 ) -> Report:  # fmt: skip
     """Compute the detection table of a finished run and write detection.csv, dashboard.png and
     summary.md into the run folder (or ``out_dir``); for a run with residuals also the probes,
     their out-of-domain generalisation and the feature ranking (probes.csv, generalisation.csv,
     features.csv), the probes joining the detection ranking.
 
-    The options are checked, the run (and its residuals) read and the output folder tried with a real
-    write before anything is computed; each file is written atomically (whole or absent). ``progress``
+    The options are checked, the run (and its residuals' ids and layers: their arrays are read a part
+    at a time as each step needs them) read and the output folder tried with a real write before
+    anything is computed; each file is written atomically (whole or absent). ``progress``
     is told of each step as it starts (:data:`~saecli.report.progress.ReportProgress`).
+
+    A run of more samples than ``probe_samples`` fits its probes on a seeded, domain-stratified
+    subsample of that many; a group of more than ``resample_samples`` draws its paired bootstrap and
+    the SAE features' null from that many, rescaled to the group (:mod:`.sampling`); the notes,
+    summary.md and ``Report.subsampled`` say which and how many. At most the caps nothing changes.
     """
-    check_options(bootstrap=bootstrap, seed=seed, top=top, folds=folds)
+    check_options(bootstrap=bootstrap, seed=seed, top=top, folds=folds, probe_samples=probe_samples,
+                  resample_samples=resample_samples)  # fmt: skip
     run_dir = Path(run_dir)
     frame, manifest, layers = load_run(run_dir)
-    residuals = load_residuals(run_dir, frame, manifest)
+    residuals = load_residuals(run_dir, frame, manifest, keys=())  # the ids and layers checked; arrays read when used
     texts = load_texts(run_dir, frame, manifest) if residuals is not None else None  # read for the probes and features only
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     check_writable(out_dir, run_dir)
@@ -249,6 +290,8 @@ def make_report(
         rows=[],
         folds=folds,
         trained_on_benchmark=bool(isinstance(preset, dict) and preset.get("trained_on_benchmark") is True),
+        probe_samples=probe_samples,
+        resample_samples=resample_samples,
     )
     log.info(
         "report of %s: %d samples, %d metrics, %d bootstrap resamples",
@@ -265,11 +308,17 @@ def make_report(
     if residuals is None:
         report.notes.append(f"No {RESIDUALS_FILE} in the run: no probes, out-of-domain test or SAE feature ranking.")
     else:
-        fits = _probe_and_rank(report, frame, residuals, manifest, texts, steps)
+        load = functools.partial(load_residuals, run_dir, frame)
+        groups = _text_groups(frame, manifest, report, texts)
+        fits = probe_and_rank(report, frame, residuals, manifest, texts, steps, load, groups, fit=run_probes)
         if fits:  # the probes' out-of-fold scores join the metrics: one ranking, one family of tests
             scores, probe_metrics = scores_frame(fits, frame["domain"].to_list())
             table, metrics = frame.hstack(scores.drop("domain")), metrics + probe_metrics
-    report.rows = detect_metrics(table, metrics, bootstrap=bootstrap, seed=seed, steps=steps)
+    if bootstrap and frame.height > resample_samples and any(m.family == "baseline" for m in metrics):
+        report.subsampled["bootstrap"] = resample_samples
+        report.notes.append(sampled_note("The paired bootstrap against the baseline (vs_baseline), per group", resample_samples,
+                                         frame.height) + "; its spread rescaled by √(m/n) to the group's")  # fmt: skip
+    report.rows = detect_metrics(table, metrics, bootstrap=bootstrap, seed=seed, steps=steps, resample_samples=resample_samples)
     report.best = best_metrics(table, metrics, permutations=bootstrap, seed=seed, steps=steps)
     report.baselines = any(r.family == "baseline" for r in report.rows)  # summary.md says so when not
     if fits:
@@ -303,39 +352,6 @@ def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, 
         report.notes.append("Probe folds: the run's data no longer holds all its samples; each sample is its own group.")
         return None
     return sample_groups([by_id[i] for i in ids])
-
-
-def _probe_and_rank(
-    report: Report,
-    frame: pl.DataFrame,
-    residuals: Residuals,
-    manifest: dict[str, Any],
-    texts: list[Any] | None,
-    steps: Steps,
-) -> list[Any]:
-    """Probes, their generalisation, and the feature ranking per layer (with the samples each feature
-    differs most on, and their ``texts`` when the run kept them); returns the probes' fits (their
-    out-of-fold scores join the detection ranking)."""
-    domains = frame["domain"].to_list()
-    groups = _text_groups(frame, manifest, report, texts)
-    ids = frame["sample_id"].cast(pl.String).to_list()
-    excerpts = [sample_excerpt(s.prompt, s.fact, s.hallucination) for s in texts] if texts is not None else None
-    ranked = [layer for layer in residuals.layers if all(residual_key(layer, k) in residuals.features for k in ("fact", "hall"))]
-    steps.plan(len(ranked))
-    outcome = run_probes(residuals, domains, n_splits=report.folds, seed=report.seed, bootstrap=report.bootstrap, groups=groups,
-                         steps=steps)  # fmt: skip
-    report.notes += outcome.notes
-    report.generalisation = outcome.generalisation
-    for layer in ranked:
-        steps.start(f"SAE features: layer {layer}")
-        fact, hall = residuals.features[residual_key(layer, "fact")], residuals.features[residual_key(layer, "hall")]
-        report.features += rank_features(
-            fact, hall, layer=layer, top=FEATURES_TOP, bootstrap=report.bootstrap, seed=report.seed,
-            neuronpedia=neuronpedia_id(manifest, layer), sample_ids=ids, excerpts=excerpts,
-        )  # fmt: skip
-    if not report.features and residuals.features:
-        report.notes.append("SAE features: not enough data to rank them (fewer than 2 samples, or no feature differs)")
-    return outcome.fits
 
 
 _POLARS_TYPES = {"int": pl.Int64(), "float": pl.Float64(), "str": pl.String()}

@@ -20,6 +20,7 @@ import polars as pl
 from saecli.columns import BASELINE_METRICS, KINDS, LAYER_NUMERIC, PAIRED_METRICS, layer_column, layer_metric, paired_column
 from saecli.errors import SaecliError
 from saecli.report.progress import Steps
+from saecli.report.sampling import MIN_SAMPLES, PROBE_SAMPLES, RESAMPLE_SAMPLES, rescale, subsample
 from saecli.report.stats import (
     auroc,
     auroc_interval,
@@ -182,6 +183,12 @@ class Report:
     """The family-wise verdict on the best metric of each domain and of all samples."""
     trained_on_benchmark: bool = False
     """The preset learned the built-in benchmark (manifest ``preset.trained_on_benchmark``)."""
+    probe_samples: int = PROBE_SAMPLES
+    """The most samples the probes are fitted and scored on (a larger run: a seeded subsample, :mod:`.sampling`)."""
+    resample_samples: int = RESAMPLE_SAMPLES
+    """The most samples of a group the paired bootstrap and the SAE features' null draw from (rescaled to the group)."""
+    subsampled: dict[str, int] = field(default_factory=dict)
+    """What ran on a subsample and on how many samples (``probes``, ``bootstrap``, ``features_null``); empty below the caps."""
 
     @property
     def tested(self) -> int:
@@ -237,6 +244,9 @@ class Report:
             "beat_baseline": [r.metric for r in self.beat_baseline()],
             "best": [{k: _json_value(v) for k, v in asdict(b).items()} | {"significant": b.significant} for b in self.best],
             "folds": self.folds,
+            "probe_samples": self.probe_samples,
+            "resample_samples": self.resample_samples,
+            "subsampled": dict(self.subsampled),
             "probes": [{k: _json_value(v) for k, v in asdict(r).items()} for r in self.probes],
             "generalisation": [{k: _json_value(v) for k, v in asdict(r).items()} for r in self.generalisation],
             "features": [{k: _json_value(v) for k, v in asdict(r).items()} for r in self.features],
@@ -261,7 +271,8 @@ STATISTICS = {
     "wilcoxon_p": "raw two-sided Wilcoxon signed-rank p of hall − fact",
     "q": "Benjamini-Hochberg q of wilcoxon_p over every row (metrics, baselines, probes × groups)",
     "significant": "q < alpha",
-    "vs_baseline": "oriented AUROC minus the group's best baseline's; paired bootstrap 95% interval over pairs",
+    "vs_baseline": "oriented AUROC minus the group's best baseline's; paired bootstrap 95% interval over pairs "
+    "(a group above resample_samples: drawn from that many, spread rescaled by sqrt(m/n))",
     "best.p_family": "sign-flip permutation p of the best |AUROC − 0.5| against the null maximum over all metrics",
 }
 """What each statistic of the detection document is (``--json`` carries it)."""
@@ -275,9 +286,16 @@ def _whole(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_options(*, bootstrap: int, seed: int, top: int = TOP_DEFAULT, folds: int = FOLDS_DEFAULT) -> None:
+def check_options(
+    *, bootstrap: int, seed: int, top: int = TOP_DEFAULT, folds: int = FOLDS_DEFAULT, probe_samples: int = PROBE_SAMPLES,
+    resample_samples: int = RESAMPLE_SAMPLES,
+) -> None:  # fmt: skip
     """Refuse, before any work, the report options that would fail or exhaust memory later (the one
     place both the CLI and the Python API check them)."""
+    for flag, value in (("--probe-samples", probe_samples), ("--resample-samples", resample_samples)):
+        if not _whole(value) or value < MIN_SAMPLES:
+            raise SaecliError(f"{flag} must be a whole number >= {MIN_SAMPLES} (got {value!r})",
+                              hint=f"the defaults are {PROBE_SAMPLES} and {RESAMPLE_SAMPLES}")  # fmt: skip
     if not _whole(bootstrap) or not 0 <= bootstrap <= MAX_BOOTSTRAP:
         raise SaecliError(
             f"--bootstrap must be a whole number from 0 (no interval) to {MAX_BOOTSTRAP} resamples (got {bootstrap!r})",
@@ -330,8 +348,9 @@ def _pairs(part: pl.DataFrame, metrics: Sequence[Metric]) -> list[tuple[np.ndarr
 
 
 def detect_metrics(
-    frame: pl.DataFrame, metrics: Sequence[Metric], *, bootstrap: int = 1000, seed: int = 0, steps: Steps | None = None
-) -> list[Detection]:
+    frame: pl.DataFrame, metrics: Sequence[Metric], *, bootstrap: int = 1000, seed: int = 0, steps: Steps | None = None,
+    resample_samples: int = RESAMPLE_SAMPLES,
+) -> list[Detection]:  # fmt: skip
     """Detection statistics of ``metrics`` (columns of ``frame``), per domain (input order) and over
     all samples, with the Benjamini-Hochberg q-values over every row returned (one family).
 
@@ -339,9 +358,10 @@ def detect_metrics(
     hall values stay together): the paired bootstrap of each metric's oriented AUROC minus the best
     baseline's (none without baselines or with ``bootstrap`` 0). The resamples depend only on the
     seed, the group and its size. A sample missing either value of a metric (null or NaN) is left out
-    of that metric only. ``steps``: one step per group (:func:`report_groups`).
+    of that metric only. ``steps``: one step per group (:func:`report_groups`). A group of more than
+    ``resample_samples`` samples is bootstrapped on that many (:func:`_resampled`).
     """
-    check_options(bootstrap=bootstrap, seed=seed)
+    check_options(bootstrap=bootstrap, seed=seed, resample_samples=resample_samples)
     steps = steps or Steps()
     rows: list[Detection] = []
     for domain, part in _groups(frame):
@@ -349,10 +369,32 @@ def detect_metrics(
         pairs = _pairs(part, metrics)
         group = [_row(metric, domain, *pair) for metric, pair in zip(metrics, pairs, strict=True)]
         if bootstrap and any(r.family == BASELINE and math.isfinite(r.auroc) for r in group):
-            resampled = bootstrap_aurocs(pairs, part.height, bootstrap, group_rng(seed, domain))
+            resampled = _resampled(part, metrics, pairs, group, bootstrap=bootstrap, seed=seed, cap=resample_samples)
             group = _versus_baseline(group, resampled)
         rows += group
     return adjust(rows)
+
+
+def _resampled(
+    part: pl.DataFrame, metrics: Sequence[Metric], pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    group: list[Detection], *, bootstrap: int, seed: int, cap: int,
+) -> list[np.ndarray]:  # fmt: skip
+    """The bootstrap AUROCs of every metric of one group (``group``: its rows, same order as ``pairs``),
+    all on the same resamples (generator :func:`~saecli.report.stats.group_rng` of the seed and group).
+
+    A group of n > ``cap`` samples draws its resamples from its first ``cap`` samples in the seeded,
+    stratified order (:func:`~saecli.report.sampling.subsample`) and each metric's values are carried
+    to the whole group: ``θ̂_n + √(m/n)·(θ*_m − θ̂_m)``, m and n the metric's samples in the subsample and
+    in the group (:func:`~saecli.report.sampling.rescale`: the m-out-of-n bootstrap). Up to the cap the
+    resamples are those of the whole group, unchanged.
+    """
+    domain = group[0].domain if group else ALL
+    rows = subsample(part["domain"].to_list(), cap, seed)
+    if rows is None:
+        return bootstrap_aurocs(pairs, part.height, bootstrap, group_rng(seed, domain))
+    sub = _pairs(part[rows], metrics)
+    values = bootstrap_aurocs(sub, int(rows.size), bootstrap, group_rng(seed, domain))
+    return [rescale(v, r.auroc, auroc(h, f), int(h.size), r.n) for v, r, (h, f, _) in zip(values, group, sub, strict=True)]
 
 
 def _row(metric: Metric, domain: str, h: np.ndarray, f: np.ndarray, ok: np.ndarray) -> Detection:

@@ -112,6 +112,7 @@ class FeatureRow:
     top3_sample: str = ""
     top3_diff: float = math.nan
     top3_text: str = ""
+    null_samples: int = 0  # samples the null threshold's draws were made on (< n: a subsample, rescaled)
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,9 @@ def null_max_scores(fact: Any, hall: Any, draws: int, rng: np.random.Generator) 
 
     A swap of sample i negates d_i (the mean moves, the sum of squares does not) and trades which of
     its texts counts as the fact in the firing frequencies; both are sparse products of the draws'
-    swap matrix with the n × d_sae differences, in blocks of :data:`NULL_BLOCK` values.
+    swap matrix with the n × d_sae differences, in blocks of :data:`NULL_BLOCK` values (draws × the
+    larger of n and d_sae: the swap matrices, too, stay within the block however many samples there are;
+    the generator draws each row in turn, so the block size does not change the draws).
     """
     import scipy.sparse as sp
 
@@ -275,7 +278,7 @@ def null_max_scores(fact: Any, hall: Any, draws: int, rng: np.random.Generator) 
     total_fact, total_both = _column_sums(fires_fact), _column_sums(fires_fact + fires_hall)
     d_t, gain_t = d.T.tocsr(), (fires_hall - fires_fact).T.tocsr()  # d_sae × n
     out = np.empty(draws)
-    rows = max(1, NULL_BLOCK // max(d_sae, 1))
+    rows = max(1, NULL_BLOCK // max(d_sae, n, 1))
     for start in range(0, draws, rows):
         swapped = rng.random((min(rows, draws - start), n)) < 0.5  # draws × n
         signs = np.where(swapped, -1.0, 1.0)
@@ -287,22 +290,37 @@ def null_max_scores(fact: Any, hall: Any, draws: int, rng: np.random.Generator) 
     return out
 
 
-def null_threshold(fact: Any, hall: Any, draws: int, rng: np.random.Generator, alpha: float = FEATURES_ALPHA) -> float:
-    """The 1 − α percentile of :func:`null_max_scores` (NaN without draws)."""
-    if draws <= 0 or fact.shape[0] < 2:
+def null_threshold(
+    fact: Any, hall: Any, draws: int, rng: np.random.Generator, alpha: float = FEATURES_ALPHA, rows: np.ndarray | None = None
+) -> float:  # fmt: skip
+    """The 1 − α percentile of :func:`null_max_scores` (NaN without draws).
+
+    ``rows`` (m of the n samples, e.g. :func:`~saecli.report.sampling.subsample`): the draws are made
+    on those samples only and the threshold carried to n by ``√(m/n)``. Under the sign-flip null each
+    feature's mean difference is a sum of independent symmetric terms over the samples while its SD
+    tends to a constant, so ``√n·d_z`` has a limit law that does not depend on n (jointly over the
+    features, hence for their maximum; the ``1 − min(freq)`` factor converges to its full-data
+    value): the threshold of m samples times ``√(m/n)`` estimates that of n.
+    """
+    n = fact.shape[0]
+    if draws <= 0 or n < 2:
         return math.nan
+    if rows is not None and rows.size < n:
+        part = null_threshold(fact[rows], hall[rows], draws, rng, alpha)
+        return part * math.sqrt(rows.size / n)
     return float(np.percentile(null_max_scores(fact, hall, draws, rng), 100 * (1 - alpha)))
 
 
 def rank_features(
     fact: Any, hall: Any, *, layer: int, top: int = FEATURES_TOP, bootstrap: int = 1000, seed: int = 0,
     neuronpedia: str | None = None, alpha: float = FEATURES_ALPHA, sample_ids: Sequence[str] | None = None,
-    excerpts: Sequence[str] | None = None,
+    excerpts: Sequence[str] | None = None, null_rows: np.ndarray | None = None,
 ) -> list[FeatureRow]:  # fmt: skip
     """The ``top`` features of one layer by score, with their sign test, BH q, the null threshold of
     the score (``bootstrap`` random-swap draws, seeded by ``seed`` and the layer), the verdict, and the
     samples where each differs most, named by ``sample_ids`` (default: the row numbers) with their
-    ``excerpts`` (:func:`sample_excerpt`, one per row) when given."""
+    ``excerpts`` (:func:`sample_excerpt`, one per row) when given. ``null_rows``: the samples the null's
+    draws are made on (:func:`null_threshold`; default every sample); every other statistic is on all n."""
     import scipy.sparse as sp
 
     fact, hall = sp.csr_matrix(fact), sp.csr_matrix(hall)
@@ -317,7 +335,7 @@ def rank_features(
     if order.size == 0:
         return []
     tests = sign_tests(fact, hall)
-    threshold = null_threshold(fact, hall, bootstrap, group_rng(seed, f"features-null:l{layer}"), alpha)
+    threshold = null_threshold(fact, hall, bootstrap, group_rng(seed, f"features-null:l{layer}"), alpha, rows=null_rows)
     tested = int(tests.tested.sum())
     f_cols = fact[:, order].toarray().astype(np.float64)
     h_cols = hall[:, order].toarray().astype(np.float64)
@@ -352,6 +370,7 @@ def rank_features(
                 null_threshold=threshold,
                 significant=int(q <= alpha and math.isfinite(threshold) and score[j] > threshold),
                 **_top_fields(tops[rank - 1], diffs[:, rank - 1], ids, excerpts),
+                null_samples=int(n if null_rows is None else min(null_rows.size, n)) if bootstrap else 0,
             )  # fmt: skip
         )
     return rows

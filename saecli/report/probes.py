@@ -75,6 +75,8 @@ PROBE_C = 1.0
 PROBE_MAX_ITER = 2000
 PROBE_REPEATS = 3
 """Repeats of the grouped cross-validation (fold seeds ``seed`` … ``seed + repeats − 1``)."""
+PROBE_THREADS = 1
+"""BLAS / OpenMP threads of the probe fits (:func:`run_probes`)."""
 RESIDUAL, SAE = "residual", "sae"
 """What a probe reads: the residual-stream vector, or the SAE's feature activations."""
 
@@ -104,6 +106,8 @@ class ProbeFit:
     groups: int = 0  # cross-validation groups (samples joined by shared texts)
     detections: list[Detection] = field(default_factory=list)  # per domain and all: mean AUROC, pooled interval
     repeat_sd: dict[str, float] = field(default_factory=dict)  # per domain and all: SD of the repeats' AUROCs
+    rows: np.ndarray | None = None  # the run's rows the arrays are of (a subsample); None: every row
+    run_counts: dict[str, int] = field(default_factory=dict)  # per domain and all: the run's samples
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class ProbeRow:
     repeats: int = 1
     repeat_auroc_sd: float = math.nan  # SD of the repeats' AUROCs (this group)
     groups: int = 0
+    n_run: int = 0  # the run's samples in this group (> n: the probe was fitted on a subsample of them)
 
 
 @dataclass(frozen=True)
@@ -347,8 +352,24 @@ def run_probes(
     """Every probe the residuals allow (residual and SAE features, per layer), cross-validated
     ``repeats`` times with folds grouped by ``groups`` (a label per sample, e.g. :func:`text_groups`;
     default: the sample), and its leave-one-domain-out generalisation. ``residuals`` rows are the
-    run's rows (``domains``). ``steps``: its steps are added to the plan, then started one by one."""
-    steps = steps or Steps()
+    run's rows (``domains``). ``steps``: its steps are added to the plan, then started one by one.
+
+    The fits run with :data:`PROBE_THREADS` BLAS/OpenMP threads (``threadpoolctl``, scikit-learn's
+    own dependency): a probe's matrices (at most ``2 × probe_samples`` rows) are too small for threads
+    to pay, and on a busy 2-core machine they contend (a 10,000-text fit of 128 inputs: 0.08 s with one
+    thread, 2.7 s with two while another process ran)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=PROBE_THREADS):
+        return _run_probes(residuals, domains, n_splits=n_splits, seed=seed, bootstrap=bootstrap, groups=groups,
+                           repeats=repeats, steps=steps or Steps())  # fmt: skip
+
+
+def _run_probes(
+    residuals: Residuals, domains: Sequence[str], *, n_splits: int, seed: int, bootstrap: int,
+    groups: Sequence[Any] | None, repeats: int, steps: Steps,
+) -> ProbeOutcome:  # fmt: skip
+    """:func:`run_probes`, within its thread limit."""
     outcome = ProbeOutcome()
     n = residuals.n
     distinct = list(dict.fromkeys(domains))
@@ -397,14 +418,24 @@ def run_probes(
     return outcome
 
 
+def _run_rows(values: np.ndarray, rows: np.ndarray | None, n: int) -> np.ndarray:
+    """A subsample's values at their ``rows`` of the run's n, NaN elsewhere (as they are without rows)."""
+    if rows is None:
+        return values
+    out = np.full(n, math.nan)
+    out[rows] = values
+    return out
+
+
 def scores_frame(fits: Sequence[ProbeFit], domains: Sequence[str]) -> tuple[pl.DataFrame, list[Metric]]:
     """The out-of-fold scores (averaged over the repeats) as a frame (``domain``, ``{probe}_fact``,
-    ``{probe}_hall``) and their metrics, for :func:`~saecli.report.detection.detect_metrics`."""
+    ``{probe}_hall``) and their metrics, for :func:`~saecli.report.detection.detect_metrics`. A probe
+    fitted on a subsample (``fit.rows``) has NaN on the other rows: the detection table leaves them out."""
     columns: dict[str, Any] = {"domain": list(domains)}
     metrics = []
     for fit in fits:
         fact, hall = paired_column(fit.name, "fact"), paired_column(fit.name, "hall")
-        columns[fact], columns[hall] = fit.fact, fit.hall
+        columns[fact], columns[hall] = _run_rows(fit.fact, fit.rows, len(domains)), _run_rows(fit.hall, fit.rows, len(domains))
         metrics.append(Metric(fit.name, fact, hall, fit.layer, fit.source, PROBE))
     return pl.DataFrame(columns), metrics
 
@@ -435,6 +466,7 @@ def probe_rows(fits: Sequence[ProbeFit], rows: Sequence[Detection] = ()) -> list
                     repeats=fit.repeats,
                     repeat_auroc_sd=fit.repeat_sd.get(r.domain, math.nan),
                     groups=fit.groups,
+                    n_run=fit.run_counts.get(r.domain, r.n),
                 )  # fmt: skip
             )
     order = {name: i for i, name in enumerate(by_name)}

@@ -65,13 +65,21 @@ def weighted_auroc(hall: np.ndarray, fact: np.ndarray, weights: np.ndarray) -> n
     h, f = np.asarray(hall, dtype=np.float64), np.asarray(fact, dtype=np.float64)
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     order = np.argsort(f, kind="mergesort")
-    cum = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(w[:, order], axis=1)], axis=1)
+    cum = np.zeros((w.shape[0], f.size + 1))
+    np.cumsum(w[:, order], axis=1, out=cum[:, 1:])
     below = np.searchsorted(f[order], h, side="left")  # fact values < h_i
     at_or_below = np.searchsorted(f[order], h, side="right")  # fact values ≤ h_i
-    score = (cum[:, below] + cum[:, at_or_below]) / 2.0  # weighted count of f_j < h_i, plus ½ ties
+    # twice the weighted count of f_j < h_i plus ½ ties: one gather when no h_i ties a fact value.
+    # With whole-number weights (bootstrap counts) every sum below is a whole number under 2⁵³, so
+    # the result does not depend on the order of the additions.
+    twice = cum[:, below]
+    if np.array_equal(below, at_or_below):
+        twice *= 2.0
+    else:
+        twice += cum[:, at_or_below]
     total = w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = (w * score).sum(axis=1) / total**2
+        out = np.einsum("ij,ij->i", w, twice) / 2.0 / total**2
     return out[0] if np.ndim(weights) == 1 else out
 
 
@@ -111,7 +119,7 @@ def bootstrap_aurocs(
         stop = start + weights.shape[0]
         for values, (h, f, ok) in zip(out, pairs, strict=True):
             if values.size:
-                values[start:stop] = weighted_auroc(h, f, weights[:, ok])
+                values[start:stop] = weighted_auroc(h, f, weights if ok.all() else weights[:, ok])
         start = stop
     return out
 
