@@ -104,7 +104,7 @@ COMPACTING = "import sys, saecli.parts; saecli.parts.FAN_IN = 2; from saecli.cli
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["compacted#2", "compact_removed#3"])  # before the rename: as tmp_written above
+@pytest.mark.parametrize("point", ["compacted#2"])  # before the rename: as tmp_written above; while removing: the same clean-up
 def test_sigkill_while_compacting_then_resume_equals_uninterrupted(tmp_path, monkeypatch, reference, reference_residuals, point):
     out = tmp_path / "run"
     env = {**os.environ, "SAECLI_CRASH_AT": point}

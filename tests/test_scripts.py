@@ -95,30 +95,33 @@ def test_baselines_rejects_an_unknown_algorithm():
 
 
 # -- scale.py -------------------------------------------------------------------------------------
-@pytest.mark.slow  # four saecli processes on the embedded preset: ~30 s on 2 idle cores
-def test_scale_measures_run_resume_and_report_and_the_resumed_run_matches(tmp_path):
+@pytest.mark.slow  # three saecli processes on the embedded preset: ~20 s on 2 idle cores (report: its own tests)
+def test_scale_measures_run_and_resume_and_the_resumed_run_matches(tmp_path):
     import polars as pl
 
-    result = run_script(["scripts/scale.py", "--sizes", "16", "--batch-size", "8", "--out", str(tmp_path)])
+    result = run_script(
+        ["scripts/scale.py", "--sizes", "16", "--batch-size", "8", "--steps", "run,resume", "--out", str(tmp_path)]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     header, row = result.stdout.strip().splitlines()
     assert header.split(" | ")[0] == "samples" and row.split(" | ")[0] == "16"
     (measured,) = json.loads((tmp_path / "scale.json").read_text())["rows"]
-    assert measured["samples"] == 16 and all(v > 0 for v in measured.values()), measured
-    # The data repeat the benchmark with new ids; the run stopped halfway and resumed ends like the
-    # uninterrupted one, and report ran on it.
+    assert measured["report_seconds"] is None and row.split(" | ")[header.split(" | ").index("report_seconds")] == "-"
+    assert measured["samples"] == 16 and all(v > 0 for v in measured.values() if v is not None), measured
+    # The data repeat the benchmark with new ids; the run stopped halfway and resumed ends like the uninterrupted one.
     ids = [json.loads(line)["id"] for line in (tmp_path / "data-16.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 16
     whole = pl.read_parquet(tmp_path / "run-16" / "metrics.parquet").sort("sample_id")
     resumed = pl.read_parquet(tmp_path / "resumed-16" / "metrics.parquet").sort("sample_id")
     assert sorted(whole["sample_id"]) == sorted(ids)
     assert whole.equals(resumed)
-    assert (tmp_path / "run-16" / "summary.md").is_file() and (tmp_path / "run-16" / "probes.csv").is_file()
 
 
-def test_scale_rejects_bad_sizes():
+def test_scale_rejects_bad_sizes_and_steps():
     result = run_script(["scripts/scale.py", "--sizes", "10k"])
     assert result.returncode == 2 and "--sizes: expected comma-separated whole numbers" in result.stderr
+    result = run_script(["scripts/scale.py", "--steps", "report"])
+    assert result.returncode == 2 and "report needs run" in result.stderr
 
 
 # -- update_golden.py -----------------------------------------------------------------------------
