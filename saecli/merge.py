@@ -213,36 +213,6 @@ def _layout(pieces: Sequence[Piece], n: int, metadata: dict[str, str]) -> tuple[
     return _Layout(tensors, len(header)), header
 
 
-def _slice_residuals(path: Path, start: int, stop: int) -> Residuals:
-    """Rows ``[start, stop)`` of a residuals file, reading only them (safetensors slices)."""
-    from safetensors import safe_open
-
-    from saecli.residuals import Residuals
-
-    with safe_open(str(path), framework="numpy") as handle:
-        meta = handle.metadata()
-        d_sae = {int(layer): int(width) for layer, width in json.loads(meta["d_sae"]).items()}
-        dense, features = {}, {}
-        for name in handle.keys():  # noqa: SIM118 - a safetensors handle is not a dict
-            if name.startswith("dense."):
-                dense[name.removeprefix("dense.")] = handle.get_slice(name)[start:stop]
-            elif name.endswith(".indptr"):
-                key = name.removeprefix("features.").removesuffix(".indptr")
-                indptr = handle.get_slice(name)[start : stop + 1].astype(np.int64)
-                first, last = int(indptr[0]), int(indptr[-1])
-                indices = handle.get_slice(f"features.{key}.indices")[first:last]
-                data = handle.get_slice(f"features.{key}.data")[first:last]
-                features[key] = _csr(data, indices, indptr - first, d_sae[int(key[1:].split("_", 1)[0])])
-    ids = json.loads(meta["sample_ids"])[start:stop]
-    return Residuals(layers=json.loads(meta["layers"]), sample_ids=ids, dense=dense, features=features, d_sae=d_sae)
-
-
-def _csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, width: int) -> Any:
-    import scipy.sparse as sp
-
-    return sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(indptr.size - 1, width))
-
-
 def _chunk_residuals(takes: list[_Take]) -> Residuals:
     """A chunk's residuals, rows in input order. A part's residual rows are keyed by id: they are
     matched to its table's rows by id, and a slice's ids must be its table's."""
@@ -252,7 +222,7 @@ def _chunk_residuals(takes: list[_Take]) -> Residuals:
     for take in takes:
         piece = take.piece
         if take.rows is None:
-            block = _slice_residuals(piece.residuals, take.start, take.stop)  # type: ignore[arg-type]
+            block = read_residuals(piece.residuals, rows=range(take.start, take.stop))  # type: ignore[arg-type]
             wanted = piece.ids[take.start : take.stop].to_list()
             if block.sample_ids != wanted:
                 raise SaecliError(f"{piece.residuals}: its rows are not its table's", hint="start a new run", exit_code=1)
