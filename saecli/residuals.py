@@ -14,7 +14,8 @@ this (and the report) stays light.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,16 +198,10 @@ def read_residuals(path: Path, *, keys: Iterable[str] | None = None, rows: Seque
         data = path.read_bytes()
     except OSError as exc:
         raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
+    with _readable(path, hint):
         meta = _safetensors_metadata(data)
         tensors = load(data)
-        if meta.get("format") != "saecli-residuals":
-            raise ValueError("not a saecli residuals file (no format saecli-residuals in its metadata)")
-        if meta.get("schema") != str(RESIDUALS_SCHEMA):
-            raise ValueError(f"schema {meta.get('schema')!r}, this saecli reads {RESIDUALS_SCHEMA}")
-        layers = [int(layer) for layer in json.loads(meta["layers"])]
-        sample_ids = [str(sid) for sid in json.loads(meta["sample_ids"])]
-        d_sae = {int(layer): int(width) for layer, width in json.loads(meta["d_sae"]).items()}
+        layers, sample_ids, d_sae = _described(meta)
         dense = {name.removeprefix("dense."): array for name, array in tensors.items() if name.startswith("dense.")}
         features = {}
         for name in tensors:
@@ -224,12 +219,32 @@ def read_residuals(path: Path, *, keys: Iterable[str] | None = None, rows: Seque
         residuals = Residuals(layers=layers, sample_ids=sample_ids, dense=dense, features=features, d_sae=d_sae,
                               run=str(meta.get("run", "")))  # fmt: skip
         residuals.check(str(path))
+    return residuals
+
+
+@contextmanager
+def _readable(path: Path, hint: str) -> Iterator[None]:
+    """Whatever a broken residuals file raises as one-line SaecliError naming ``path``, with ``hint``."""
+    try:
+        yield
     except SaecliError as exc:
         raise SaecliError(exc.message, hint=hint) from None
     except Exception as exc:  # noqa: BLE001 - safetensors, JSON, scipy: whatever a broken file raises
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SaecliError(f"{path} is not a readable saecli residuals file: {reason}", hint=hint) from None
-    return residuals
+
+
+def _described(meta: dict[str, str]) -> tuple[list[int], list[str], dict[int, int]]:
+    """The layers, sample ids and SAE widths a residuals file's metadata records (a ValueError for
+    a file that is not saecli's, or of another schema)."""
+    if meta.get("format") != "saecli-residuals":
+        raise ValueError("not a saecli residuals file (no format saecli-residuals in its metadata)")
+    if meta.get("schema") != str(RESIDUALS_SCHEMA):
+        raise ValueError(f"schema {meta.get('schema')!r}, this saecli reads {RESIDUALS_SCHEMA}")
+    layers = [int(layer) for layer in json.loads(meta["layers"])]
+    sample_ids = [str(sid) for sid in json.loads(meta["sample_ids"])]
+    d_sae = {int(layer): int(width) for layer, width in json.loads(meta["d_sae"]).items()}
+    return layers, sample_ids, d_sae
 
 
 ROW_BLOCK = 1 << 16
@@ -297,16 +312,10 @@ def _read_part(path: Path, keys: Iterable[str] | None, rows: Sequence[int] | Non
     import numpy as np
     from safetensors import safe_open
 
-    try:
+    with _readable(path, hint):
         with safe_open(str(path), framework="numpy") as handle:
             meta = handle.metadata() or {}
-            if meta.get("format") != "saecli-residuals":
-                raise ValueError("not a saecli residuals file (no format saecli-residuals in its metadata)")
-            if meta.get("schema") != str(RESIDUALS_SCHEMA):
-                raise ValueError(f"schema {meta.get('schema')!r}, this saecli reads {RESIDUALS_SCHEMA}")
-            layers = [int(layer) for layer in json.loads(meta["layers"])]
-            sample_ids = [str(sid) for sid in json.loads(meta["sample_ids"])]
-            d_sae = {int(layer): int(width) for layer, width in json.loads(meta["d_sae"]).items()}
+            layers, sample_ids, d_sae = _described(meta)
             names = set(handle.keys())
             wanted = [n for n in names if n.startswith("dense.")] + [
                 n.removesuffix(".indptr") for n in names if n.startswith("features.") and n.endswith(".indptr")
@@ -330,9 +339,4 @@ def _read_part(path: Path, keys: Iterable[str] | None, rows: Sequence[int] | Non
         residuals = Residuals(layers=layers, sample_ids=ids, dense=dense, features=features, d_sae=d_sae,
                               run=str(meta.get("run", "")))  # fmt: skip
         residuals.check(str(path))
-    except SaecliError as exc:
-        raise SaecliError(exc.message, hint=hint) from None
-    except Exception as exc:  # noqa: BLE001 - safetensors, JSON, scipy: whatever a broken file raises
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SaecliError(f"{path} is not a readable saecli residuals file: {reason}", hint=hint) from None
     return residuals
