@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,23 +158,54 @@ def _parse_json(text: str, path: Path, lineno: int | None = None) -> Any:
         raise SaecliError(f"{path}: invalid JSON{where}: arrays or objects nested too deeply") from None
 
 
-def _read_records(path: Path) -> list[tuple[Any, str]]:
-    """Records of one JSON list or JSONL file, each with a label for error messages."""
-    text = _read_text(path)
+def _read_records(path: Path) -> Iterator[tuple[Any, str]]:
+    """Records of one JSON list or JSONL file, each with a label for error messages. A JSONL file
+    is read a line at a time (a million records need not be in memory at once); a JSON list is one
+    document, parsed whole."""
     if path.suffix == ".jsonl":
-        records = []
-        # JSON Lines are separated by "\n" only: str.splitlines() would also cut at U+2028 and
-        # other characters that JSON strings may hold as they are.
-        for lineno, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                records.append((_parse_json(line, path, lineno), f"{path}:{lineno}"))
-        return records
-    data = _parse_json(text, path)
+        yield from _jsonl_records(path)
+        return
+    data = _parse_json(_read_text(path), path)
     if isinstance(data, dict) and isinstance(data.get("samples"), list):
         data = data["samples"]
     if not isinstance(data, list):
         raise SaecliError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return [(rec, f"{path} record {i}") for i, rec in enumerate(data)]
+    yield from ((rec, f"{path} record {i}") for i, rec in enumerate(data))
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[Any, str]]:
+    """The records of a JSONL file as it is read, line by line: the same records and errors as
+    :func:`_read_text` and a split would give, in bounded memory."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below; a generator cannot use `with` across yields and errors alike)
+    except OSError as exc:
+        raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with handle:
+        offset, first = 0, b""
+        # JSON Lines are separated by "\n" only: str.splitlines() would also cut at U+2028 and
+        # other characters that JSON strings may hold as they are. Iterating bytes splits at b"\n".
+        for lineno, raw in enumerate(_lines(handle, path), start=1):
+            first = first or raw[:2]
+            start = 3 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+            try:
+                line = raw[start:].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                guess = " (it looks like UTF-16)" if first in (b"\xff\xfe", b"\xfe\xff") else ""
+                at = offset + start + exc.start
+                raise SaecliError(
+                    f"{path} is not UTF-8 text{guess}: byte {at} (0x{raw[start + exc.start]:02x}) is not valid UTF-8",
+                    hint="save the file as UTF-8",
+                ) from None
+            offset += len(raw)
+            if line.strip():
+                yield _parse_json(line, path, lineno), f"{path}:{lineno}"
+
+
+def _lines(handle: Any, path: Path) -> Iterator[bytes]:
+    try:
+        yield from handle
+    except OSError as exc:
+        raise SaecliError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _to_sample(record: Any, where: str, suite: str | None, nouns: dict[str, str] | None = None) -> Sample:
@@ -240,11 +271,11 @@ def _table_of(path: Path, fmt: str) -> tables.Table:
     return tables.parse_delimited(_read_text(path), path, "\t" if fmt == "tsv" else ",")
 
 
-def _mapped_samples(table: tables.Table, mapping: tables.ColumnMap) -> list[Sample]:
+def _mapped_samples(table: tables.Table, mapping: tables.ColumnMap) -> Iterator[Sample]:
     items = list(tables.records(table, mapping))
     tables.duplicate_pairs(items, mapping)
     nouns = mapping.nouns()
-    return [_to_sample(record, where, None, nouns) for record, where in items]
+    return (_to_sample(record, where, None, nouns) for record, where in items)
 
 
 def _table_source(path: str | Path | None) -> tuple[Path, str] | None:
@@ -254,6 +285,114 @@ def _table_source(path: str | Path | None) -> tuple[Path, str] | None:
     source = _expand(Path(path))
     fmt = tables.table_format(source)
     return (source, fmt) if fmt is not None and source.is_file() else None
+
+
+@dataclass
+class Selection:
+    """The samples a data source and its options select, checked (every record, unique ids, the
+    domains asked for present, the limit applied) by one pass over the data.
+
+    ``ids`` are the selected samples' ids in order. The samples themselves are :attr:`kept` when
+    the selection was made with ``keep`` (what :func:`load_samples` returns); otherwise
+    :meth:`samples` reads the data again and yields them one at a time, so that a run of a million
+    samples never holds their texts (a JSONL file is read line by line)."""
+
+    source: Path | str
+    ids: list[str]
+    rows: list[int] | None
+    """The selected samples' record numbers in the data (None: every record, in order)."""
+    kept: list[Sample] | None
+    read: Callable[[], Iterator[Sample]]
+    """Every sample of the data, in file order, read and checked again."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def samples(self) -> Iterator[Sample]:
+        """The selected samples, in order (from memory when kept, else read again)."""
+        if self.kept is not None:
+            yield from self.kept
+            return
+        wanted = iter(self.rows) if self.rows is not None else None
+        following = next(wanted, None) if wanted is not None else None
+        for number, sample in enumerate(self.read()):
+            if wanted is None or number == following:
+                yield sample
+                following = next(wanted, None) if wanted is not None else None
+                if wanted is not None and following is None:
+                    return
+
+
+def select_samples(
+    path: str | Path | None = None,
+    *,
+    domains: Iterable[str] | None = None,
+    limit: int | None = None,
+    columns: str | dict[str, str] | None = None,
+    limit_order: str = "balanced",
+    keep: bool = True,
+) -> Selection:
+    """Check the data at ``path`` and select its samples, as :func:`load_samples` describes; with
+    ``keep`` False the texts are not kept (:class:`Selection`)."""
+    if path is not None and not isinstance(path, (str, Path)):
+        raise SaecliError(f"data must be a path, got {type(path).__name__} {path!r}")
+    check_limit(limit)
+    check_option("limit_order", limit_order)
+    if domains is not None:
+        domains = check_domains(tuple(domains) if not isinstance(domains, str) else domains)
+    source, read = _sample_reader(path, columns_mapping(columns))
+    ids: list[str] = []
+    codes: dict[str, int] = {}
+    domain_of: list[int] = []
+    kept: list[Sample] | None = [] if keep else None
+    for sample in read():
+        ids.append(sample.id)
+        domain_of.append(codes.setdefault(sample.domain, len(codes)))
+        if kept is not None:
+            kept.append(sample)
+    if not ids:
+        raise SaecliError(f"{source}: no samples")
+    dupes = [sid for sid, n in Counter(ids).items() if n > 1]
+    if dupes:
+        raise SaecliError(f"{source}: duplicate sample id {dupes[0]!r}", hint="sample ids must be unique")
+    rows: list[int] | None = None
+    if domains is not None:
+        missing = [d for d in domains if d not in codes]
+        if missing:
+            raise SaecliError(f"domain {missing[0]!r} is not in the data", hint=f"domains present: {', '.join(sorted(codes))}")
+        wanted = {codes[d] for d in domains}
+        rows = [i for i, code in enumerate(domain_of) if code in wanted]
+    if limit is not None:
+        among = rows if rows is not None else range(len(ids))
+        rows = [among[i] for i in limited_positions([domain_of[r] for r in among], limit, limit_order)]
+    if rows is not None and len(rows) == len(ids):
+        rows = None
+    if rows is not None:
+        ids = [ids[r] for r in rows]
+        kept = [kept[r] for r in rows] if kept is not None else None
+    return Selection(source=source, ids=ids, rows=rows, kept=kept, read=read)
+
+
+def _sample_reader(path: str | Path | None, given: Any) -> tuple[Path | str, Callable[[], Iterator[Sample]]]:
+    """Where the data is, and a function that reads its samples, every one checked, in file order
+    (each call reads the data again)."""
+    if hfdata.is_hf(path):
+        return str(path), lambda: _mapped_samples(*hfdata.load(str(path), given))
+    table = _table_source(path)
+    if table is not None:
+        source, fmt = table
+
+        def read_table() -> Iterator[Sample]:
+            rows = _table_of(source, fmt)
+            return _mapped_samples(rows, tables.resolve_mapping(rows.columns, str(source), given=given, domain=source.stem))
+
+        return source, read_table
+    source = _expand(Path(path)) if path is not None else builtin_benchmark_path()
+    files = _files_of(source)  # a path that does not exist is reported first
+    if given is not None:
+        raise SaecliError("--columns maps the columns of a CSV, TSV or Parquet table or an hf: dataset, not JSON records",
+                          hint="JSON records name their fields: id, domain, prompt, fact, hallucination")  # fmt: skip
+    return source, lambda: (_to_sample(record, where, suite) for file, suite in files for record, where in _read_records(file))
 
 
 def load_samples(
@@ -274,62 +413,43 @@ def load_samples(
     hold the sample fields (default: the columns named like them, or a built-in dataset's mapping).
     ``limit`` keeps N of the samples (after the domain filter) as :func:`limited` picks them by ``limit_order``.
     """
-    if path is not None and not isinstance(path, (str, Path)):
-        raise SaecliError(f"data must be a path, got {type(path).__name__} {path!r}")
-    check_limit(limit)
-    check_option("limit_order", limit_order)
-    if domains is not None:
-        domains = check_domains(tuple(domains) if not isinstance(domains, str) else domains)
-    given = columns_mapping(columns)
-    table = _table_source(path)
-    if hfdata.is_hf(path):
-        source: Path | str = str(path)
-        samples = _mapped_samples(*hfdata.load(str(path), given))
-    elif table is not None:
-        source, fmt = table
-        rows = _table_of(source, fmt)
-        samples = _mapped_samples(rows, tables.resolve_mapping(rows.columns, str(source), given=given, domain=source.stem))
-    else:
-        source = _expand(Path(path)) if path is not None else builtin_benchmark_path()
-        files = _files_of(source)  # a path that does not exist is reported first
-        if given is not None:
-            raise SaecliError("--columns maps the columns of a CSV, TSV or Parquet table or an hf: dataset, not JSON records",
-                              hint="JSON records name their fields: id, domain, prompt, fact, hallucination")  # fmt: skip
-        samples = [_to_sample(record, where, suite) for file, suite in files for record, where in _read_records(file)]
-    if not samples:
-        raise SaecliError(f"{source}: no samples")
-    dupes = [sid for sid, n in Counter(s.id for s in samples).items() if n > 1]
-    if dupes:
-        raise SaecliError(f"{source}: duplicate sample id {dupes[0]!r}", hint="sample ids must be unique")
-    if domains is not None:
-        wanted = list(domains)
-        present = sorted({s.domain for s in samples})
-        missing = [d for d in wanted if d not in present]
-        if missing:
-            raise SaecliError(f"domain {missing[0]!r} is not in the data", hint=f"domains present: {', '.join(present)}")
-        samples = [s for s in samples if s.domain in wanted]
-    return samples if limit is None else limited(samples, limit, limit_order)
+    selection = select_samples(path, domains=domains, limit=limit, columns=columns, limit_order=limit_order)
+    assert selection.kept is not None
+    return selection.kept
 
 
 def run_samples(config: RunConfig) -> list[Sample]:
     """The samples a run's configuration selects (its data, columns, domains and limit, in its
     limit order): what every command that runs the engine analyses."""
-    return load_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns,
-                        limit_order=config.limit_order)  # fmt: skip
+    selection = run_selection(config, keep=True)
+    assert selection.kept is not None
+    return selection.kept
+
+
+def run_selection(config: RunConfig, *, keep: bool = False) -> Selection:
+    """:func:`run_samples` as a :class:`Selection`: by default without the texts, which a run of
+    any size reads again as it goes (:meth:`Selection.samples`)."""
+    return select_samples(config.data, domains=config.domains, limit=config.limit, columns=config.columns,
+                          limit_order=config.limit_order, keep=keep)  # fmt: skip
 
 
 def limited(samples: list[Sample], limit: int, order: str = "balanced") -> list[Sample]:
-    """``limit`` of ``samples``, in file order. ``file``: the first ones. ``balanced``: as a
-    round-robin over the domains (in the order each first appears) picks them, each domain's in
-    file order: every domain gives as many as the smallest it can, a domain with too few gives
-    all of its own and the others share the rest, the first domains one more when it does not
-    divide evenly. Benchmarks list their domains one after the other, so the first N would often
-    be one domain alone."""
-    if order == "file" or limit >= len(samples):
-        return samples[:limit]
-    members: dict[str, list[int]] = {}
-    for i, sample in enumerate(samples):
-        members.setdefault(sample.domain, []).append(i)
+    """``limit`` of ``samples``, in file order, as :func:`limited_positions` picks them."""
+    return [samples[i] for i in limited_positions([s.domain for s in samples], limit, order)]
+
+
+def limited_positions(domains: Sequence[Any], limit: int, order: str = "balanced") -> list[int]:
+    """Which ``limit`` of samples whose domains are ``domains`` to keep, as positions in file order.
+    ``file``: the first ones. ``balanced``: as a round-robin over the domains (in the order each
+    first appears) picks them, each domain's in file order: every domain gives as many as the
+    smallest it can, a domain with too few gives all of its own and the others share the rest, the
+    first domains one more when it does not divide evenly. Benchmarks list their domains one after
+    the other, so the first N would often be one domain alone."""
+    if order == "file" or limit >= len(domains):
+        return list(range(min(limit, len(domains))))
+    members: dict[Any, list[int]] = {}
+    for i, domain in enumerate(domains):
+        members.setdefault(domain, []).append(i)
     sizes = [len(m) for m in members.values()]
     # The number of whole rounds: the largest r whose rounds take at most ``limit`` samples
     # (a binary search, so that a million samples in thousands of domains cost no loop per sample).
@@ -343,7 +463,7 @@ def limited(samples: list[Sample], limit: int, order: str = "balanced") -> list[
         extra = 1 if left > 0 and len(indices) > low else 0
         left -= extra
         keep += indices[: low + extra]
-    return [samples[i] for i in sorted(keep)]
+    return sorted(keep)
 
 
 def dataset_identity(path: str | Path | None, columns: str | dict[str, str] | None = None) -> dict[str, Any]:

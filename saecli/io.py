@@ -18,7 +18,7 @@ import secrets
 import shlex
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
@@ -205,13 +205,9 @@ def write_metrics(frame: pl.DataFrame, run_dir: Path) -> Path:
     return path
 
 
-SAMPLE_ROWS = 65536
-"""Samples written to samples.parquet at once (one row group each): a million texts are not held twice."""
-
-
-def write_samples(samples: Sequence[Any], run_dir: Path) -> Path:
-    """:data:`SAMPLES_FILE` of ``samples`` (:class:`saecli.data.Sample`-like), in their order,
-    :data:`SAMPLE_ROWS` at a time."""
+def write_samples(frames: Iterable[pl.DataFrame], run_dir: Path) -> Path:
+    """:data:`SAMPLES_FILE` of the samples in ``frames`` (each a frame of :data:`SAMPLE_COLUMNS`,
+    written as one row group as it comes: a million texts are never held at once)."""
     import pyarrow.parquet as pq
 
     types = dict.fromkeys(SAMPLE_COLUMNS, pl.String())
@@ -220,10 +216,8 @@ def write_samples(samples: Sequence[Any], run_dir: Path) -> Path:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle, pq.ParquetWriter(handle, arrow_schema) as writer:
-            for start in range(0, max(len(samples), 1), SAMPLE_ROWS):
-                chunk = samples[start : start + SAMPLE_ROWS]
-                columns = {name: [getattr(s, "id" if name == "sample_id" else name) for s in chunk] for name in SAMPLE_COLUMNS}
-                writer.write_table(pl.DataFrame(columns, schema=types).to_arrow().cast(arrow_schema))
+            for frame in frames:
+                writer.write_table(frame.select(SAMPLE_COLUMNS).cast(types).to_arrow().cast(arrow_schema))
 
     atomic_write(path, write)
     return path

@@ -141,15 +141,13 @@ F and H apart (and scored the whole window) recorded no such field, so resuming 
 rather than mixing the two."""
 
 
-def identity(config: RunConfig, loaded_layers: list[int], dtype: str, samples: list[Any]) -> dict[str, Any]:
-    """The fields that make two runs' results the same computation."""
-    digest = hashlib.sha256()
-    for sample in samples:
-        digest.update(json.dumps([sample.id, sample.prompt, sample.fact, sample.hallucination]).encode())
+def identity(config: RunConfig, loaded_layers: list[int], dtype: str, fingerprint: str) -> dict[str, Any]:
+    """The fields that make two runs' results the same computation (``fingerprint``: the data's,
+    :func:`saecli.staging.data_fingerprint`)."""
     return {
         "preset": config.preset,
         "data": config.data,
-        "data_fingerprint": digest.hexdigest()[:16],
+        "data_fingerprint": fingerprint,
         "domains": list(config.domains) if config.domains else None,
         "limit": config.limit,
         "limit_order": config.limit_order,
@@ -204,10 +202,10 @@ def check_resumable(manifest: dict[str, Any], ident: dict[str, Any], run_dir: Pa
             )
 
 
-def stored_identity(config: RunConfig, manifest: dict[str, Any], samples: list[Any]) -> dict[str, Any]:
+def stored_identity(config: RunConfig, manifest: dict[str, Any], fingerprint: str) -> dict[str, Any]:
     """The identity of ``config`` for a complete run, whose model is not loaded again: the layers
     and the dtype are the run's unless ``config`` names them."""
     recorded = manifest.get("identity") or {}
     dtype = recorded.get("dtype") if config.dtype in (None, "auto") else config.dtype
     layers = list(config.layers) if config.layers is not None else recorded.get("layers") or []
-    return identity(config, layers, str(dtype), samples)
+    return identity(config, layers, str(dtype), fingerprint)

@@ -18,7 +18,7 @@ from saecli import io
 from saecli.backend import Backend, LocalBackend, Progress
 from saecli.columns import PAIRED_METRICS, layer_column, layer_metric, paired_column
 from saecli.config import RunConfig, run_preset
-from saecli.data import builtin_benchmark_path, run_samples
+from saecli.data import Selection, builtin_benchmark_path, run_selection
 from saecli.errors import RunInterrupted, SaecliError
 from saecli.faults import crash_point
 from saecli.manifest import check_resumable, finish_manifest, identity, start_manifest, stored_identity
@@ -29,6 +29,17 @@ from saecli.models import LoadedPreset, check_preset_files, load_preset
 from saecli.parts import Parts, check_parts, compact, write_part
 from saecli.plan import PackedTokens, windows
 from saecli.rundir import claim_run_dir, clear_outputs
+from saecli.staging import (
+    StagedSamples,
+    Staging,
+    TokenFile,
+    data_fingerprint,
+    record_staged,
+    remove_input,
+    stage_samples,
+    staged_earlier,
+    staged_input,
+)
 
 if TYPE_CHECKING:
     from saecli.cluster import RayOptions
@@ -54,11 +65,11 @@ class RunResult:
         return pl.scan_parquet(self.run_dir / io.METRICS_FILE, glob=False)
 
 
-def remaining(samples: list[Any], finished: Iterable[str]) -> list[int]:
-    """Positions of the samples not among the ``finished`` ids. The ids are collected once: a set
-    built per sample made resuming quadratic (2.7 s at 8,000 samples)."""
+def remaining(ids: list[str], finished: Iterable[str]) -> list[int]:
+    """Positions of the sample ``ids`` not among the ``finished`` ids. The ids are collected once: a
+    set built per sample made resuming quadratic (2.7 s at 8,000 samples)."""
     done = set(finished)
-    return [i for i, sample in enumerate(samples) if sample.id not in done]
+    return [i for i, sid in enumerate(ids) if sid not in done]
 
 
 @contextmanager
@@ -99,7 +110,10 @@ def execute(
     after the claim (a text longer than the model's context) leaves nothing behind.
     """
     preset = loaded.preset if loaded is not None else run_preset(config)
-    samples = run_samples(config)
+    # The data is checked in one pass and its texts read again as the run goes; a resumed run takes the
+    # samples its first attempt staged when the data's files have not changed.
+    staged = staged_earlier(resume, config) if resume is not None else None
+    selection = run_selection(config) if staged is None else None
     if loaded is None:
         check_preset_files(preset)
     if ray is not None and config.mode != "batched":
@@ -110,7 +124,15 @@ def execute(
     with claim_run_dir(target, preset_name=preset.name, force=force, resume=resume is not None) as claim:
         try:
             return _execute_claimed(
-                config, claim.path, preset, samples, loaded=loaded, progress=progress, resuming=resume is not None, ray=ray
+                config,
+                claim.path,
+                preset,
+                selection,
+                staged,
+                loaded=loaded,
+                progress=progress,
+                resuming=resume is not None,
+                ray=ray,
             )
         except KeyboardInterrupt:
             if (claim.path / io.MANIFEST_FILE).is_file():
@@ -122,7 +144,8 @@ def _execute_claimed(
     config: RunConfig,
     run_dir: Path,
     preset: Any,
-    samples: list[Any],
+    selection: Selection | None,
+    staged: tuple[StagedSamples, str] | None,
     *,
     loaded: LoadedPreset | None,
     progress: Progress | None,
@@ -131,30 +154,47 @@ def _execute_claimed(
 ) -> RunResult:
     previous = io.read_manifest(run_dir) if resuming else None
     if previous is not None and previous.get("status") == "complete" and not (run_dir / io.PARTS_DIR).exists():
-        check_resumable(previous, stored_identity(config, previous, samples), run_dir)
+        if remove_input(run_dir):
+            log.info("removed the staged input the finished run left")
+        fingerprint = staged[1] if staged is not None else data_fingerprint(selection.samples() if selection else [])
+        check_resumable(previous, stored_identity(config, previous, fingerprint), run_dir)
         _, manifest = io.read_run(run_dir)
         io.check_complete(manifest, run_dir)
         log.warning("%s is already complete; nothing to resume", run_dir)
         return RunResult(run_dir=run_dir, manifest=manifest)
     if preset.synthetic:
         log.warning("preset %s has random weights: its metrics mean nothing (benchmarking only)", preset.name)
+    if staged is not None and not staged[0].path.is_file():
+        raise SaecliError(f"{run_dir} changed while this run was starting", hint="run the same command again")
+    with staged_input(run_dir, reuse=staged is not None, keep_on_error=previous is not None) as staging:
+        if staged is None:
+            assert selection is not None
+            samples, fingerprint = stage_samples(selection, staging.folder)
+            record_staged(staging, samples, fingerprint, config)
+        else:
+            samples, fingerprint = staged
+        backend = _backend(config, preset, loaded, ray)
+        try:
+            return _analyse(config, run_dir, preset, samples, fingerprint, staging, backend, previous=previous, progress=progress)
+        finally:
+            backend.close()
+
+
+def _backend(config: RunConfig, preset: Any, loaded: LoadedPreset | None, ray: Any) -> Backend:
     if ray is not None:
         from saecli.workers import RayBackend
 
-        backend: Backend = RayBackend(ray, preset, config)
-    else:
-        backend = LocalBackend(loaded or load_preset(preset, device=config.device, dtype=config.dtype), config)
-    try:
-        return _analyse(config, run_dir, preset, samples, backend, previous=previous, progress=progress)
-    finally:
-        backend.close()
+        return RayBackend(ray, preset, config)
+    return LocalBackend(loaded or load_preset(preset, device=config.device, dtype=config.dtype), config)
 
 
 def _analyse(
     config: RunConfig,
     run_dir: Path,
     preset: Any,
-    samples: list[Any],
+    samples: StagedSamples,
+    fingerprint: str,
+    staging: Staging,
     backend: Backend,
     *,
     previous: dict[str, Any] | None,
@@ -162,14 +202,15 @@ def _analyse(
 ) -> RunResult:
     """Start the manifest, analyse what is not finished yet (part by part), merge, finish."""
     info = backend.info
-    ident = identity(config, info.layers, info.dtype, samples)
+    ident = identity(config, info.layers, info.dtype, fingerprint)
     if previous is not None:
         check_resumable(previous, ident, run_dir)
-    done = _finished_so_far(run_dir, samples, info.layers, ident, config.mode) if previous is not None else Parts()
+    done = _finished_so_far(run_dir, samples.ids, info.layers, ident, config.mode) if previous is not None else Parts()
     finished = done.sample_ids()
-    todo = np.asarray(remaining(samples, finished), dtype=np.int64)
-    packed = _checked_tokens(backend, samples, todo) if previous is None else None
+    todo = np.asarray(remaining(samples.ids, finished), dtype=np.int64)
+    packed = _checked_tokens(backend, samples, todo, staging.folder) if previous is None else None
     state, batch_size = _start(config, run_dir, samples, backend, ident, previous=previous)
+    staging.keep_on_error = True  # the run has its manifest: --resume continues it from its parts and staged input
     work = _Work(done=len(finished), parts=done, todo=todo, earlier_backoffs=list(state["backoffs"]))
     if progress is not None:
         progress(work.done, len(samples))
@@ -177,12 +218,12 @@ def _analyse(
     try:
         for window in windows(len(todo), batch_size):
             work.todo = todo[window.start : window.stop]
-            chunk = [samples[i] for i in work.todo]
+            chunk = samples.window(work.todo)
             toks = packed.unpack(window.start, window.stop) if packed is not None else backend.tokenize(chunk)
             for batch in backend.batches(chunk, toks, batch_size, progress):
                 crash_point("batch_done")
                 with backend.timer("write"), _writing(run_dir, work.done, state):
-                    _write_part(batch, run_dir, state, work, info.layers, samples)
+                    _write_part(batch, run_dir, state, work, info.layers, samples.ids)
                     # The parts say which samples are finished; the manifest is rewritten only when what
                     # it records changes (an out-of-memory backoff), so a batch writes a bounded amount.
                     backoffs = work.earlier_backoffs + backend.backoffs
@@ -198,13 +239,15 @@ def _analyse(
     return _finish(config, run_dir, samples, backend, state, work, time.perf_counter() - started, resumed=previous is not None)
 
 
-def _checked_tokens(backend: Backend, samples: list[Any], todo: Any) -> PackedTokens:
+def _checked_tokens(backend: Backend, samples: StagedSamples, todo: Any, folder: Path) -> TokenFile:
     """Every sample of a new run tokenized before anything is written, so that a text too long for
-    the model leaves the folder as it was; kept packed (about 4 bytes a token) until its window runs.
-    A resumed run skips this: the run that started it checked every sample, and it tokenizes each
-    window as it comes (40,000 samples take about 20 s to tokenize here: resuming starts at once)."""
-    spans = windows(len(todo), 1)
-    return PackedTokens.concat([PackedTokens.pack(backend.tokenize([samples[i] for i in todo[w.start : w.stop]])) for w in spans])
+    the model leaves the folder as it was; kept packed (about 4 bytes a token) on disk beside the
+    staged samples until its window runs. A resumed run skips this: the run that started it checked
+    every sample, and it tokenizes each window as it comes (resuming starts at once)."""
+    tokens = TokenFile(folder)
+    for w in windows(len(todo), 1):
+        tokens.append(PackedTokens.pack(backend.tokenize(samples.window(todo[w.start : w.stop]))))
+    return tokens
 
 
 @dataclass
@@ -227,7 +270,7 @@ class _Work:
     """The real tokens among them."""
 
 
-def _start(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backend, ident: dict[str, Any], *,
+def _start(config: RunConfig, run_dir: Path, samples: StagedSamples, backend: Backend, ident: dict[str, Any], *,
            previous: dict[str, Any] | None) -> tuple[dict[str, Any], int]:  # fmt: skip
     """The batch size (probed for ``auto``) and the manifest of the run as it starts, written after
     clearing what the folder held: this run's own half-written files (resume) or an earlier run's
@@ -235,7 +278,7 @@ def _start(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backen
     metrics.parquet under the new run's manifest)."""
     batch_size, auto = config.batch_size, None
     if config.mode == "batched" and batch_size == "auto":
-        auto = backend.auto_batch_size(samples)
+        auto = backend.auto_batch_size(samples.probe_candidates())
         batch_size = auto.size
     batch_size = batch_size if config.mode == "batched" else 1
     earlier_backoffs = list(previous.get("backoffs", [])) if previous else []
@@ -257,24 +300,22 @@ def _start(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backen
     return state, batch_size
 
 
-def _finished_so_far(run_dir: Path, samples: list[Any], layers: list[int], ident: dict[str, Any], mode: str, *,
+def _finished_so_far(run_dir: Path, ids: list[str], layers: list[int], ident: dict[str, Any], mode: str, *,
                      every: bool = False) -> Parts:  # fmt: skip
     """The checked parts of the run (:func:`saecli.parts.check_parts`: a broken part is removed and
     analysed again; another run's part is refused), each row's input position found (with
     ``every``, every sample must be there), before any work starts."""
     parts = check_parts(run_dir, layers, ident, io.resume_command(run_dir, {"mode": mode}))
-    parts.locate(run_dir, [s.id for s in samples], every=every)
+    parts.locate(run_dir, ids, every=every)
     return parts
 
 
-def _write_part(
-    batch: BatchResult, run_dir: Path, state: dict[str, Any], work: _Work, layers: list[int], samples: list[Any]
-) -> None:
+def _write_part(batch: BatchResult, run_dir: Path, state: dict[str, Any], work: _Work, layers: list[int], ids: list[str]) -> None:
     """One finished batch as a part file (its residuals first: a part's samples count as done once
     its table is there), its work counted, and the parts compacted when a tier is full."""
     part = io.rows_to_frame(batch.rows, layers)
     positions = work.todo[np.asarray(batch.indices, dtype=np.int64)]
-    if part["sample_id"].to_list() != [samples[i].id for i in positions]:
+    if part["sample_id"].to_list() != [ids[i] for i in positions]:
         raise RuntimeError("a batch's rows are not its samples")  # the engine's contract; never the user's input
     number = work.parts.last_number + 1
     table = write_part(part, run_dir, number, state["identity"], batch.residuals)
@@ -288,14 +329,14 @@ def _write_part(
     compact(work.parts, run_dir, state["identity"], layers)
 
 
-def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backend, state: dict[str, Any], work: _Work,
+def _finish(config: RunConfig, run_dir: Path, samples: StagedSamples, backend: Backend, state: dict[str, Any], work: _Work,
             analysis_seconds: float, *, resumed: bool) -> RunResult:  # fmt: skip
     """Merge the parts into metrics.parquet (and the residuals), keep the samples' texts beside them
     (samples.parquet), write the final manifest, remove the parts."""
     crash_point("before_merge")
-    ids = [s.id for s in samples]
+    ids = samples.ids
     layers = backend.info.layers
-    parts = _finished_so_far(run_dir, samples, layers, state["identity"], config.mode, every=True)
+    parts = _finished_so_far(run_dir, ids, layers, state["identity"], config.mode, every=True)
     files = {}
     with backend.timer("write"), _writing(run_dir, work.done, state):
         pieces = [parts.piece(k, run_dir) for k in range(len(parts.numbers))]
@@ -306,7 +347,9 @@ def _finish(config: RunConfig, run_dir: Path, samples: list[Any], backend: Backe
             files[io.RESIDUALS_FILE] = io.file_record(run_dir / io.RESIDUALS_FILE)
         write_table(pieces, layers, run_dir / io.METRICS_FILE)
         files[io.METRICS_FILE] = io.file_record(run_dir / io.METRICS_FILE)
-        files[io.SAMPLES_FILE] = io.file_record(io.write_samples(samples, run_dir))  # the table's rows are in `ids` order
+        files[io.SAMPLES_FILE] = io.file_record(
+            io.write_samples(samples.frames(), run_dir)
+        )  # the table's rows are in `ids` order
     crash_point("after_merge")
     state = {**state, "backoffs": work.earlier_backoffs + backend.backoffs, **backend.record(), "files": files}
     forwarded, real = work.forwarded, work.forwarded_real

@@ -21,6 +21,7 @@ from saecli.io import RESIDUALS_FILE, rows_to_frame
 from saecli.manifest import resume_config
 from saecli.residuals import Residuals, read_residuals
 from saecli.runner import execute
+from saecli.staging import INPUT_DIR
 
 runner = CliRunner()
 LIMIT, BATCH = 20, 4  # five batches: enough points to stop between and inside them
@@ -58,23 +59,24 @@ def _same_residuals(a, b):
 
 CRASH_POINTS = [
     "after_manifest",  # before the first part file
-    "tmp_written#2",  # the first part's residuals written under their temporary name, not yet renamed
-    "tmp_written#3",  # the first part's table under its temporary name (its residuals renamed)
+    "tmp_written#3",  # the first part's residuals written under their temporary name, not yet renamed
+    "tmp_written#4",  # the first part's table under its temporary name (its residuals renamed)
     "batch_done#3",  # mid-run: a batch analysed, nothing of it written
     "after_part#4",  # a part renamed, the manifest not yet updated
     "before_merge",  # every part written
-    "tmp_written#12",  # during the merge: residuals.safetensors under its temporary name (1 manifest + 5 × 2 parts before)
-    "tmp_written#13",  # during the merge: metrics.parquet under its temporary name
+    # The files written before the merge: the staged input's record, the manifest and 5 × 2 parts.
+    "tmp_written#13",  # during the merge: residuals.safetensors under its temporary name
+    "tmp_written#14",  # during the merge: metrics.parquet under its temporary name
     "after_merge",  # merged, final manifest not yet written
     "after_final_manifest",  # done but the parts not yet removed
 ]
 
 
 HALF_WRITTEN = {
-    "tmp_written#2": "parts/.part-000001.residuals.safetensors.*.tmp",
-    "tmp_written#3": "parts/.part-000001-*.parquet.*.tmp",
-    "tmp_written#12": ".residuals.safetensors.*.tmp",
-    "tmp_written#13": ".metrics.parquet.*.tmp",
+    "tmp_written#3": "parts/.part-000001.residuals.safetensors.*.tmp",
+    "tmp_written#4": "parts/.part-000001-*.parquet.*.tmp",
+    "tmp_written#13": ".residuals.safetensors.*.tmp",
+    "tmp_written#14": ".metrics.parquet.*.tmp",
 }
 
 
@@ -148,9 +150,14 @@ def test_resume_refuses_other_settings_and_non_runs(tmp_path):
     out = tmp_path / "run"
     assert _saecli([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": "after_part#1"}).returncode == -signal.SIGKILL
 
-    # The killed run's lock file is saecli's bookkeeping, taken over by each attempt; the results must not change.
+    # The killed run's lock file and staged input are saecli's bookkeeping, taken over (the input staged
+    # again) by each attempt; the results must not change.
     def files():
-        return {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".saecli.lock"}
+        return {
+            p.name: p.read_bytes()
+            for p in out.rglob("*")
+            if p.is_file() and p.name != ".saecli.lock" and INPUT_DIR not in p.relative_to(out).parts
+        }
 
     before = files()
     result = runner.invoke(app, ["run", "--resume", str(out), "--seed", "5"])

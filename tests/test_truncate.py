@@ -223,11 +223,11 @@ def test_a_truncated_run_from_before_the_fix_is_not_resumed(tmp_path):
     from saecli.manifest import check_resumable as _check_resumable
     from saecli.manifest import identity
 
-    current = identity(RunConfig(truncate=True), [0, 2, 3], "float32", [])
+    current = identity(RunConfig(truncate=True), [0, 2, 3], "float32", "0" * 16)
     old = {k: v for k, v in current.items() if k != "truncation"}
     with pytest.raises(SaecliError, match="truncation"):
         _check_resumable({"identity": old}, current, tmp_path)
-    plain = identity(RunConfig(), [0, 2, 3], "float32", [])
+    plain = identity(RunConfig(), [0, 2, 3], "float32", "0" * 16)
     _check_resumable(
         {"identity": {k: v for k, v in plain.items() if k != "truncation"}}, plain, tmp_path
     )  # untruncated: as before
