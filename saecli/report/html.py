@@ -109,17 +109,23 @@ def sample_features(load: Loader | None, rows: np.ndarray, layers: Sequence[int]
             continue
         fact = part.features[f"l{layer}_fact"].tocsr()
         hall = part.features[f"l{layer}_hall"].tocsr()
-        diff = (hall - fact).tocsr()
-        per_row = []
-        for i in range(diff.shape[0]):
-            start, end = diff.indptr[i], diff.indptr[i + 1]
-            cols, vals = diff.indices[start:end], diff.data[start:end]
-            order = np.lexsort((cols, -np.abs(vals)))[:FEATURES_PER_SAMPLE]
-            per_row.append(
-                [[int(cols[k]), round(float(fact[i, cols[k]]), 4), round(float(hall[i, cols[k]]), 4)] for k in order if vals[k]]
-            )
-        out[layer] = per_row
+        out[layer] = [_top_differences(fact, hall, i) for i in range(fact.shape[0])]
     return out
+
+
+def _row(m: Any, i: int) -> dict[int, float]:
+    """Row ``i`` of a CSR matrix as feature → activation, its non-zeros alone."""
+    start, end = m.indptr[i], m.indptr[i + 1]
+    return dict(zip(m.indices[start:end].tolist(), m.data[start:end].tolist(), strict=True))
+
+
+def _top_differences(fact: Any, hall: Any, i: int) -> list[list[Any]]:
+    """Row ``i``'s :data:`FEATURES_PER_SAMPLE` features of largest |hall − fact| (ties: lower index
+    first) as ``[feature, fact, hall]`` (CSR matrices: only the row's non-zeros are looked at)."""
+    f, h = _row(fact, i), _row(hall, i)
+    moved = [j for j in f.keys() | h.keys() if f.get(j, 0.0) != h.get(j, 0.0)]
+    moved.sort(key=lambda j: (-abs(h.get(j, 0.0) - f.get(j, 0.0)), j))
+    return [[int(j), round(f.get(j, 0.0), 4), round(h.get(j, 0.0), 4)] for j in moved[:FEATURES_PER_SAMPLE]]
 
 
 def sample_table(
@@ -157,8 +163,9 @@ def _inline_markdown(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
 
 
-def verdict(report: Report) -> list[str]:
-    """The verdict of summary.md, sentence for sentence (its own functions: one verdict, not two), as HTML."""
+def verdict(report: Report) -> tuple[list[str], list[str]]:
+    """The verdict of summary.md, sentence for sentence (its own functions: one verdict, not two), as
+    HTML: the lines on all samples, and the best metric of each domain."""
     lines = []
     (best,) = report.top(1) or [None]
     if best is not None:
@@ -167,13 +174,14 @@ def verdict(report: Report) -> list[str]:
             f"{best_sentence(report)}."
         )
     lines.append(baseline_sentence(report))
+    domains = []
     for domain in report.domains:
         (b,) = report.top(1, domain) or [None]
         if b is not None:
-            lines.append(
+            domains.append(
                 f"**{domain}**: `{b.metric}`, AUROC {b.auroc:.3f}: {auroc_words(b.auroc)}; {best_sentence(report, domain)}."
             )
-    return [_inline_markdown(line) for line in lines]
+    return [_inline_markdown(line) for line in lines], [_inline_markdown(line) for line in domains]
 
 
 def neuronpedia_bases(report: Report) -> dict[str, str]:
@@ -190,6 +198,7 @@ def page_data(
     ids = frame["sample_id"].cast(pl.String).to_list()
     texts = read_texts([ids[i] for i in rows.tolist()]) if read_texts is not None else None
     features = sample_features(load, rows, report.layers, set(names))
+    overall, per_domain = verdict(report)
     notes = [sampled]
     if texts is None:
         notes.append("The run kept no texts (samples.parquet): the sample browser shows ids and numbers only.")
@@ -206,7 +215,8 @@ def page_data(
         "bootstrap": report.bootstrap,
         "trained_on_benchmark": report.trained_on_benchmark,
         "tested": report.tested,
-        "verdict": verdict(report),
+        "verdict": overall,
+        "verdict_domains": per_domain,
         "notes": [_inline_markdown(n) for n in report.notes],
         "page_notes": notes,
         "detection": detection_table(report),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -98,6 +99,17 @@ def test_a_large_run_embeds_a_subsample_and_says_so(html_report, monkeypatch):
     assert f"hold {len(ids)} of 24 samples" in note and "seeded subsample of 6" in note
 
 
+def test_a_samples_features_are_those_that_differ_most():
+    import scipy.sparse as sp
+
+    from saecli.report.html import FEATURES_PER_SAMPLE, _top_differences
+
+    fact = sp.csr_matrix(np.array([[0.0, 1.0, 2.0, 0.0, 5.0, 0.0, 0.0, 1.0]]))
+    hall = sp.csr_matrix(np.array([[3.0, 1.0, 0.0, 0.5, 5.0, 2.0, 0.1, 0.0]]))
+    top = _top_differences(fact, hall, 0)
+    assert FEATURES_PER_SAMPLE == 5 and top == [[0, 0.0, 3.0], [2, 2.0, 0.0], [5, 0.0, 2.0], [7, 1.0, 0.0], [3, 0.0, 0.5]]
+
+
 # -- in a real browser -------------------------------------------------------------------------------
 
 
@@ -181,6 +193,7 @@ def test_a_search_finds_a_sample_by_id(browser):
     detail = browser.find_element("id", "sample-detail").text
     assert f"Sample {SEARCHED}" in detail and "true answer 17" in detail and "false answer 17" in detail
     assert "Question 17 <b>about</b>" in detail  # shown as text
+    assert re.search(r"layer 0: #\d+ \(fact [-\d.e]+, hall [-\d.e]+\)", detail), detail  # its top SAE features
 
 
 @pytest.mark.browser

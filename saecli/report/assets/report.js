@@ -21,7 +21,7 @@
       else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
       else node.setAttribute(k, v === true ? "" : v);
     }
-    for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
+    for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
     return node;
   }
   const fin = (v) => typeof v === "number" && Number.isFinite(v);
@@ -129,6 +129,7 @@
   }
   // the verdict's sentences are summary.md's own, escaped and marked up in Python
   document.getElementById("verdict").innerHTML = DATA.verdict.map((s) => `<li>${s}</li>`).join("");
+  document.getElementById("verdict-domains").innerHTML = DATA.verdict_domains.map((s) => `<li>${s}</li>`).join("");
   document.getElementById("page-notes").replaceChildren(...DATA.page_notes.map((n) => el("li", { text: n })));
   document.getElementById("notes").innerHTML = DATA.notes.map((s) => `<li>${s}</li>`).join("");
   if (!DATA.notes.length) document.getElementById("notes-box").hidden = true;
@@ -153,7 +154,7 @@
       { key: "separation", label: "|AUROC − 0.5|", num: true, get: (r) => r.separation },
       { key: "auroc", label: "AUROC [95% CI]", num: true, get: (r) => r.auroc, title: "P(hall > fact) + ½·P(tie)",
         cell: (r) => el("span", { class: "ci-cell" }, `${fmt(r.auroc)} [${fmt(r.ci_low)}, ${fmt(r.ci_high)}]`, intervalBar(r.auroc, r.ci_low, r.ci_high)) },
-      { key: "direction", label: "hall is", get: (r) => r.direction },
+      { key: "direction", label: "hall is", get: (r) => (r.direction || "").replace(/^hall /, "") },
       { key: "win_rate", label: "win rate", num: true, get: (r) => r.win_rate,
         cell: (r) => `${fmt(r.win_rate, 2)} [${fmt(r.win_low, 2)}, ${fmt(r.win_high, 2)}]` },
       { key: "mean_diff", label: "Δ mean ± SD", num: true, get: (r) => r.mean_diff, cell: (r) => `${fmtG(r.mean_diff)} ± ${fmtG(r.sd_diff)}` },
@@ -175,53 +176,55 @@
   // -- plots -------------------------------------------------------------------------------------
   const byKey = new Map(detection.map((r) => [`${r.metric}|${r.domain}`, r]));
   const topAll = detection.filter((r) => r.domain === ALL && fin(r.auroc)).sort((a, b) => b.separation - a.separation || (a.metric < b.metric ? -1 : 1));
-  const plotsOn = typeof Plotly !== "undefined";
+  const plotsOn = () => typeof Plotly !== "undefined";
   function plot(id, traces, layout) {
-    if (!plotsOn) { document.getElementById(id).textContent = "(plots need plotly.js, which this page lacks)"; return; }
+    if (!plotsOn()) { document.getElementById(id).textContent = "(plots need plotly.js, which this page lacks)"; return; }
     Plotly.newPlot(id, traces, Object.assign({ margin: { l: 230, r: 20, t: 40, b: 50 }, hovermode: "closest",
       legend: { title: { text: "group (click to toggle)" } }, font: { size: 12 } }, layout), PLOT_CONFIG);
   }
   const forestMetrics = topAll.slice(0, 20).map((r) => r.metric).reverse();
-  plot("plot-forest", GROUPS.map((g) => {
-    const rows = forestMetrics.map((m) => byKey.get(`${m}|${g}`) || {});
-    return {
-      type: "scatter", mode: "markers", name: g, visible: g === ALL ? true : "legendonly", y: forestMetrics,
-      x: rows.map((r) => r.auroc ?? null),
-      error_x: { type: "data", symmetric: false, array: rows.map((r) => (fin(r.ci_high) ? r.ci_high - r.auroc : null)),
-        arrayminus: rows.map((r) => (fin(r.ci_low) ? r.auroc - r.ci_low : null)), color: colour(g), thickness: 1.5 },
-      marker: { color: colour(g), size: 9, symbol: rows.map((r) => (r.significant ? "circle" : "circle-open")) },
-      customdata: rows.map((r) => [r.ci_low, r.ci_high, r.q, r.n]),
-      hovertemplate: `%{y} (${g})<br>AUROC %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>q %{customdata[2]:.2g}, n %{customdata[3]}<extra></extra>`,
-    };
-  }), { title: { text: "Top 20 metrics (all samples): AUROC and 95% interval; filled = significant after correction" },
-    xaxis: { title: { text: "AUROC (0.5 = chance)" }, range: [0, 1] }, height: 560,
-    shapes: [{ type: "line", x0: 0.5, x1: 0.5, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#777" } }] });
+  function drawPlots() {
+    plot("plot-forest", GROUPS.map((g) => {
+      const rows = forestMetrics.map((m) => byKey.get(`${m}|${g}`) || {});
+      return {
+        type: "scatter", mode: "markers", name: g, visible: g === ALL ? true : "legendonly", y: forestMetrics,
+        x: rows.map((r) => r.auroc ?? null),
+        error_x: { type: "data", symmetric: false, array: rows.map((r) => (fin(r.ci_high) ? r.ci_high - r.auroc : null)),
+          arrayminus: rows.map((r) => (fin(r.ci_low) ? r.auroc - r.ci_low : null)), color: colour(g), thickness: 1.5 },
+        marker: { color: colour(g), size: 9, symbol: rows.map((r) => (r.significant ? "circle" : "circle-open")) },
+        customdata: rows.map((r) => [r.ci_low, r.ci_high, r.q, r.n]),
+        hovertemplate: `%{y} (${g})<br>AUROC %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>q %{customdata[2]:.2g}, n %{customdata[3]}<extra></extra>`,
+      };
+    }), { title: { text: "Top 20 metrics (all samples): AUROC and 95% interval; filled = significant after correction" },
+      xaxis: { title: { text: "AUROC (0.5 = chance)" }, range: [0, 1] }, height: 560,
+      shapes: [{ type: "line", x0: 0.5, x1: 0.5, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#777" } }] });
 
-  const heatMetrics = topAll.slice(0, 12).map((r) => r.metric);
-  const cell = (m, g) => byKey.get(`${m}|${g}`) || {};
-  plot("plot-domains", [{
-    type: "heatmap", x: GROUPS, y: heatMetrics, zmin: 0, zmax: 1, colorscale: "RdBu", reversescale: true,
-    z: heatMetrics.map((m) => GROUPS.map((g) => cell(m, g).auroc ?? null)),
-    text: heatMetrics.map((m) => GROUPS.map((g) => (fin(cell(m, g).auroc) ? fmt(cell(m, g).auroc) + (cell(m, g).significant ? "*" : "") : ""))),
-    texttemplate: "%{text}", colorbar: { title: { text: "AUROC" } },
-    hovertemplate: "%{y} in %{x}<br>AUROC %{z:.3f}<extra></extra>",
-  }], { title: { text: "AUROC of the top metrics per domain (* significant after correction)" }, height: 80 + 32 * heatMetrics.length + 60,
-    yaxis: { autorange: "reversed" } });
+    const heatMetrics = topAll.slice(0, 12).map((r) => r.metric);
+    const cell = (m, g) => byKey.get(`${m}|${g}`) || {};
+    plot("plot-domains", [{
+      type: "heatmap", x: GROUPS, y: heatMetrics, zmin: 0, zmax: 1, colorscale: "RdBu", reversescale: true,
+      z: heatMetrics.map((m) => GROUPS.map((g) => cell(m, g).auroc ?? null)),
+      text: heatMetrics.map((m) => GROUPS.map((g) => (fin(cell(m, g).auroc) ? fmt(cell(m, g).auroc) + (cell(m, g).significant ? "*" : "") : ""))),
+      texttemplate: "%{text}", colorbar: { title: { text: "AUROC" } },
+      hovertemplate: "%{y} in %{x}<br>AUROC %{z:.3f}<extra></extra>",
+    }], { title: { text: "AUROC of the top metrics per domain (* significant after correction)" }, height: 80 + 32 * heatMetrics.length + 60,
+      yaxis: { autorange: "reversed" } });
 
-  const versus = topAll.filter((r) => r.family !== "baseline" && fin(r.vs_baseline)).slice(0, 12).map((r) => r.metric).reverse();
-  if (versus.length) {
-    plot("plot-baseline", GROUPS.map((g) => {
-      const rows = versus.map((m) => cell(m, g));
-      return { type: "scatter", mode: "markers", name: g, visible: g === ALL ? true : "legendonly", y: versus,
-        x: rows.map((r) => r.vs_baseline ?? null),
-        error_x: { type: "data", symmetric: false, array: rows.map((r) => (fin(r.vs_baseline_high) ? r.vs_baseline_high - r.vs_baseline : null)),
-          arrayminus: rows.map((r) => (fin(r.vs_baseline_low) ? r.vs_baseline - r.vs_baseline_low : null)), color: colour(g) },
-        marker: { color: colour(g), size: 9, symbol: rows.map((r) => (r.beats_baseline ? "triangle-up" : "circle-open")) },
-        hovertemplate: `%{y} (${g})<br>vs baseline %{x:+.3f}<extra></extra>` };
-    }), { title: { text: "Oriented AUROC minus the best log-prob baseline's (95% paired bootstrap interval; ▲ beats it)" },
-      xaxis: { title: { text: "difference of AUROC" }, zeroline: true }, height: 80 + 30 * versus.length + 60 });
-  } else {
-    document.getElementById("plot-baseline").replaceWith(el("p", { class: "explain", text: "No comparison with a baseline in this run (no baselines, or --bootstrap 0)." }));
+    const versus = topAll.filter((r) => r.family !== "baseline" && fin(r.vs_baseline)).slice(0, 12).map((r) => r.metric).reverse();
+    if (versus.length) {
+      plot("plot-baseline", GROUPS.map((g) => {
+        const rows = versus.map((m) => cell(m, g));
+        return { type: "scatter", mode: "markers", name: g, visible: g === ALL ? true : "legendonly", y: versus,
+          x: rows.map((r) => r.vs_baseline ?? null),
+          error_x: { type: "data", symmetric: false, array: rows.map((r) => (fin(r.vs_baseline_high) ? r.vs_baseline_high - r.vs_baseline : null)),
+            arrayminus: rows.map((r) => (fin(r.vs_baseline_low) ? r.vs_baseline - r.vs_baseline_low : null)), color: colour(g) },
+          marker: { color: colour(g), size: 9, symbol: rows.map((r) => (r.beats_baseline ? "triangle-up" : "circle-open")) },
+          hovertemplate: `%{y} (${g})<br>vs baseline %{x:+.3f}<extra></extra>` };
+      }), { title: { text: "Oriented AUROC minus the best log-prob baseline's (95% paired bootstrap interval; ▲ beats it)" },
+        xaxis: { title: { text: "difference of AUROC" }, zeroline: true }, height: 80 + 30 * versus.length + 60 });
+    } else {
+      document.getElementById("plot-baseline").replaceWith(el("p", { class: "explain", text: "No comparison with a baseline in this run (no baselines, or --bootstrap 0)." }));
+    }
   }
 
   // -- samples -----------------------------------------------------------------------------------
@@ -248,10 +251,9 @@
     plot("plot-scatter", traces, { title: { text: `${m}: hallucination against fact, one point per sample (${samples.length.toLocaleString()} shown)` },
       xaxis: { title: { text: "fact" } }, yaxis: { title: { text: "hallucination" } }, height: 480, margin: { l: 70, r: 20, t: 40, b: 50 },
       shapes: values.length ? [{ type: "line", x0: lo, y0: lo, x1: hi, y1: hi, line: { dash: "dot", color: "#777" } }] : [] });
-    if (plotsOn) document.getElementById("plot-scatter").on("plotly_click", (ev) => openSample(ev.points[0].customdata, true));
+    if (plotsOn()) document.getElementById("plot-scatter").on("plotly_click", (ev) => openSample(ev.points[0].customdata, true));
   }
   scatterSelect.addEventListener("change", drawScatter);
-  if (ranked.length) drawScatter();
 
   const sampleDomain = document.getElementById("sample-domain"), sampleSearch = document.getElementById("sample-search");
   options(sampleDomain, ["", ...DOMAINS], ["every domain", ...DOMAINS]);
@@ -356,5 +358,25 @@
       featureTable.setFilter((f) => !l || String(f.layer) === l);
     });
   }
-  document.body.dataset.ready = "1"; // the browser tests wait for this
+  // printed, the folded parts (notes, per-domain verdicts) are shown too
+  window.addEventListener("beforeprint", () => document.querySelectorAll("details").forEach((d) => { d.open = true; }));
+  document.body.dataset.tables = "1";
+  performance.mark("saecli-tables");
+  /* plotly.js (most of the page's bytes) is compiled only now, after the verdict and the tables are
+     on screen: it is kept as text in the page and run here, once the browser has painted. */
+  function loadPlotly() {
+    const source = document.getElementById("plotly-src");
+    if (!plotsOn() && source && source.textContent.trim()) {
+      const script = document.createElement("script");
+      script.textContent = source.textContent;
+      document.head.append(script);
+    }
+  }
+  requestAnimationFrame(() => setTimeout(() => {
+    loadPlotly();
+    drawPlots();
+    if (ranked.length) drawScatter();
+    performance.mark("saecli-ready");
+    document.body.dataset.ready = "1"; // the browser tests wait for this
+  }, 0));
 })();
