@@ -10,7 +10,8 @@ Size: the page must stay usable for a 100,000-sample run, so it embeds at most :
 samples (the seeded, domain-stratified subsample of :mod:`.sampling`, plus every sample the feature
 table names) and says so; texts and SAE activations are read for those samples only. The charts are
 drawn by Plotly (plotly.js from the plotly package, MIT, inlined: about 4.8 MB, the bulk of a small
-run's page); the tables are a small hand-written script (``assets/report.js``).
+run's page, kept as text and compiled after the verdict and tables are drawn); the tables are a
+small hand-written script (``assets/report.js``).
 
 Boundary: builds the page as text from a computed :class:`~saecli.report.detection.Report` and the
 rows it is given; reads files only through the ``load`` / ``read_texts`` callables it is handed.
@@ -54,6 +55,11 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _short(value: float | None) -> float | None:
+    """A per-sample value to 6 significant digits (what the page shows; the ranking's rows keep every digit)."""
+    return None if value is None or not math.isfinite(value) else float(f"{value:.6g}")
 
 
 def _columns(rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
@@ -139,7 +145,7 @@ def sample_table(
     values = {}
     for m in metrics:
         for column in (m.fact, m.hall):
-            values[column] = [_clean(v) for v in part[column].cast(pl.Float64).to_list()]
+            values[column] = [_short(v) for v in part[column].cast(pl.Float64).to_list()]
     samples = []
     for i, sid in enumerate(ids):
         text = texts.get(sid) if texts else None

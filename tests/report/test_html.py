@@ -164,6 +164,8 @@ def _column(driver, table: str, index: int) -> list[str]:
 
 @pytest.mark.browser
 def test_the_ranking_table_sorts(browser, html_report):
+    from selenium.webdriver.common.keys import Keys
+
     def header():  # the table is drawn again on each sort
         return browser.find_element("css selector", '#ranking th[data-key="auroc"]')
 
@@ -181,6 +183,11 @@ def test_the_ranking_table_sorts(browser, html_report):
     browser.switch_to.active_element.send_keys("\n")  # the keyboard sorts too: focus stays on the header's button
     shown = aurocs()
     assert header().get_attribute("aria-sort") == "ascending" and np.allclose(shown, first_page(False), atol=6e-4)
+    rows = browser.find_elements("css selector", "#ranking tbody tr")
+    assert [r.get_attribute("tabindex") for r in rows[:3]] == ["0", "-1", "-1"]  # one row in the tab order
+    rows[0].click()
+    browser.switch_to.active_element.send_keys(Keys.ARROW_DOWN)  # the arrow keys move between rows
+    assert browser.switch_to.active_element.get_attribute("data-id") == rows[1].get_attribute("data-id")
 
 
 @pytest.mark.browser

@@ -94,8 +94,9 @@
         scope: "col", "data-key": c.key, title: c.title,
         "aria-sort": this.sortKey === c.key ? (this.dir > 0 ? "ascending" : "descending") : "none",
       }, el("button", { type: "button", onclick: () => this.sortBy(c.key) }, c.label))));
-      const body = el("tbody", { onkeydown: (e) => this.key(e) }, shown.map((r) => {
-        const tr = el("tr", { tabindex: "0", "data-id": this.rowId ? this.rowId(r) : null },
+      // one row in the tab order (roving tabindex): Tab leaves the table, the arrow keys move within it
+      const body = el("tbody", { onkeydown: (e) => this.key(e) }, shown.map((r, i) => {
+        const tr = el("tr", { tabindex: i ? "-1" : "0", "data-id": this.rowId ? this.rowId(r) : null },
           this.columns.map((c) => el("td", { class: c.num ? "num" : null }, c.cell ? c.cell(r) : c.num ? fmt(c.get(r)) : c.get(r) ?? "–")));
         if (this.onOpen) tr.addEventListener("click", (e) => { if (!e.target.closest("a,button")) this.onOpen(r, tr); });
         return tr;
@@ -111,8 +112,9 @@
     key(e) {
       const tr = e.target.closest("tr");
       if (!tr || e.target !== tr) return;
-      if (e.key === "ArrowDown" && tr.nextElementSibling) { tr.nextElementSibling.focus(); e.preventDefault(); }
-      else if (e.key === "ArrowUp" && tr.previousElementSibling) { tr.previousElementSibling.focus(); e.preventDefault(); }
+      const move = (to) => { tr.tabIndex = -1; to.tabIndex = 0; to.focus(); e.preventDefault(); };
+      if (e.key === "ArrowDown" && tr.nextElementSibling) move(tr.nextElementSibling);
+      else if (e.key === "ArrowUp" && tr.previousElementSibling) move(tr.previousElementSibling);
       else if ((e.key === "Enter" || e.key === " ") && this.onOpen) {
         this.onOpen(this.shown[Array.prototype.indexOf.call(tr.parentNode.children, tr)], tr); e.preventDefault();
       }
