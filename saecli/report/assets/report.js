@@ -124,7 +124,7 @@
   // -- head and verdict -----------------------------------------------------------------------------
   document.getElementById("run").textContent =
     `Run ${DATA.run_dir}; data ${DATA.data_source}; layers ${DATA.layers.join(", ")}; domains: ` +
-    DOMAINS.map((d) => `${d} ${DATA.domains[d]}`).join(", ") + `; ${DATA.bootstrap} bootstrap resamples.`;
+    DOMAINS.map((d) => `${d} ${DATA.domains[d].toLocaleString("en")}`).join(", ") + `; ${DATA.bootstrap} bootstrap resamples.`;
   if (DATA.trained_on_benchmark) {
     document.getElementById("warning").textContent = `In-sample: the preset ${DATA.preset} learned the built-in benchmark; ` +
       "its log-probability and reconstruction AUROCs on it are in-sample, not evidence of detection on unseen text.";
@@ -152,7 +152,7 @@
       { key: "metric", label: "metric", get: (r) => r.metric, cell: (r) => el("code", { text: r.metric }) },
       { key: "family", label: "family", get: (r) => r.family },
       { key: "domain", label: "domain", get: (r) => r.domain },
-      { key: "n", label: "n", num: true, get: (r) => r.n, cell: (r) => String(r.n) },
+      { key: "n", label: "n", num: true, get: (r) => r.n, cell: (r) => r.n.toLocaleString("en") },
       { key: "separation", label: "|AUROC − 0.5|", num: true, get: (r) => r.separation },
       { key: "auroc", label: "AUROC [95% CI]", num: true, get: (r) => r.auroc, title: "P(hall > fact) + ½·P(tie)",
         cell: (r) => el("span", { class: "ci-cell" }, `${fmt(r.auroc)} [${fmt(r.ci_low)}, ${fmt(r.ci_high)}]`, intervalBar(r.auroc, r.ci_low, r.ci_high)) },
