@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: install run test test-fast lint format bench-baseline clean
+.PHONY: install browser run test test-fast lint format bench-baseline clean
 
 install: $(VENV)/.installed
 
@@ -16,13 +16,25 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,ray]'
 	touch $@
 
+# The report.html tests drive headless Chromium (tests/report/test_html.py, marker `browser`). Installed
+# with apt-get where it is missing and we are root; otherwise one line says those tests will skip.
+# Never fails: a machine without the browser still runs the rest of the suite.
+browser:                ## chromium + chromedriver for the report.html browser tests
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: installing chromium and chromium-driver with apt-get (report.html tests)"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "browser: apt-get could not install chromium: the report.html browser tests will be skipped"; \
+	else echo "browser: no chromium/chromedriver and no apt-get as root: the report.html browser tests will be skipped"; fi
+
 run: install            ## the main job on the embedded default preset
 	$(VENV)/bin/saecli run $(ARGS)
 
-test: install           ## the whole test suite (offline, a few minutes on 2 cores)
+test: install browser   ## the whole test suite (offline, a few minutes on 2 cores)
 	$(PY) -m pytest -q
 
-test-fast: install      ## tests without the `slow` marker
+test-fast: install browser  ## tests without the `slow` marker
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install            ## ruff check, ruff format --check, and the import contracts of pyproject.toml

@@ -43,7 +43,7 @@ SAMPLES_FILE = "samples.parquet"
 """The texts of a run's samples, rows in ``metrics.parquet``'s order (:data:`SAMPLE_COLUMNS`): the report
 shows them beside the numbers and groups its probe folds by them without the original data file."""
 SAMPLE_COLUMNS = ("sample_id", "domain", "topic", "prompt", "fact", "hallucination")
-REPORT_FILES = ("detection.csv", "dashboard.png", "summary.md", "probes.csv", "generalisation.csv", "features.csv")
+REPORT_FILES = ("detection.csv", "dashboard.png", "summary.md", "report.html", "probes.csv", "generalisation.csv", "features.csv")
 """What ``saecli report`` writes into a run folder (the last three only for a run with residuals)."""
 
 

@@ -34,6 +34,7 @@ TESTED = {
     "competitor_bench.py",
     "gpu_check.sh",
     "gpu_check_summary.py",
+    "html_load.py",
     "scale.py",
     "update_golden.py",
 }
@@ -122,6 +123,31 @@ def test_scale_rejects_bad_sizes_and_steps():
     assert result.returncode == 2 and "--sizes: expected comma-separated whole numbers" in result.stderr
     result = run_script(["scripts/scale.py", "--steps", "report"])
     assert result.returncode == 2 and "report needs run" in result.stderr
+
+
+# -- html_load.py ---------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_html_load_measures_a_page(tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text(
+        '<!doctype html><html><body><script type="application/json" id="saecli-data">'
+        '{"samples": 3, "sample_table": {"samples": [{}, {}]}}</script>'
+        '<p>page</p><script>performance.mark("saecli-tables"); performance.mark("saecli-ready");'
+        'document.body.dataset.ready = "1"</script>'
+        "</body></html>"
+    )
+    result = run_script(["scripts/html_load.py", str(page), "--repeats", "1"], timeout=120)
+    if result.returncode == 2 and "no chromium" in result.stderr:
+        pytest.skip(result.stderr.strip())
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, row = result.stdout.strip().splitlines()
+    assert header == "page | MB | samples embedded | paint_ms | tables_ms | ready_ms | warm_ready_ms"
+    cells = row.split(" | ")
+    assert cells[0] == str(page) and cells[2] == "2 of 3" and all(int(c) > 0 for c in cells[3:]), row
+    result = run_script(["scripts/html_load.py", str(tmp_path / "absent.html")])
+    assert result.returncode == 2 and "no such file" in result.stderr
 
 
 # -- update_golden.py -----------------------------------------------------------------------------

@@ -9,7 +9,8 @@
   (one family), and the paired bootstrap comparison with the best log-prob baseline; the report also
   holds the family-wise (sign-flip permutation) verdict on the best metric of each group;
 * ``dashboard.png``: the five tests at a glance plus the detection ranking;
-* ``summary.md``: the top metrics, the per-domain table, and the figure.
+* ``summary.md``: the top metrics, the per-domain table, and the figure;
+* ``report.html``: one self-contained page to explore all of it in a browser (:mod:`.html`).
 
 A run with the log-probability baseline columns (``logprob_{sum,mean}_{fact,hall}``) ranks them with
 the metrics. A run with ``residuals.safetensors`` also gets probes (:mod:`.probes`: logistic
@@ -27,6 +28,7 @@ write each file atomically) and the public face of the package; the work lives i
 * :mod:`.detection`: the detection table of a run's frame, :class:`Report` and its option checks;
 * :mod:`.summary`: summary.md as text;
 * :mod:`.dashboard`: dashboard.png (matplotlib, imported only there and only when drawing);
+* :mod:`.html`: report.html (the page's data from the same objects as the CSVs; plotly.js inlined);
 * :mod:`.probes`, :mod:`.features`: the probes and the feature ranking (scikit-learn, scipy.sparse).
 
 The bootstrap's mechanics (``BOOTSTRAP_BLOCK``, ``bootstrap_weights``, …) are not re-exported here:
@@ -105,6 +107,7 @@ from saecli.report.summary import (
     DETECTION_FILE,
     FEATURES_FILE,
     GENERALISATION_FILE,
+    HTML_FILE,
     PROBES_FILE,
     SUMMARY_FILE,
     summary_markdown,
@@ -112,7 +115,7 @@ from saecli.report.summary import (
 from saecli.residuals import Residuals, read_residuals
 
 __all__ = [
-    "ALL", "ALPHA", "Best", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
+    "ALL", "ALPHA", "Best", "DASHBOARD_FILE", "DETECTION_FILE", "HTML_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
     "HALL_COLOR", "MAX_BOOTSTRAP", "PROBES_FILE", "PROBE_SAMPLES", "RESAMPLE_SAMPLES", "SUMMARY_FILE", "TOP_DEFAULT",
     "Detection", "Metric", "Report", "auroc", "auroc_interval", "bh_qvalues", "best_metrics", "check_options", "check_writable", "detect", "direction", "draw_dashboard",
     "load_residuals", "load_run", "load_texts", "make_report", "numeric_metrics", "paired_effect", "percentile_interval", "summary_markdown",
@@ -416,6 +419,7 @@ def _writers(report: Report, frame: pl.DataFrame, top: int) -> dict[str, tuple[s
         "detection": (DETECTION_FILE, lambda p: _full_precision(report.frame()).write_csv(p)),
         "dashboard": (DASHBOARD_FILE, lambda p: draw_dashboard(frame, report, p)),
         "summary": (SUMMARY_FILE, lambda p: p.write_text(summary_markdown(report, top=top), encoding="utf-8")),
+        "html": (HTML_FILE, lambda p: p.write_text(_html(report, frame), encoding="utf-8")),
     }
     if report.residuals:
         writers |= {
@@ -427,6 +431,44 @@ def _writers(report: Report, frame: pl.DataFrame, top: int) -> dict[str, tuple[s
             "features": (FEATURES_FILE, lambda p: _table(report.features, FeatureRow).write_csv(p, float_precision=6)),
         }
     return writers
+
+
+def _html(report: Report, frame: pl.DataFrame) -> str:
+    """report.html, with the texts and the SAE activations of the samples it embeds read for those alone."""
+    from saecli.report.html import html_page, page_data
+    from saecli.residuals import residual_names
+
+    run_dir = report.run_dir
+    residuals = run_dir / RESIDUALS_FILE
+    names = residual_names(residuals) if report.residuals and residuals.exists() else []
+    load = functools.partial(load_residuals, run_dir, frame) if names else None
+    data = page_data(report, frame, load=load, names=names, read_texts=functools.partial(read_texts, run_dir))
+    return html_page(data)
+
+
+def read_texts(run_dir: Path, ids: Sequence[str]) -> dict[str, Any] | None:
+    """Sample id → :class:`saecli.data.Sample` for ``ids`` alone, from the run's samples.parquet (only
+    those rows are kept: a large run's page embeds a subset); None for a run that kept no texts or
+    whose file cannot be read (the page then shows ids and numbers only)."""
+    from saecli.data import Sample
+
+    path = Path(run_dir) / SAMPLES_FILE
+    if not path.exists():
+        return None
+    try:
+        wanted = pl.Series(list(ids), dtype=pl.String)
+        rows = (
+            pl.scan_parquet(path, glob=False)
+            .select(SAMPLE_COLUMNS)
+            .with_columns(pl.all().cast(pl.String))
+            .filter(pl.col("sample_id").is_in(wanted))
+            .collect()
+        )
+        return {r["sample_id"]: Sample(id=r["sample_id"], domain=r["domain"], prompt=r["prompt"], fact=r["fact"],
+                                       hallucination=r["hallucination"], topic=r["topic"]) for r in rows.iter_rows(named=True)}  # fmt: skip
+    except (OSError, ValueError, SaecliError, pl.exceptions.PolarsError) as exc:
+        log.warning("report.html without texts: cannot read %s (%s)", path, exc)
+        return None
 
 
 def write_files(report: Report, frame: pl.DataFrame, *, top: int = TOP_DEFAULT, steps: Steps | None = None) -> None:

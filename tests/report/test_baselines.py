@@ -9,7 +9,7 @@ import pytest
 
 from saecli.cli import app
 from saecli.errors import SaecliError
-from saecli.io import RESIDUALS_FILE
+from saecli.io import REPORT_FILES, RESIDUALS_FILE
 from saecli.report import load_residuals, load_run, make_report
 from saecli.residuals import read_residuals, write_residuals
 
@@ -35,7 +35,7 @@ def full_report(tmp_path_factory):
 
 def test_every_file_is_written(full_report):
     run_dir = full_report.run_dir
-    for name in ("detection.csv", "dashboard.png", "summary.md", "probes.csv", "generalisation.csv", "features.csv"):
+    for name in REPORT_FILES:  # every one: the run has residuals
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
     assert (run_dir / "dashboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A synthetic run has no data file to read its texts back from: its probe folds are per sample, said once.
@@ -152,6 +152,7 @@ def test_a_strong_baseline_is_beaten_by_nothing_and_runs_without_residuals(tmp_p
         "detection.csv",
         "manifest.json",
         "metrics.parquet",
+        "report.html",
         "summary.md",
     ]
 

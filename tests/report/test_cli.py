@@ -26,7 +26,7 @@ def test_cli_report_table_and_json(synthetic_report, tmp_path):
     assert "hall always higher" in result.stdout  # the direction in words, short in the table (in full in summary.md)
     assert "significant after Benjamini-Hochberg correction over all 80 tests" in result.stdout
     assert "Best metric, all samples: family-wise p" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["dashboard.png", "detection.csv", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["dashboard.png", "detection.csv", "report.html", "summary.md"]
     result = runner.invoke(app, ["report", str(run_dir), "--bootstrap", "0", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

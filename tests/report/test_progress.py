@@ -29,7 +29,7 @@ def test_every_step_is_told_in_order_through_to_the_end(tmp_path, monkeypatch, q
     steps, done, totals = zip(*calls, strict=True)
     total = totals[0]
     assert set(totals) == {total} and list(done) == [*range(total), total]  # each step once, then the end
-    probes, groups, files = 2 * 2, 3 + 1, 6  # residual and SAE probes of 2 layers; 3 domains and all
+    probes, groups, files = 2 * 2, 3 + 1, 7  # residual and SAE probes of 2 layers; 3 domains and all
     folds = probes * 3 * 2  # 3 repeats of 2 folds
     assert total == folds + probes + probes * 3 + 2 + 2 * groups + files
     assert "probe_resid_l0: repeat 3/3, fold 2/2" in steps and "probe_sae_l2: trained without temporal, tested on it" in steps
@@ -42,5 +42,5 @@ def test_the_command_draws_the_progress_on_stderr(tmp_path, quick_dashboard):
     run_dir = baseline_run(tmp_path / "run", n=12, residuals=False)
     result = runner.invoke(app, ["report", str(run_dir), "--bootstrap", "0", "--json"])
     assert result.exit_code == 0, result.output
-    assert "report: done" in result.stderr and "7/7" in result.stderr  # 4 groups, 3 files (not a terminal: the last state)
+    assert "report: done" in result.stderr and "8/8" in result.stderr  # 4 groups, 4 files (not a terminal: the last state)
     assert result.stdout.startswith("{")  # the progress is not in the results
