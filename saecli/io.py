@@ -205,6 +205,12 @@ def write_metrics(frame: pl.DataFrame, run_dir: Path) -> Path:
     return path
 
 
+def samples_frame(samples: Sequence[Any]) -> pl.DataFrame:
+    """``samples`` (:class:`saecli.data.Sample`-like) as a frame of :data:`SAMPLE_COLUMNS`."""
+    columns = {name: [getattr(s, "id" if name == "sample_id" else name) for s in samples] for name in SAMPLE_COLUMNS}
+    return pl.DataFrame(columns, schema=dict.fromkeys(SAMPLE_COLUMNS, pl.String()))
+
+
 def write_samples(frames: Iterable[pl.DataFrame], run_dir: Path) -> Path:
     """:data:`SAMPLES_FILE` of the samples in ``frames`` (each a frame of :data:`SAMPLE_COLUMNS`,
     written as one row group as it comes: a million texts are never held at once)."""

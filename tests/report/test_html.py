@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 from saecli.data import Sample
-from saecli.io import write_samples
+from saecli.io import samples_frame, write_samples
 from saecli.report import make_report
 from saecli.report.html import DATA_ID, embedded_rows, read_page_data
 
@@ -39,7 +39,7 @@ def html_report(tmp_path_factory):
     domains = pl.read_parquet(run_dir / "metrics.parquet")["domain"].to_list()
     texts = [Sample(id=f"s{i}", domain=d, prompt=f"Question {i} <b>about</b> {d}?", fact=f"true answer {i}",
                     hallucination=f"false answer {i}") for i, d in enumerate(domains)]  # fmt: skip
-    write_samples(texts, run_dir)
+    write_samples([samples_frame(texts)], run_dir)
     with pytest.MonkeyPatch.context() as patch:  # the dashboard is not what this module tests (seconds to draw)
         import saecli.report
 
