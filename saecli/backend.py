@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from saecli.config import RunConfig
-from saecli.device import set_torch_threads
+from saecli.device import ThreadShare, automatic_threads, set_torch_threads
 from saecli.memory import peak_memory
 from saecli.models import LoadedPreset, PresetInfo
 
@@ -75,6 +75,9 @@ class LocalBackend:
         self.threads = set_torch_threads(config.threads) if loaded.device == "cpu" else None
         if self.threads:
             log.info("%d CPU thread(s): %s", self.threads["used"], self.threads["reason"])
+        # Chosen again between plan windows as other processes come and go (automatic threads only).
+        self.share = ThreadShare(self.threads["used"]) if self.threads and automatic_threads(config.threads) else None
+        self.handed = 0
         self.engine = Engine(loaded, config)
         self.timer = self.engine.timer
 
@@ -93,6 +96,9 @@ class LocalBackend:
     def batches(
         self, samples: Sequence[Sample], toks: Sequence[Any], batch_size: int, progress: Progress | None
     ) -> Iterator[BatchResult]:
+        if self.share is not None:
+            self.share.update(self.handed)
+        self.handed += len(samples)
         return self.engine.run(samples, batch_size=batch_size, toks=toks)
 
     def stages(self) -> dict[str, float]:
@@ -102,7 +108,11 @@ class LocalBackend:
         return peak_memory(self.info.device)
 
     def record(self) -> dict[str, Any]:
-        return {"threads": self.threads} if self.threads else {}
+        if not self.threads:
+            return {}
+        if self.share is None or not self.share.count:
+            return {"threads": self.threads}
+        return {"threads": {**self.threads, "changed": self.share.count, "changes": self.share.changes}}
 
     def close(self) -> None:
         pass

@@ -17,12 +17,15 @@ so the vocabulary costs nothing to import.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from saecli.errors import SaecliError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -158,6 +161,60 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
         return cores, f"{cores} usable cores (their load could not be read)"
     threads = max(1, min(cores, int(idle + 0.5)))
     return threads, f"{idle:.1f} of {cores} usable cores idle at the start"
+
+
+def automatic_threads(requested: int | None) -> bool:
+    """Whether :func:`choose_threads` decides by the idle cores (neither ``--threads`` nor
+    ``OMP_NUM_THREADS`` given)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return requested is None and not (env.isdigit() and int(env) >= 1)
+
+
+SHARE_CHANGES_KEPT = 100
+"""Thread changes a manifest lists (a run that changed more often says how many in all)."""
+
+
+class ThreadShare:
+    """A CPU run's torch threads chosen again as other processes come and go: a run of a million
+    samples lasts an hour, and a process that starts beside it after it chose two threads makes
+    every operation wait (measured here: a 10,000-sample run fell from 410 to 25 samples/s when a
+    report started beside it). :meth:`update`, called between plan windows (about every 10 s),
+    takes as many threads as the cores other processes left idle since the last call: the CPU time
+    of the whole machine less this process's own."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.changes: list[dict[str, Any]] = []
+        self.count = 0
+        self._mark = (_cpu_times(), time.process_time())
+
+    def others(self) -> float | None:
+        """Cores' worth of CPU other processes used since the last call (None where unreadable)."""
+        mark, self._mark = self._mark, (_cpu_times(), time.process_time())
+        if mark[0] is None or self._mark[0] is None:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        busy = (self._mark[0][0] - mark[0][0]) / ticks - (self._mark[1] - mark[1])
+        total = (self._mark[0][1] - mark[0][1]) / ticks
+        return None if total <= 0 else max(0.0, (os.cpu_count() or 1) * busy / total)
+
+    def update(self, done: int) -> int:
+        """Set torch's threads for what comes next, after ``done`` samples; the threads now."""
+        import torch
+
+        others = self.others()
+        if others is None:
+            return self.threads
+        cores = usable_cores()
+        threads = max(1, min(cores, int(cores - others + 0.5)))
+        if threads != self.threads:
+            log.info("%d CPU thread(s) from now on: other processes used %.1f of %d cores", threads, others, cores)
+            torch.set_num_threads(threads)
+            self.threads = threads
+            self.count += 1
+            if len(self.changes) < SHARE_CHANGES_KEPT:
+                self.changes.append({"after_samples": done, "threads": threads, "others_cores": round(others, 2)})
+        return self.threads
 
 
 def set_torch_threads(requested: int | None) -> dict[str, Any]:

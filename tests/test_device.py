@@ -115,3 +115,36 @@ def test_idle_cores_sees_a_busy_core():
 def _spin(stop) -> None:
     while not stop.is_set():
         pass
+
+
+def test_a_run_takes_fewer_threads_while_others_use_the_cores_and_more_when_they_stop(monkeypatch):
+    """Between windows the threads follow the CPU other processes used: the machine's busy time
+    less this process's own (fake /proc/stat and process clock: 2 cores, 100 ticks a second)."""
+    import torch
+
+    from saecli import device
+
+    clock = {"busy": 0.0, "total": 0.0, "own": 0.0}
+    monkeypatch.setattr(device, "_cpu_times", lambda: (clock["busy"], clock["total"]))
+    monkeypatch.setattr(device.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(device.os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(device, "usable_cores", lambda: 2)
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+
+    def ten_seconds(own, others):
+        clock["total"] += 2 * 10 * 100
+        clock["busy"] += (own + others) * 10 * 100
+        clock["own"] += own * 10
+
+    share = device.ThreadShare(2)
+    ten_seconds(own=2.0, others=0.0)
+    assert share.update(100) == 2 and set_to == []  # alone: both cores
+    ten_seconds(own=1.0, others=1.0)  # a process started beside the run
+    assert share.update(200) == 1 and set_to == [1]
+    ten_seconds(own=1.0, others=0.9)
+    assert share.update(300) == 1 and set_to == [1]
+    ten_seconds(own=1.0, others=0.1)  # it ended
+    assert share.update(400) == 2 and set_to == [1, 2]
+    assert share.count == 2 and [c["after_samples"] for c in share.changes] == [200, 400]
