@@ -44,7 +44,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,8 @@ from saecli.report.summary import (
     SUMMARY_FILE,
     summary_markdown,
 )
-from saecli.residuals import Residuals, read_residuals
+from saecli.report.texts import excerpts_of, text_groups_of_run
+from saecli.residuals import Residuals, read_residual_blocks, read_residuals
 
 __all__ = [
     "ALL", "ALPHA", "Best", "DASHBOARD_FILE", "DETECTION_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
@@ -198,6 +199,21 @@ def load_residuals(
 def _load_part(path: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None, rows: Any, keys: Any) -> Residuals:
     """:func:`load_residuals` of some rows and arrays: the file's ids and layers checked as for the whole
     file, then only those read (file rows found by sample id)."""
+    return read_residuals(path, keys=keys, rows=_file_rows(path, frame, manifest, rows))
+
+
+def residual_blocks(
+    run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None, keys: Sequence[str], block: int
+) -> Iterator[Residuals]:  # fmt: skip
+    """:func:`load_residuals` of the arrays ``keys`` at every row of ``frame``, in its order, ``block``
+    rows at a time (the file opened, checked and its rows found once): one block in memory, not the run."""
+    path = Path(run_dir) / RESIDUALS_FILE
+    return read_residual_blocks(path, keys, _file_rows(path, frame, manifest, None), block)
+
+
+def _file_rows(path: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None, rows: Any) -> list[int]:
+    """The file rows of ``frame``'s rows ``rows`` (None: all), found by sample id, after checking the
+    file's layers against the run's (a SaecliError with the way to report without the file)."""
     header = read_residuals(path, keys=())
     layers = manifest.get("layers") if manifest is not None else None
     hint = f"rerun `saecli run`, or move {RESIDUALS_FILE} away to report without probes"
@@ -212,7 +228,7 @@ def _load_part(path: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None,
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise SaecliError(f"{path} does not match {METRICS_FILE}: the residuals hold no row for sample ids {shown}", hint=hint)
-    return read_residuals(path, keys=keys, rows=[position[sid] for sid in wanted])
+    return [position[sid] for sid in wanted]
 
 
 def load_texts(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None = None) -> list[Any] | None:
@@ -272,7 +288,7 @@ def make_report(
     run_dir = Path(run_dir)
     frame, manifest, layers = load_run(run_dir)
     residuals = load_residuals(run_dir, frame, manifest, keys=())  # the ids and layers checked; arrays read when used
-    texts = load_texts(run_dir, frame, manifest) if residuals is not None else None  # read for the probes and features only
+    texts = _kept_texts(run_dir, manifest) if residuals is not None else False  # read for the probes and features only
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     check_writable(out_dir, run_dir)
     preset = manifest.get("preset")
@@ -310,7 +326,9 @@ def make_report(
     else:
         load = functools.partial(load_residuals, run_dir, frame)
         groups = _text_groups(frame, manifest, report, texts)
-        fits = probe_and_rank(report, frame, residuals, manifest, texts, steps, load, groups, fit=run_probes)
+        excerpts = functools.partial(excerpts_of, run_dir) if texts else None
+        blocks = functools.partial(residual_blocks, run_dir, frame, manifest)
+        fits = probe_and_rank(report, frame, residuals, manifest, excerpts, steps, load, groups, fit=run_probes, blocks=blocks)
         if fits:  # the probes' out-of-fold scores join the metrics: one ranking, one family of tests
             scores, probe_metrics = scores_frame(fits, frame["domain"].to_list())
             table, metrics = frame.hstack(scores.drop("domain")), metrics + probe_metrics
@@ -329,15 +347,23 @@ def make_report(
     return report
 
 
-def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, texts: list[Any] | None) -> Any:
+def _kept_texts(run_dir: Path, manifest: dict[str, Any]) -> bool:
+    """Whether the run kept its texts (samples.parquet), checked to be the file it recorded."""
+    if not (Path(run_dir) / SAMPLES_FILE).exists():
+        return False
+    verify_file(Path(run_dir), manifest, SAMPLES_FILE)
+    return True
+
+
+def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, texts: bool) -> Any:
     """The probes' fold groups (samples that share a text stay in one fold), from the texts the run
-    kept (``texts``) or, for a run that kept none, its data read again as the run read it; None (each
-    sample its own group, said in the notes) when that data cannot be read any more or no longer
-    holds the run's samples."""
+    kept (``texts``: hashed a row group at a time, :func:`~saecli.report.texts.text_groups_of_run`) or,
+    for a run that kept none, its data read again as the run read it; None (each sample its own group,
+    said in the notes) when that data cannot be read any more or no longer holds the run's samples."""
     from saecli.data import load_samples
 
-    if texts is not None:
-        return sample_groups(texts)
+    if texts:
+        return text_groups_of_run(report.run_dir, frame)
     config = manifest.get("config") or {}
     try:
         # A run that recorded no limit order predates it: its --limit took the first N samples.
