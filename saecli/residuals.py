@@ -234,17 +234,33 @@ def _readable(path: Path, hint: str) -> Iterator[None]:
         raise SaecliError(f"{path} is not a readable saecli residuals file: {reason}", hint=hint) from None
 
 
-def _described(meta: dict[str, str]) -> tuple[list[int], list[str], dict[int, int]]:
+def _described(meta: dict[str, str], *, series: bool = False) -> tuple[list[int], Any, dict[int, int]]:
     """The layers, sample ids and SAE widths a residuals file's metadata records (a ValueError for
-    a file that is not saecli's, or of another schema)."""
+    a file that is not saecli's, or of another schema). ``series``: the ids as a polars String Series
+    when polars can decode them (:func:`_id_series`), else a list."""
     if meta.get("format") != "saecli-residuals":
         raise ValueError("not a saecli residuals file (no format saecli-residuals in its metadata)")
     if meta.get("schema") != str(RESIDUALS_SCHEMA):
         raise ValueError(f"schema {meta.get('schema')!r}, this saecli reads {RESIDUALS_SCHEMA}")
     layers = [int(layer) for layer in json.loads(meta["layers"])]
-    sample_ids = [str(sid) for sid in json.loads(meta["sample_ids"])]
+    sample_ids = _id_series(meta["sample_ids"]) if series else None
+    if sample_ids is None:
+        sample_ids = [str(sid) for sid in json.loads(meta["sample_ids"])]
     d_sae = {int(layer): int(width) for layer, width in json.loads(meta["d_sae"]).items()}
     return layers, sample_ids, d_sae
+
+
+def _id_series(raw: str) -> Any:
+    """The JSON list of ids ``raw`` decoded by polars into a String Series (no Python string per id: a
+    million of them are ~0.1 GB, and their memory is not given back whole); None when polars cannot
+    decode it as strings (a foreign file: the list path then says what is wrong with it)."""
+    import polars as pl
+
+    try:
+        ids = pl.Series([raw], dtype=pl.String).str.json_decode(pl.List(pl.String)).explode()
+    except Exception:  # noqa: BLE001 - any decoding failure: the plain JSON path decides
+        return None
+    return None if ids.null_count() else ids
 
 
 BLOCK_BYTES = 1 << 25
@@ -315,18 +331,19 @@ def _read_part(path: Path, keys: Iterable[str] | None, rows: Sequence[int] | Non
     import numpy as np
 
     picked = None if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
-    with _readable(path, hint), _opened(path) as (handle, meta, wanted):
-        return _rows_of(handle, meta, _described(meta), wanted(keys), picked, str(path))
+    with _readable(path, hint), _opened(path) as (handle, meta, described, wanted):
+        return _rows_of(handle, meta, described, wanted(keys), picked, str(path))
 
 
 @contextmanager
-def _opened(path: Path) -> Iterator[tuple[Any, dict[str, str], Any]]:
-    """The file open for positioned reads (:class:`_Tensors`): its handle, its metadata (checked by
-    :func:`_described`) and ``wanted(keys)``: the arrays of ``keys`` it holds (all of them, sorted, for None)."""
+def _opened(path: Path) -> Iterator[tuple[Any, dict[str, str], Any, Any]]:
+    """The file open for positioned reads (:class:`_Tensors`): its handle, its metadata, what that
+    describes (:func:`_described`, read once: a million ids are a large JSON list) and
+    ``wanted(keys)``: the arrays of ``keys`` it holds (all of them, sorted, for None)."""
     with open(path, "rb") as file:
         handle = _Tensors(file)
         meta = handle.metadata() or {}
-        _described(meta)
+        described = _described(meta, series=True)
         names = set(handle.keys())
         held = [n for n in names if n.startswith("dense.")] + [
             n.removesuffix(".indptr") for n in names if n.startswith("features.") and n.endswith(".indptr")
@@ -335,7 +352,7 @@ def _opened(path: Path) -> Iterator[tuple[Any, dict[str, str], Any]]:
         def wanted(keys: Iterable[str] | None) -> list[str]:
             return sorted(held) if keys is None else [k for k in keys if k in held]
 
-        yield handle, meta, wanted
+        yield handle, meta, described, wanted
 
 
 def _rows_of(handle: Any, meta: dict[str, str], described: Any, wanted: list[str], picked: Any, source: str) -> Residuals:
@@ -357,7 +374,10 @@ def _rows_of(handle: Any, meta: dict[str, str], described: Any, wanted: list[str
             if layer not in d_sae:
                 raise ValueError(f"no d_sae for layer {layer} in its metadata")
             features[key] = _csr_rows(handle, name, picked, d_sae[layer])
-    ids = sample_ids if picked is None else [sample_ids[i] for i in picked.tolist()]
+    if isinstance(sample_ids, list):
+        ids = sample_ids if picked is None else [sample_ids[i] for i in picked.tolist()]
+    else:  # a Series (_id_series): only the rows read become Python strings
+        ids = (sample_ids if picked is None else sample_ids.gather(picked)).to_list()
     residuals = Residuals(layers=layers, sample_ids=ids, dense=dense, features=features, d_sae=d_sae,
                           run=str(meta.get("run", "")))  # fmt: skip
     residuals.check(source)
@@ -374,8 +394,8 @@ def read_residual_blocks(path: Path, keys: Iterable[str], rows: Sequence[int], b
     if not path.is_file():
         raise SaecliError(f"no residuals file {path}", hint="`saecli run` writes it unless --no-baselines")
     picked = np.asarray(rows, dtype=np.int64).reshape(-1)
-    with _readable(path, hint), _opened(path) as (handle, meta, wanted):
-        names, described = wanted(keys), _described(meta)
+    with _readable(path, hint), _opened(path) as (handle, meta, described, wanted):
+        names = wanted(keys)
         for start in range(0, picked.size, max(1, block)):
             yield _rows_of(handle, meta, described, names, picked[start : start + block], str(path))
 

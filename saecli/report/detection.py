@@ -331,10 +331,25 @@ def report_groups(frame: pl.DataFrame) -> int:
     return frame["domain"].n_unique() + 1
 
 
-def _groups(frame: pl.DataFrame) -> Iterator[tuple[str, pl.DataFrame]]:
-    """Each domain's rows (input order), then all: one domain's copy made at a time."""
+class GroupRows:
+    """One domain's rows of the table (input order), each column taken when asked for: a large run's
+    domain is never copied whole (with one domain, a copy of the whole table), one column at a time is.
+    Reads as the filtered frame does: ``height``, ``[column]`` (a Series), ``[rows]`` (a frame of those rows)."""
+
+    def __init__(self, frame: pl.DataFrame, domain: str) -> None:
+        self.frame, self.mask = frame, frame["domain"] == domain
+        self.height = int(self.mask.sum())
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return self.frame[key].filter(self.mask)
+        return self.frame[np.flatnonzero(self.mask.to_numpy())[np.asarray(key)]]
+
+
+def _groups(frame: pl.DataFrame) -> Iterator[tuple[str, Any]]:
+    """Each domain's rows (:class:`GroupRows`, first-seen order), then all (the table itself)."""
     for domain in frame["domain"].unique(maintain_order=True).to_list():
-        yield domain, frame.filter(pl.col("domain") == domain)
+        yield domain, GroupRows(frame, domain)
     yield ALL, frame
 
 

@@ -49,6 +49,10 @@ differs on fewer than three leaves the rest empty), ``top{k}_diff`` its ``d_ij``
 
 Vectorised on CSR matrices: the sums over samples are sparse column sums (O(non-zeros)), the null
 draws sparse products of a (draws × n) sign matrix with the differences (O(draws × non-zeros)).
+A large run is ranked a block of :data:`FEATURE_ROWS` samples at a time (:func:`rank_feature_blocks`):
+every statistic but the AUROC and the top samples is a sum or count over samples
+(:class:`FeatureSums`), added block by block; the top features' columns are then read again and made
+dense one feature at a time.
 
 Boundary: numpy and scipy (imported inside the functions); no files, no drawing.
 """
@@ -429,7 +433,7 @@ def rank_feature_blocks(
     h_sel = sp.vstack([h for _, h in picked], format="csc")
     del picked
     tested = int(tests.tested.sum())
-    ids = [str(i) for i in range(n)] if sample_ids is None else sample_ids
+    ids = range(n) if sample_ids is None else sample_ids  # a row number is named by itself (str below)
     rows = []
     for rank, j in enumerate(order.tolist(), 1):
         f_col = f_sel[:, rank - 1].toarray().ravel().astype(np.float64)

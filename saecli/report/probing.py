@@ -65,7 +65,7 @@ def probe_and_rank(
     from saecli.residuals import residual_names
 
     domains = frame["domain"].to_list()
-    ids = frame["sample_id"].cast(pl.String).to_list()
+    ids = frame["sample_id"].cast(pl.String)  # a Series: a million ids as Python strings are ~0.1 GB
     names = set(residual_names(report.run_dir / RESIDUALS_FILE))
     ranked = [layer for layer in index.layers if all(f"features.{residual_key(layer, k)}" in names for k in ("fact", "hall"))]
     steps.plan(len(ranked))
@@ -103,7 +103,7 @@ def _pair(part: Residuals, layer: int) -> tuple[Any, Any]:
 
 def _rank_layer(
     report: Report, layer: int, whole: Residuals | None, load: Loader, blocks: Blocks | None, manifest: dict[str, Any],
-    ids: list[str], null_rows: Any,
+    ids: Any, null_rows: Any,
 ) -> list[FeatureRow]:  # fmt: skip
     """One layer's feature ranking: from the rows the probes read (a run within their cap), else read a
     block of rows at a time (``blocks``), the null's rows read alone."""
