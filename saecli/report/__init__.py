@@ -46,7 +46,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ from saecli.io import (
     read_run,
     verify_file,
 )
-from saecli.report.dashboard import FACT_COLOR, HALL_COLOR, draw_dashboard
+from saecli.report.dashboard import FACT_COLOR, HALL_COLOR, SCATTER_POINTS, draw_dashboard
 from saecli.report.detection import (
     ALL,
     ALPHA,
@@ -112,7 +112,8 @@ from saecli.report.summary import (
     SUMMARY_FILE,
     summary_markdown,
 )
-from saecli.residuals import Residuals, read_residuals
+from saecli.report.texts import excerpts_of, text_groups_of_run
+from saecli.residuals import Residuals, read_residual_blocks, read_residuals
 
 __all__ = [
     "ALL", "ALPHA", "Best", "DASHBOARD_FILE", "DETECTION_FILE", "HTML_FILE", "FACT_COLOR", "FEATURES_FILE", "FOLDS_DEFAULT", "GENERALISATION_FILE",
@@ -201,6 +202,43 @@ def load_residuals(
 def _load_part(path: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None, rows: Any, keys: Any) -> Residuals:
     """:func:`load_residuals` of some rows and arrays: the file's ids and layers checked as for the whole
     file, then only those read (file rows found by sample id)."""
+    return read_residuals(path, keys=keys, rows=_file_rows(path, frame, manifest, rows))
+
+
+class RunResiduals:
+    """The run's residuals read a part at a time, rows in ``frame``'s order: the file rows of the table's
+    samples found once (by id, :func:`_file_rows`), then each read takes only what it asks for.
+
+    ``load(rows=…, keys=…)`` is :func:`load_residuals` of the run (no ``rows`` and no ``keys``: the
+    whole file, as it reads it); ``blocks(keys, block)`` the arrays ``keys`` of every row, ``block`` rows
+    at a time (:func:`~saecli.residuals.read_residual_blocks`): one block in memory, not the run."""
+
+    def __init__(self, run_dir: Path, frame: pl.DataFrame) -> None:
+        self.run_dir, self.frame, self.path = Path(run_dir), frame, Path(run_dir) / RESIDUALS_FILE
+        self._rows: Any = None
+
+    def file_rows(self) -> Any:
+        import numpy as np
+
+        if self._rows is None:
+            self._rows = np.asarray(_file_rows(self.path, self.frame, None, None), dtype=np.int64)
+        return self._rows
+
+    def __call__(self, *, rows: Any = None, keys: Sequence[str] | None = None) -> Residuals | None:
+        import numpy as np
+
+        if rows is None and keys is None:
+            return load_residuals(self.run_dir, self.frame)
+        picked = self.file_rows() if rows is None else self.file_rows()[np.asarray(rows, dtype=np.int64)]
+        return read_residuals(self.path, keys=keys, rows=picked)
+
+    def blocks(self, keys: Sequence[str], block: int) -> Iterator[Residuals]:
+        return read_residual_blocks(self.path, keys, self.file_rows(), block)
+
+
+def _file_rows(path: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None, rows: Any) -> list[int]:
+    """The file rows of ``frame``'s rows ``rows`` (None: all), found by sample id, after checking the
+    file's layers against the run's (a SaecliError with the way to report without the file)."""
     header = read_residuals(path, keys=())
     layers = manifest.get("layers") if manifest is not None else None
     hint = f"rerun `saecli run`, or move {RESIDUALS_FILE} away to report without probes"
@@ -208,14 +246,18 @@ def _load_part(path: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None,
         raise SaecliError(f"{path} holds layers {header.layers}, the run has {layers}", hint=hint)
     if "sample_id" not in frame.columns:
         raise SaecliError(f"{path.parent / METRICS_FILE} has no sample_id column to match {RESIDUALS_FILE} with")
-    ids = frame["sample_id"].cast(pl.String).to_list()
-    wanted = ids if rows is None else [ids[i] for i in rows]
-    position = {sid: i for i, sid in enumerate(header.sample_ids)}
-    missing = [sid for sid in wanted if sid not in position]
+    # A join, not a dict of Python strings: a million ids are matched in a few hundred MB less.
+    table = pl.DataFrame({"sample_id": pl.Series(header.sample_ids, dtype=pl.String)}).with_row_index("_file")
+    del header
+    wanted = frame.select(pl.col("sample_id").cast(pl.String))
+    if rows is not None:
+        wanted = wanted[[int(i) for i in rows]]
+    found = wanted.join(table, on="sample_id", how="left", maintain_order="left")
+    missing = found.filter(pl.col("_file").is_null())["sample_id"].to_list()
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise SaecliError(f"{path} does not match {METRICS_FILE}: the residuals hold no row for sample ids {shown}", hint=hint)
-    return read_residuals(path, keys=keys, rows=[position[sid] for sid in wanted])
+    return found["_file"].to_list()
 
 
 def load_texts(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | None = None) -> list[Any] | None:
@@ -275,7 +317,9 @@ def make_report(
     run_dir = Path(run_dir)
     frame, manifest, layers = load_run(run_dir)
     residuals = load_residuals(run_dir, frame, manifest, keys=())  # the ids and layers checked; arrays read when used
-    texts = load_texts(run_dir, frame, manifest) if residuals is not None else None  # read for the probes and features only
+    if residuals is not None:  # checked: its layers are all the report keeps of it (a million ids are ~0.1 GB)
+        residuals = Residuals(layers=residuals.layers, sample_ids=[], d_sae=residuals.d_sae, run=residuals.run)
+    texts = _kept_texts(run_dir, manifest) if residuals is not None else False  # read for the probes and features only
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     check_writable(out_dir, run_dir)
     preset = manifest.get("preset")
@@ -311,9 +355,12 @@ def make_report(
     if residuals is None:
         report.notes.append(f"No {RESIDUALS_FILE} in the run: no probes, out-of-domain test or SAE feature ranking.")
     else:
-        load = functools.partial(load_residuals, run_dir, frame)
+        load = RunResiduals(run_dir, frame)
         groups = _text_groups(frame, manifest, report, texts)
-        fits = probe_and_rank(report, frame, residuals, manifest, texts, steps, load, groups, fit=run_probes)
+        excerpts = functools.partial(excerpts_of, run_dir) if texts else None
+        fits = probe_and_rank(
+            report, frame, residuals, manifest, excerpts, steps, load, groups, fit=run_probes, blocks=load.blocks
+        )
         if fits:  # the probes' out-of-fold scores join the metrics: one ranking, one family of tests
             scores, probe_metrics = scores_frame(fits, frame["domain"].to_list())
             table, metrics = frame.hstack(scores.drop("domain")), metrics + probe_metrics
@@ -321,6 +368,9 @@ def make_report(
         report.subsampled["bootstrap"] = resample_samples
         report.notes.append(sampled_note("The paired bootstrap against the baseline (vs_baseline), per group", resample_samples,
                                          frame.height) + "; its spread rescaled by √(m/n) to the group's")  # fmt: skip
+    if frame.height > SCATTER_POINTS:  # drawing a million points takes seconds and covers the panel
+        report.subsampled["dashboard_scatter"] = SCATTER_POINTS
+        report.notes.append(sampled_note("The centroid-drift scatter of dashboard.png", SCATTER_POINTS, frame.height))
     report.rows = detect_metrics(table, metrics, bootstrap=bootstrap, seed=seed, steps=steps, resample_samples=resample_samples)
     report.best = best_metrics(table, metrics, permutations=bootstrap, seed=seed, steps=steps)
     report.baselines = any(r.family == "baseline" for r in report.rows)  # summary.md says so when not
@@ -332,15 +382,23 @@ def make_report(
     return report
 
 
-def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, texts: list[Any] | None) -> Any:
+def _kept_texts(run_dir: Path, manifest: dict[str, Any]) -> bool:
+    """Whether the run kept its texts (samples.parquet), checked to be the file it recorded."""
+    if not (Path(run_dir) / SAMPLES_FILE).exists():
+        return False
+    verify_file(Path(run_dir), manifest, SAMPLES_FILE)
+    return True
+
+
+def _text_groups(frame: pl.DataFrame, manifest: dict[str, Any], report: Report, texts: bool) -> Any:
     """The probes' fold groups (samples that share a text stay in one fold), from the texts the run
-    kept (``texts``) or, for a run that kept none, its data read again as the run read it; None (each
-    sample its own group, said in the notes) when that data cannot be read any more or no longer
-    holds the run's samples."""
+    kept (``texts``: hashed a row group at a time, :func:`~saecli.report.texts.text_groups_of_run`) or,
+    for a run that kept none, its data read again as the run read it; None (each sample its own group,
+    said in the notes) when that data cannot be read any more or no longer holds the run's samples."""
     from saecli.data import load_samples
 
-    if texts is not None:
-        return sample_groups(texts)
+    if texts:
+        return text_groups_of_run(report.run_dir, frame)
     config = manifest.get("config") or {}
     try:
         # A run that recorded no limit order predates it: its --limit took the first N samples.

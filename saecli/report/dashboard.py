@@ -20,6 +20,17 @@ from saecli.columns import KINDS, SHAPE_CLASSES, layer_column, layer_metric, pai
 from saecli.report.detection import ALL, ALPHA, BASELINE, GEOMETRY, PROBE, Detection, Report
 
 FACT_COLOR, HALL_COLOR = "#2b6cb0", "#c53030"
+SCATTER_POINTS = 10_000
+"""Samples the centroid-drift scatter draws at most: above it a seeded subsample stratified by domain
+(:func:`~saecli.report.sampling.subsample`, the report's seed), said in the panel's title and the notes;
+a million points take seconds to draw and cover the panel. Its percentage above the diagonal is on every sample."""
+
+
+def scatter_rows(domains: Sequence[Any], seed: int) -> np.ndarray | None:
+    """The rows the centroid-drift scatter draws (ascending), or None for all of them (at most :data:`SCATTER_POINTS`)."""
+    from saecli.report.sampling import subsample
+
+    return subsample(domains, SCATTER_POINTS, seed)
 
 
 def _values(frame: pl.DataFrame, column: str) -> np.ndarray:
@@ -145,7 +156,9 @@ def _draw(fig: Any, frame: pl.DataFrame, report: Report) -> None:
         f"data {report.data_source}",
         fontsize=15, fontweight="bold",
     )  # fmt: skip
-    by_domain = [(d, frame.filter(pl.col("domain") == d)) for d in report.domains] + [(ALL, frame)]
+    # The per-domain panels read four columns: only those are copied per domain, not the run's table.
+    narrow = frame.select("domain", *(paired_column(m, k) for m in ("stability", "cross_layer_consistency") for k in KINDS))
+    by_domain = [(d, narrow.filter(pl.col("domain") == d)) for d in report.domains] + [(ALL, narrow)]
 
     _draw_layer_panels(fig, grid, frame, report)
     _draw_sample_panels(fig, grid, frame, report)
@@ -205,9 +218,12 @@ def _centroid_drift(ax: Any, frame: pl.DataFrame, report: Report) -> None:
     """Test 2: per-sample centroid drift, hall against fact, coloured by domain, with the diagonal."""
     fact, hall = (frame[f"centroid_drift_{k}"].cast(pl.Float64).to_numpy() for k in KINDS)
     palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+    domains = frame["domain"].to_numpy()
+    shown = scatter_rows(domains, report.seed)
+    drawn = np.arange(frame.height) if shown is None else shown
     for i, d in enumerate(report.domains):
-        mask = (frame["domain"] == d).to_numpy()
-        ax.scatter(fact[mask], hall[mask], s=12, alpha=0.6, color=palette[i % len(palette)], label=d, edgecolors="none")
+        rows = drawn[domains[drawn] == d]
+        ax.scatter(fact[rows], hall[rows], s=12, alpha=0.6, color=palette[i % len(palette)], label=d, edgecolors="none")
     finite = np.isfinite(fact) & np.isfinite(hall)
     both = np.concatenate([fact[finite], hall[finite]])
     low, high = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
@@ -220,7 +236,8 @@ def _centroid_drift(ax: Any, frame: pl.DataFrame, report: Report) -> None:
     above = float(np.mean(hall[finite] > fact[finite])) if finite.any() else math.nan
     ax.set_xlabel("fact: angle(c_P, c_F) [degrees]")
     ax.set_ylabel("hallucination: angle(c_P, c_H) [degrees]")
-    ax.set_title(f"Centroid drift, layer {report.layers[0]} ({above:.0%} of samples above the diagonal)")
+    sampled = "" if shown is None else f";\n{shown.size:,} of {frame.height:,} samples drawn (seeded, by domain)"
+    ax.set_title(f"Centroid drift, layer {report.layers[0]} ({above:.0%} of samples above the diagonal{sampled})")
     ax.legend(loc="lower right", fontsize=9, markerscale=1.5)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -331,9 +331,26 @@ def report_groups(frame: pl.DataFrame) -> int:
     return frame["domain"].n_unique() + 1
 
 
-def _groups(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
-    domains = list(dict.fromkeys(frame["domain"].to_list()))
-    return [(d, frame.filter(pl.col("domain") == d)) for d in domains] + [(ALL, frame)]
+class GroupRows:
+    """One domain's rows of the table (input order), each column taken when asked for: a large run's
+    domain is never copied whole (with one domain, a copy of the whole table), one column at a time is.
+    Reads as the filtered frame does: ``height``, ``[column]`` (a Series), ``[rows]`` (a frame of those rows)."""
+
+    def __init__(self, frame: pl.DataFrame, domain: str) -> None:
+        self.frame, self.mask = frame, frame["domain"] == domain
+        self.height = int(self.mask.sum())
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return self.frame[key].filter(self.mask)
+        return self.frame[np.flatnonzero(self.mask.to_numpy())[np.asarray(key)]]
+
+
+def _groups(frame: pl.DataFrame) -> Iterator[tuple[str, Any]]:
+    """Each domain's rows (:class:`GroupRows`, first-seen order), then all (the table itself)."""
+    for domain in frame["domain"].unique(maintain_order=True).to_list():
+        yield domain, GroupRows(frame, domain)
+    yield ALL, frame
 
 
 def _pairs(part: pl.DataFrame, metrics: Sequence[Metric]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -345,6 +362,28 @@ def _pairs(part: pl.DataFrame, metrics: Sequence[Metric]) -> list[tuple[np.ndarr
         ok = np.isfinite(fact) & np.isfinite(hall)
         out.append((hall[ok], fact[ok], ok))
     return out
+
+
+class LazyPairs(Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """:func:`_pairs` made one metric at a time, when asked for (each time): a large group's every
+    metric column is never held at once (about 17 bytes per sample and metric), only the one in use."""
+
+    def __init__(self, part: pl.DataFrame, metrics: Sequence[Metric]) -> None:
+        self.part, self.metrics = part, list(metrics)
+
+    def __len__(self) -> int:
+        return len(self.metrics)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return _pairs(self.part, [self.metrics[i]])[0]
+
+
+def _pairs_of(part: pl.DataFrame, metrics: Sequence[Metric], cap: int) -> Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The pairs of a group: all at once up to ``cap`` samples (the bootstrap reads them many times),
+    one metric at a time above it (:class:`LazyPairs`: the same values)."""
+    return LazyPairs(part, metrics) if part.height > cap else _pairs(part, metrics)
 
 
 def detect_metrics(
@@ -366,7 +405,7 @@ def detect_metrics(
     rows: list[Detection] = []
     for domain, part in _groups(frame):
         steps.start(f"detection table: {domain}")
-        pairs = _pairs(part, metrics)
+        pairs = _pairs_of(part, metrics, resample_samples)
         group = [_row(metric, domain, *pair) for metric, pair in zip(metrics, pairs, strict=True)]
         if bootstrap and any(r.family == BASELINE and math.isfinite(r.auroc) for r in group):
             resampled = _resampled(part, metrics, pairs, group, bootstrap=bootstrap, seed=seed, cap=resample_samples)
@@ -460,7 +499,7 @@ def best_metrics(
     out = []
     for domain, part in _groups(frame):
         steps.start(f"family-wise test: {domain} ({permutations} permutations)")
-        pairs = _pairs(part, metrics)
+        pairs = _pairs_of(part, metrics, RESAMPLE_SAMPLES)
         seps = [abs(auroc(h, f) - 0.5) if h.size else -1.0 for h, f, _ in pairs]
         if not pairs or max(seps) < 0:
             continue

@@ -49,6 +49,10 @@ differs on fewer than three leaves the rest empty), ``top{k}_diff`` its ``d_ij``
 
 Vectorised on CSR matrices: the sums over samples are sparse column sums (O(non-zeros)), the null
 draws sparse products of a (draws × n) sign matrix with the differences (O(draws × non-zeros)).
+A large run is ranked a block of :data:`FEATURE_ROWS` samples at a time (:func:`rank_feature_blocks`):
+every statistic but the AUROC and the top samples is a sum or count over samples
+(:class:`FeatureSums`), added block by block; the top features' columns are then read again and made
+dense one feature at a time.
 
 Boundary: numpy and scipy (imported inside the functions); no files, no drawing.
 """
@@ -311,6 +315,61 @@ def null_threshold(
     return float(np.percentile(null_max_scores(fact, hall, draws, rng), 100 * (1 - alpha)))
 
 
+FEATURE_ROWS = 1 << 15
+"""Samples whose activations of one layer's features are held at once (:func:`rank_feature_blocks`).
+A run of at most this many is ranked in one block: the same sums, in the same order, as at once."""
+
+
+@dataclass
+class FeatureSums:
+    """The additive statistics of one layer's paired differences ``d = hall − fact`` over the blocks of
+    samples added so far (arrays of length d_sae): every ranking statistic but the AUROC and the top
+    samples is a function of these, so a run is ranked a block of rows at a time with the same result."""
+
+    n: int = 0
+    sum_d: Any = None  # Σ d (float64)
+    sum_sq: Any = None  # Σ d²
+    fires_fact: Any = None  # texts where the feature fires (counts)
+    fires_hall: Any = None
+    n_up: Any = None  # samples where d > 0
+    n_down: Any = None  # … d < 0
+
+    def add(self, fact: Any, hall: Any) -> None:
+        """Add a block of rows (CSR fact and hall activations of the same samples)."""
+        import scipy.sparse as sp
+
+        fact, hall = sp.csr_matrix(fact, dtype=np.float64), sp.csr_matrix(hall, dtype=np.float64)
+        d_sae = fact.shape[1]
+        d = hall - fact
+        parts = (
+            _column_sums(d), _column_sums(d.multiply(d)), _fire_counts(fact), _fire_counts(hall),
+            np.bincount(d.indices[d.data > 0], minlength=d_sae), np.bincount(d.indices[d.data < 0], minlength=d_sae),
+        )  # fmt: skip
+        names = ("sum_d", "sum_sq", "fires_fact", "fires_hall", "n_up", "n_down")
+        for name, value in zip(names, parts, strict=True):
+            setattr(self, name, value if getattr(self, name) is None else getattr(self, name) + value)
+        self.n += fact.shape[0]
+
+
+def _fire_counts(m: Any) -> np.ndarray:
+    return np.bincount(m.indices[m.data > 0], minlength=m.shape[1])
+
+
+def _tests_of(sums: FeatureSums) -> FeatureTests:
+    """:func:`sign_tests` from a layer's :class:`FeatureSums`."""
+    from scipy.stats import binom
+
+    n_up, n_down = sums.n_up, sums.n_down
+    moved = n_up + n_down
+    p = np.minimum(1.0, 2.0 * binom.cdf(np.minimum(n_up, n_down), moved, 0.5))
+    p[moved == 0] = 1.0
+    tested = (sums.fires_fact > 0) | (sums.fires_hall > 0)
+    p[~tested] = math.nan
+    q = np.full(p.size, math.nan)
+    q[tested] = benjamini_hochberg(p[tested])
+    return FeatureTests(n_up=n_up, n_down=n_down, p=p, q=q, tested=tested)
+
+
 def rank_features(
     fact: Any, hall: Any, *, layer: int, top: int = FEATURES_TOP, bootstrap: int = 1000, seed: int = 0,
     neuronpedia: str | None = None, alpha: float = FEATURES_ALPHA, sample_ids: Sequence[str] | None = None,
@@ -320,30 +379,66 @@ def rank_features(
     the score (``bootstrap`` random-swap draws, seeded by ``seed`` and the layer), the verdict, and the
     samples where each differs most, named by ``sample_ids`` (default: the row numbers) with their
     ``excerpts`` (:func:`sample_excerpt`, one per row) when given. ``null_rows``: the samples the null's
-    draws are made on (:func:`null_threshold`; default every sample); every other statistic is on all n."""
+    draws are made on (:func:`null_threshold`; default every sample); every other statistic is on all n.
+    All rows at once: :func:`rank_feature_blocks` of one block."""
     import scipy.sparse as sp
 
     fact, hall = sp.csr_matrix(fact), sp.csr_matrix(hall)
     n = fact.shape[0]
+    null = (fact, hall) if null_rows is None or null_rows.size >= n else (fact[null_rows], hall[null_rows])
+    return rank_feature_blocks(
+        lambda: [(fact, hall)], layer=layer, top=top, bootstrap=bootstrap, seed=seed, neuronpedia=neuronpedia, alpha=alpha,
+        sample_ids=sample_ids, excerpts=excerpts, null=null,
+    )  # fmt: skip
+
+
+def rank_feature_blocks(
+    blocks: Any, *, layer: int, top: int = FEATURES_TOP, bootstrap: int = 1000, seed: int = 0,
+    neuronpedia: str | None = None, alpha: float = FEATURES_ALPHA, sample_ids: Sequence[str] | None = None,
+    excerpts: Sequence[str] | None = None, null: tuple[Any, Any] | None = None,
+) -> list[FeatureRow]:  # fmt: skip
+    """:func:`rank_features` of a layer read a block of samples at a time: ``blocks()`` gives the (fact,
+    hall) CSR activations of successive row blocks, in the samples' order, afresh at each call. It is
+    called twice: once for the :class:`FeatureSums` (effect sizes, frequencies, sign tests, the ranking),
+    once for the top features' columns (means, AUROC, top samples), each feature's column made dense
+    alone. Memory: one block, plus O(n) per top feature. The same values as at once: the sums are
+    exact in integers and add block by block in floating point (one block: the same sums).
+
+    ``null``: the (fact, hall) rows the null threshold's draws are made on, rescaled by ``√(m/n)`` when
+    they are m < n of the samples (:func:`null_threshold`); None: no threshold."""
+    import scipy.sparse as sp
+
+    sums = FeatureSums()
+    for fact, hall in blocks():
+        sums.add(fact, hall)
+    n = sums.n
     if n < 2:
         return []
-    mean, sd, dz = paired_effect_sizes(fact, hall)
-    freq_fact, freq_hall = firing_frequency(fact), firing_frequency(hall)
+    mean = sums.sum_d / n
+    sd, dz = _d_z(mean, sums.sum_sq, n)
+    freq_fact, freq_hall = sums.fires_fact / n, sums.fires_hall / n
     score = np.abs(dz) * (1.0 - np.minimum(freq_fact, freq_hall))
     candidates = np.flatnonzero((sd > 0) | (mean != 0))
     order = candidates[np.lexsort((candidates, -score[candidates]))][:top]
     if order.size == 0:
         return []
-    tests = sign_tests(fact, hall)
-    threshold = null_threshold(fact, hall, bootstrap, group_rng(seed, f"features-null:l{layer}"), alpha, rows=null_rows)
+    tests = _tests_of(sums)
+    threshold, null_samples = math.nan, 0
+    if null is not None and bootstrap:
+        m = null[0].shape[0]
+        threshold = null_threshold(null[0], null[1], bootstrap, group_rng(seed, f"features-null:l{layer}"), alpha)
+        threshold, null_samples = (threshold * math.sqrt(m / n) if m < n else threshold), min(m, n)
+    picked = [(sp.csr_matrix(f)[:, order], sp.csr_matrix(h)[:, order]) for f, h in blocks()]
+    f_sel = sp.vstack([f for f, _ in picked], format="csc")
+    h_sel = sp.vstack([h for _, h in picked], format="csc")
+    del picked
     tested = int(tests.tested.sum())
-    f_cols = fact[:, order].toarray().astype(np.float64)
-    h_cols = hall[:, order].toarray().astype(np.float64)
-    ids = [str(i) for i in range(n)] if sample_ids is None else sample_ids
-    diffs = h_cols - f_cols
-    tops = top_samples(diffs)
+    ids = range(n) if sample_ids is None else sample_ids  # a row number is named by itself (str below)
     rows = []
     for rank, j in enumerate(order.tolist(), 1):
+        f_col = f_sel[:, rank - 1].toarray().ravel().astype(np.float64)
+        h_col = h_sel[:, rank - 1].toarray().ravel().astype(np.float64)
+        diff = h_col - f_col
         q = float(tests.q[j])
         rows.append(
             FeatureRow(
@@ -354,12 +449,12 @@ def rank_features(
                 effect_size=float(dz[j]),
                 ci_low=math.nan,
                 ci_high=math.nan,
-                mean_fact=float(f_cols[:, rank - 1].mean()),
-                mean_hall=float(h_cols[:, rank - 1].mean()),
+                mean_fact=float(f_col.mean()),
+                mean_hall=float(h_col.mean()),
                 mean_diff=float(mean[j]),
                 freq_fact=float(freq_fact[j]),
                 freq_hall=float(freq_hall[j]),
-                auroc=auroc(h_cols[:, rank - 1], f_cols[:, rank - 1]),
+                auroc=auroc(h_col, f_col),
                 n=int(n),
                 url=neuronpedia_url(neuronpedia, j),
                 n_up=int(tests.n_up[j]),
@@ -369,8 +464,8 @@ def rank_features(
                 tested=tested,
                 null_threshold=threshold,
                 significant=int(q <= alpha and math.isfinite(threshold) and score[j] > threshold),
-                **_top_fields(tops[rank - 1], diffs[:, rank - 1], ids, excerpts),
-                null_samples=int(n if null_rows is None else min(null_rows.size, n)) if bootstrap else 0,
+                **_top_fields(top_samples(diff[:, None])[0], diff, ids, excerpts),
+                null_samples=null_samples,
             )  # fmt: skip
         )
     return rows

@@ -13,7 +13,18 @@ What is capped, and what is not (``Report.probe_samples``, ``Report.resample_sam
   its probe rows, intervals and generalisation on that subsample (their ``n`` says how many);
 * **the paired bootstrap against the baseline** (``vs_baseline``, B resamples × n weights per group)
   and **the SAE features' null threshold** (draws × non-zeros) run on at most ``resample_samples``
-  samples of the group and are rescaled to the whole group (:func:`rescale`).
+  samples of the group and are rescaled to the whole group (:func:`rescale`);
+* **the dashboard's centroid-drift scatter** draws at most
+  :data:`~saecli.report.dashboard.SCATTER_POINTS` samples (the first of the same order); its share
+  above the diagonal is on every sample.
+
+**Streamed, not subsampled** (exact on every sample, memory bounded): the SAE features of a run larger
+than :data:`~saecli.report.features.FEATURE_ROWS` are read a block of rows at a time and their
+statistics added block by block (sums and counts: the same values as at once, up to the order of
+floating-point additions); a large group's metric columns are made one at a time
+(:class:`~saecli.report.detection.LazyPairs`), and a domain's rows one column at a time
+(:class:`~saecli.report.detection.GroupRows`); the fold groups come from hashes of the texts
+(:mod:`.texts`), not from the texts.
 
 **The subsample** (:func:`subsample_order`): each domain's samples are put in a seeded random order
 (one generator per seed and domain, so a domain's order never depends on the others), sample i getting

@@ -296,19 +296,24 @@ def flip_null_max(
     ``Σ r_h + Σ_i flip_i·(r_f,i − r_h,i)``: one matrix product per chunk of permutations. Returns
     (permutations,) maxima (NaN-free: metrics with no sample are skipped; zeros when none has one).
     """
-    used = [(h, f, ok) for h, f, ok in pairs if ok.any()]
-    base, scale, offset = np.empty(len(used)), np.empty(len(used)), np.empty(len(used))
-    delta = np.zeros((n, len(used)))
-    for j, (h, f, ok) in enumerate(used):
+    base, scale, offset = np.empty(len(pairs)), np.empty(len(pairs)), np.empty(len(pairs))
+    delta = np.zeros((n, len(pairs)))
+    used = np.zeros(len(pairs), dtype=bool)
+    for j, (h, f, ok) in enumerate(pairs):  # one metric's values at a time (``pairs`` may make them when asked)
+        if not ok.any():
+            continue
         ranks = _midranks(np.concatenate([h, f]))
         k = h.size
-        base[j], scale[j], offset[j] = ranks[:k].sum(), 1.0 / (k * k), k * (k + 1) / 2.0
+        base[j], scale[j], offset[j], used[j] = ranks[:k].sum(), 1.0 / (k * k), k * (k + 1) / 2.0, True
         delta[ok, j] = ranks[k:] - ranks[:k]
+        del ranks
+    if not used.all():
+        base, scale, offset, delta = base[used], scale[used], offset[used], delta[:, used]
     out = np.zeros(permutations)
     rows = max(1, BOOTSTRAP_BLOCK // max(n, 1))
     for start in range(0, permutations, rows):
         flips = (rng.random((min(rows, permutations - start), n)) < 0.5).astype(np.float64)
-        if used:
+        if used.any():
             aurocs = (base + flips @ delta - offset) * scale
             out[start : start + flips.shape[0]] = np.abs(aurocs - 0.5).max(axis=1)
     return out
