@@ -13,7 +13,7 @@ import pytest
 
 from saecli.data import Sample
 from saecli.errors import SaecliError
-from saecli.io import RESIDUALS_FILE, write_samples
+from saecli.io import RESIDUALS_FILE, samples_frame, write_samples
 from saecli.report import make_report
 from saecli.report.detection import LazyPairs, _pairs, run_metrics
 from saecli.report.features import rank_feature_blocks, rank_features
@@ -71,7 +71,7 @@ def test_fold_groups_from_text_hashes_equal_those_of_the_samples(tmp_path):
         Sample(id=f"s{i}", domain="d", prompt=rng.choice(texts), fact=rng.choice(texts), hallucination=rng.choice(texts))
         for i in range(40)
     ]  # prompts shared, and a prompt that is another sample's whole fact text
-    write_samples(samples, tmp_path)
+    write_samples([samples_frame(samples)], tmp_path)
     order = list(range(40))
     rng.shuffle(order)  # the table's order is not the file's
     frame = pl.DataFrame({"sample_id": [samples[i].id for i in order]})
