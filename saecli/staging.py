@@ -31,7 +31,7 @@ import polars as pl
 from saecli.config import RunConfig
 from saecli.data import Sample, Selection, dataset_identity
 from saecli.errors import SaecliError
-from saecli.io import SAMPLE_COLUMNS, atomic_write, file_sha256
+from saecli.io import SAMPLE_COLUMNS, atomic_write, file_sha256, samples_frame
 from saecli.plan import PLAN_WINDOW, PackedTokens, SampleTokens
 
 INPUT_DIR = ".saecli-input.tmp"
@@ -226,8 +226,8 @@ def stage_samples(selection: Selection, folder: Path) -> tuple[StagedSamples, st
 
 
 def _arrow(chunk: list[Sample], schema: Any) -> Any:
-    columns = {name: [getattr(s, "id" if name == "sample_id" else name) for s in chunk] for name in _TYPES}
-    return pl.DataFrame(columns, schema=_TYPES).to_arrow().cast(schema)
+    complexity = pl.Series("complexity", [s.complexity for s in chunk], dtype=pl.Int64())
+    return samples_frame(chunk).with_columns(complexity).to_arrow().cast(schema)
 
 
 def _changed(selection: Selection) -> SaecliError:

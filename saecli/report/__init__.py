@@ -112,7 +112,7 @@ from saecli.report.summary import (
     SUMMARY_FILE,
     summary_markdown,
 )
-from saecli.report.texts import excerpts_of, text_groups_of_run
+from saecli.report.texts import excerpts_of, rows_of, text_groups_of_run
 from saecli.residuals import Residuals, read_residual_blocks, read_residuals
 
 __all__ = [
@@ -512,6 +512,12 @@ def read_texts(run_dir: Path, ids: Sequence[str]) -> dict[str, Any] | None:
 
     path = Path(run_dir) / SAMPLES_FILE
     if not path.exists():
+        return None
+    try:
+        return {r["sample_id"]: Sample(id=r["sample_id"], domain=r["domain"], prompt=r["prompt"], fact=r["fact"],
+                                       hallucination=r["hallucination"], topic=r["topic"]) for r in rows_of(run_dir, ids)}  # fmt: skip
+    except SaecliError as exc:
+        log.warning("report.html without texts: cannot read %s (%s)", path, exc.message)
         return None
     try:
         wanted = pl.Series(list(ids), dtype=pl.String)

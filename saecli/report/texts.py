@@ -14,8 +14,9 @@ computes no statistic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -98,14 +99,17 @@ def text_groups_of_run(run_dir: Path, frame: pl.DataFrame) -> np.ndarray:
     return hashed_text_groups(values, present)
 
 
-def excerpts_of(run_dir: Path, ids: Iterable[str]) -> dict[str, str]:
-    """:func:`~saecli.report.features.sample_excerpt` of each of ``ids`` the run's samples.parquet holds
-    (read a row group at a time, only those rows kept)."""
+def rows_of(run_dir: Path, ids: Iterable[str], columns: Sequence[str] = SAMPLE_COLUMNS) -> Iterator[dict[str, Any]]:
+    """The rows (``columns``, as text) of each of ``ids`` the run's samples.parquet holds, read a row
+    group at a time and only those rows kept (a one-line SaecliError for a broken file)."""
     wanted = pl.Series(sorted(set(ids)), dtype=pl.String)
-    out: dict[str, str] = {}
     if wanted.is_empty():
-        return out
-    for batch in _batches(Path(run_dir) / SAMPLES_FILE, ("sample_id", "prompt", "fact", "hallucination")):
-        for row in batch.filter(pl.col("sample_id").is_in(wanted)).iter_rows(named=True):
-            out[row["sample_id"]] = sample_excerpt(row["prompt"] or "", row["fact"] or "", row["hallucination"] or "")
-    return out
+        return
+    for batch in _batches(Path(run_dir) / SAMPLES_FILE, columns):
+        yield from batch.filter(pl.col("sample_id").is_in(wanted)).iter_rows(named=True)
+
+
+def excerpts_of(run_dir: Path, ids: Iterable[str]) -> dict[str, str]:
+    """:func:`~saecli.report.features.sample_excerpt` of each of ``ids`` the run's samples.parquet holds."""
+    rows = rows_of(run_dir, ids, ("sample_id", "prompt", "fact", "hallucination"))
+    return {r["sample_id"]: sample_excerpt(r["prompt"] or "", r["fact"] or "", r["hallucination"] or "") for r in rows}
