@@ -103,10 +103,10 @@ class Parts:
     def sample_ids(self) -> list[str]:
         return [sid for ids in self.ids for sid in ids.to_list()]
 
-    def locate(self, run_dir: Path, sample_ids: Sequence[str], *, every: bool = False) -> None:
+    def locate(self, run_dir: Path, sample_ids: Sequence[str]) -> None:
         """Find each row's input position (:func:`saecli.merge.positions_of`: refused when a sample
-        is held twice or is not in the data; with ``every``, unless every sample is held)."""
-        self.positions = positions_of(self.ids, sample_ids, run_dir, every=every)
+        is held twice or is not in the data)."""
+        self.positions = positions_of(self.ids, sample_ids, run_dir, every=False)
 
     def piece(self, k: int, run_dir: Path) -> Piece:
         """Part ``k`` as :mod:`saecli.merge` reads it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,11 +65,23 @@ class RunResult:
         return pl.scan_parquet(self.run_dir / io.METRICS_FILE, glob=False)
 
 
-def remaining(ids: list[str], finished: Iterable[str]) -> list[int]:
-    """Positions of the sample ``ids`` not among the ``finished`` ids. The ids are collected once: a
-    set built per sample made resuming quadratic (2.7 s at 8,000 samples)."""
-    done = set(finished)
-    return [i for i, sid in enumerate(ids) if sid not in done]
+def unfinished(n: int, held: Sequence[np.ndarray]) -> np.ndarray:
+    """The input positions (of ``n``) that no part holds, in input order: one mask over the positions
+    the parts' check found (a set of finished ids built per sample made resuming quadratic, 2.7 s
+    at 8,000 samples; a set of a million id strings costs ~0.1 GB)."""
+    mask = np.ones(n, dtype=bool)
+    for positions in held:
+        mask[positions] = False
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+def _every_sample_once(parts: Parts, n: int, run_dir: Path) -> None:
+    """The parts this process holds cover the ``n`` samples, each once (what the merge writes)."""
+    count = np.zeros(n, dtype=np.int32)
+    for positions in parts.positions:
+        np.add.at(count, positions, 1)
+    if not np.all(count == 1):
+        raise SaecliError(f"{run_dir}: the part files hold a sample twice, or miss one", hint="start a new run", exit_code=1)
 
 
 @contextmanager
@@ -206,12 +218,11 @@ def _analyse(
     if previous is not None:
         check_resumable(previous, ident, run_dir)
     done = _finished_so_far(run_dir, samples.ids, info.layers, ident, config.mode) if previous is not None else Parts()
-    finished = done.sample_ids()
-    todo = np.asarray(remaining(samples.ids, finished), dtype=np.int64)
+    todo = unfinished(len(samples), done.positions)
     packed = _checked_tokens(backend, samples, todo, staging.folder) if previous is None else None
     state, batch_size = _start(config, run_dir, samples, backend, ident, previous=previous)
     staging.keep_on_error = True  # the run has its manifest: --resume continues it from its parts and staged input
-    work = _Work(done=len(finished), parts=done, todo=todo, earlier_backoffs=list(state["backoffs"]))
+    work = _Work(done=len(samples) - len(todo), parts=done, todo=todo, earlier_backoffs=list(state["backoffs"]))
     if progress is not None:
         progress(work.done, len(samples))
     started = time.perf_counter()
@@ -300,13 +311,12 @@ def _start(config: RunConfig, run_dir: Path, samples: StagedSamples, backend: Ba
     return state, batch_size
 
 
-def _finished_so_far(run_dir: Path, ids: list[str], layers: list[int], ident: dict[str, Any], mode: str, *,
-                     every: bool = False) -> Parts:  # fmt: skip
+def _finished_so_far(run_dir: Path, ids: list[str], layers: list[int], ident: dict[str, Any], mode: str) -> Parts:
     """The checked parts of the run (:func:`saecli.parts.check_parts`: a broken part is removed and
-    analysed again; another run's part is refused), each row's input position found (with
-    ``every``, every sample must be there), before any work starts."""
+    analysed again; another run's part is refused), each row's input position found, before any
+    work starts."""
     parts = check_parts(run_dir, layers, ident, io.resume_command(run_dir, {"mode": mode}))
-    parts.locate(run_dir, ids, every=every)
+    parts.locate(run_dir, ids)
     return parts
 
 
@@ -336,7 +346,10 @@ def _finish(config: RunConfig, run_dir: Path, samples: StagedSamples, backend: B
     crash_point("before_merge")
     ids = samples.ids
     layers = backend.info.layers
-    parts = _finished_so_far(run_dir, ids, layers, state["identity"], config.mode, every=True)
+    # The parts as this process checked (at resume) or wrote and compacted them, with their rows' input
+    # positions: not read and joined again (a million ids joined at once was this run's peak memory).
+    parts = work.parts
+    _every_sample_once(parts, len(ids), run_dir)
     files = {}
     with backend.timer("write"), _writing(run_dir, work.done, state):
         pieces = [parts.piece(k, run_dir) for k in range(len(parts.numbers))]

@@ -155,20 +155,28 @@ def test_workers_is_one_type_in_run_and_bench():
     assert result.exit_code == 2 and "one number of Ray workers" in result.output
 
 
-def test_resume_collects_the_finished_samples_once():
-    from saecli.runner import remaining
+def test_resume_finds_the_unfinished_samples_from_the_parts_positions():
+    import numpy as np
 
-    class Counted(list):
-        iterations = 0
+    from saecli.runner import unfinished
 
-        def __iter__(self):
-            Counted.iterations += 1
-            return super().__iter__()
+    held = [np.array([4, 0, 2]), np.arange(6, 2000, 2)]
+    assert unfinished(2000, held).tolist() == list(range(1, 2000, 2))
+    assert unfinished(3, []).tolist() == [0, 1, 2]
 
-    samples = [type("S", (), {"id": f"s{i}"})() for i in range(2000)]
-    finished = Counted(f"s{i}" for i in range(0, 2000, 2))
-    assert remaining([s.id for s in samples], finished) == list(range(1, 2000, 2))
-    assert Counted.iterations == 1
+
+def test_the_merge_refuses_parts_that_miss_a_sample_or_hold_one_twice(tmp_path):
+    import numpy as np
+
+    from saecli.errors import SaecliError
+    from saecli.parts import Parts
+    from saecli.runner import _every_sample_once
+
+    whole = Parts(positions=[np.array([2, 0]), np.array([1, 3])])
+    _every_sample_once(whole, 4, tmp_path)
+    for positions in ([np.array([2, 0]), np.array([1])], [np.array([2, 0, 1]), np.array([1, 3])]):
+        with pytest.raises(SaecliError, match="twice, or miss one"):
+            _every_sample_once(Parts(positions=positions), 4, tmp_path)
 
 
 # -- the help tells the truth ---------------------------------------------------------------------

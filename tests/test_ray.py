@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from processes import saecli_process
 from typer.testing import CliRunner
 
 from saecli import cluster, workers
@@ -148,7 +149,7 @@ def test_a_test_cluster_that_died_is_started_again(ray_session):
 def test_out_of_memory_backs_off_inside_the_worker(tmp_path, ray_cluster, plain, oom_above):
     oom_above(1)
     result = execute(
-        RunConfig(limit=LIMIT, batch_size=2, dtype="float64"), out=tmp_path / "run", ray=cluster.RayOptions(workers=2)
+        RunConfig(limit=LIMIT, batch_size=2, dtype="float64"), out=tmp_path / "run", ray=cluster.RayOptions(workers=1)
     )
     assert compare_frames(plain, result.frame, atol=1e-12).passed
     assert result.manifest["backoffs"] and all(b["new_size"] == 1 for b in result.manifest["backoffs"])
@@ -156,10 +157,7 @@ def test_out_of_memory_backs_off_inside_the_worker(tmp_path, ray_cluster, plain,
 
 def test_driver_killed_mid_run_then_resumed_with_ray(tmp_path, ray_cluster, plain):
     out = tmp_path / "run"
-    killed = subprocess.run(
-        [sys.executable, "-m", "saecli", "run", *SMALL, "--ray", "--workers", "2", "--out", str(out)],
-        env={**os.environ, "SAECLI_CRASH_AT": "after_part#2"}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    killed = saecli_process(["run", *SMALL, "--ray", "--workers", "2", "--out", str(out)], {"SAECLI_CRASH_AT": "after_part#2"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "metrics.parquet").exists() and len(list((out / "parts").glob("part-*.parquet"))) == 2
     result = cli.invoke(app, ["run", "--resume", str(out), "--ray"])
@@ -174,7 +172,7 @@ def test_driver_interrupted_then_resumed_without_ray(tmp_path, ray_cluster, plai
 
     monkeypatch.setattr(run_module, "crash_point", stop_after_first_part)
     out = tmp_path / "run"
-    assert cli.invoke(app, ["run", *SMALL, "--ray", "--workers", "2", "--out", str(out)]).exit_code == 130
+    assert cli.invoke(app, ["run", *SMALL, "--ray", "--workers", "1", "--out", str(out)]).exit_code == 130
     monkeypatch.undo()
     result = cli.invoke(app, ["run", "--resume", str(out)])
     assert result.exit_code == 0, result.output

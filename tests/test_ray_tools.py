@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import saecli_process
 from typer.testing import CliRunner
 
 import saecli
@@ -292,7 +293,7 @@ def ray_head(tmp_path):
 
 
 def _saecli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "saecli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=180)
+    return saecli_process(args, env, whole_env=True, cwd=cwd, timeout=180)
 
 
 @pytest.mark.slow

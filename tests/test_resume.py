@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
+from processes import saecli_process
 from typer.testing import CliRunner
 
 import saecli
@@ -29,8 +29,7 @@ RUN_ARGS = ["run", "--limit", str(LIMIT), "--batch-size", str(BATCH), "--dtype",
 
 
 def _saecli(args, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "saecli", *args], capture_output=True, text=True, env=env, timeout=300)
+    return saecli_process(args, env_extra)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +100,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, reference
     assert not list(out.glob(".*.tmp"))
 
 
-COMPACTING = "import sys, saecli.parts; saecli.parts.FAN_IN = 2; from saecli.cli import main; sys.argv[0] = 'saecli'; main()"
+COMPACTING = "import saecli.parts; saecli.parts.FAN_IN = 2"
 """saecli with parts compacted two by two (five batches: tiers 0, 1 and 2 are all written)."""
 
 
@@ -109,9 +108,7 @@ COMPACTING = "import sys, saecli.parts; saecli.parts.FAN_IN = 2; from saecli.cli
 @pytest.mark.parametrize("point", ["compacted#2"])  # before the rename: as tmp_written above; while removing: the same clean-up
 def test_sigkill_while_compacting_then_resume_equals_uninterrupted(tmp_path, monkeypatch, reference, reference_residuals, point):
     out = tmp_path / "run"
-    env = {**os.environ, "SAECLI_CRASH_AT": point}
-    killed = subprocess.run([sys.executable, "-c", COMPACTING, *RUN_ARGS, "--out", str(out)], capture_output=True, text=True,
-                            env=env, timeout=300)  # fmt: skip
+    killed = saecli_process([*RUN_ARGS, "--out", str(out)], {"SAECLI_CRASH_AT": point}, prelude=COMPACTING)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     tables = sorted(p.name for p in (out / "parts").glob("part-*.parquet"))
     if point == "compacted#2":  # parts 4 and 5 beside part 6 that replaces them (and part 3, of 1 and 2)
@@ -220,7 +217,7 @@ def test_single_sample_oom_is_one_line_error(tmp_path, oom_above):
 
 
 def test_main_module_runs():
-    result = _saecli(["--version"])
+    result = subprocess.run([sys.executable, "-m", "saecli", "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"saecli {saecli.__version__}"
 
