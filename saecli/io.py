@@ -379,6 +379,16 @@ def resume_command(run_dir: Path, manifest: dict[str, Any]) -> str:
 def read_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     """A finished run's table and manifest. A run that has not completed (still running, killed,
     or interrupted) is refused: its folder may hold an earlier run's table under its manifest."""
+    metrics, manifest = finished_run(run_dir)
+    try:
+        return read_parquet(metrics), manifest
+    except (OSError, ValueError) as exc:
+        raise SaecliError(f"cannot read {metrics}: {exc}".splitlines()[0], hint="rerun `saecli run` into a fresh --out") from None
+
+
+def finished_run(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """A finished run's table (its path, the file checked to be the one the run recorded) and
+    manifest, refused as :func:`read_run` refuses them."""
     if not run_dir.is_dir():
         raise SaecliError(f"{run_dir} is not a saecli run folder (no such folder)")
     manifest = read_manifest(run_dir)
@@ -391,7 +401,4 @@ def read_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     if not metrics.is_file():
         raise SaecliError(f"{run_dir} is not a saecli run folder (no {METRICS_FILE})")
     verify_file(run_dir, manifest, METRICS_FILE)
-    try:
-        return read_parquet(metrics), manifest
-    except (OSError, ValueError) as exc:
-        raise SaecliError(f"cannot read {metrics}: {exc}".splitlines()[0], hint="rerun `saecli run` into a fresh --out") from None
+    return metrics, manifest

@@ -59,9 +59,9 @@ from saecli.io import (
     SAMPLE_COLUMNS,
     SAMPLES_FILE,
     atomic_write,
+    finished_run,
     probe_write,
     read_parquet,
-    read_run,
     verify_file,
 )
 from saecli.report.dashboard import FACT_COLOR, HALL_COLOR, SCATTER_POINTS, draw_dashboard
@@ -89,6 +89,7 @@ from saecli.report.folds import sample_groups
 from saecli.report.probes import Generalisation, ProbeRow, probe_rows, run_probes, scores_frame
 from saecli.report.probing import probe_and_rank
 from saecli.report.progress import ReportProgress, Steps
+from saecli.report.runtable import RunTable
 from saecli.report.sampling import PROBE_SAMPLES, RESAMPLE_SAMPLES, sampled_note
 from saecli.report.stats import (
     auroc,
@@ -133,13 +134,15 @@ def _layers_of(frame: pl.DataFrame, manifest: dict[str, Any]) -> list[int]:
     return [int(layer) for layer in layers]
 
 
-def load_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any], list[int]]:
-    """A run's table, manifest and layers, checked for the columns the report needs."""
+def load_run(run_dir: Path) -> tuple[RunTable, dict[str, Any], list[int]]:
+    """A run's table (read a column at a time as the report needs it: :class:`~.runtable.RunTable`),
+    manifest and layers, checked for the columns the report needs."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SaecliError(f"{run_dir} is not a folder", hint="give the folder a `saecli run` wrote (it holds metrics.parquet)")
     try:
-        frame, manifest = read_run(run_dir)
+        path, manifest = finished_run(run_dir)
+        frame = RunTable(path)
     except SaecliError as exc:  # keep a hint that says more (e.g. the command that finishes the run)
         hint = exc.hint or "give the folder a `saecli run` wrote, e.g. runs/<time>-tiny"
         raise SaecliError(exc.message, hint=hint, exit_code=exc.exit_code) from None
@@ -160,7 +163,7 @@ def load_run(run_dir: Path) -> tuple[pl.DataFrame, dict[str, Any], list[int]]:
         )
     if frame.height == 0:
         raise SaecliError(f"{run_dir / METRICS_FILE} has no samples")
-    return frame.with_columns(pl.col("domain").fill_null("(none)")), manifest, layers
+    return frame, manifest, layers
 
 
 def load_residuals(
@@ -323,14 +326,13 @@ def make_report(
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     check_writable(out_dir, run_dir)
     preset = manifest.get("preset")
-    counts = frame.group_by("domain", maintain_order=True).len()
     report = Report(
         run_dir=run_dir,
         out_dir=out_dir,
         preset=str(preset.get("name", "?") if isinstance(preset, dict) else preset or "?"),
         samples=frame.height,
         layers=layers,
-        domains=dict(zip(counts["domain"].to_list(), counts["len"].to_list(), strict=True)),
+        domains=frame.domain_counts(),
         data_source=str(manifest.get("data_source") or (manifest.get("config") or {}).get("data") or "?"),
         bootstrap=bootstrap,
         seed=seed,

@@ -40,13 +40,13 @@ def test_incomplete_run_is_refused(tmp_path):
         make_report(run_dir)
 
 
-def test_load_run_keeps_the_hint_of_read_run(tmp_path, monkeypatch):
+def test_load_run_keeps_the_hint_of_finished_run(tmp_path, monkeypatch):
     import saecli.report
 
     def refuse(run_dir):
         raise SaecliError(f"the run in {run_dir} is not complete", hint=f"saecli run --resume {run_dir}")
 
-    monkeypatch.setattr(saecli.report, "read_run", refuse)
+    monkeypatch.setattr(saecli.report, "finished_run", refuse)
     with pytest.raises(SaecliError) as info:
         make_report(tmp_path)
     assert info.value.hint == f"saecli run --resume {tmp_path}"

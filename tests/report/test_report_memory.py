@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -157,3 +158,46 @@ def test_the_dashboard_scatter_is_a_seeded_subsample_above_its_cap(run60, tmp_pa
     assert not np.array_equal(dashboard.scatter_rows(domains, 0), dashboard.scatter_rows(domains, 1))
     for name in ("detection.csv", "features.csv"):  # only the figure and its notes differ
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_the_run_table_reads_as_the_frame_a_column_at_a_time(tmp_path):
+    from saecli.io import METRICS_FILE, read_parquet
+    from saecli.report.runtable import CACHED, RunTable
+
+    run_dir = baseline_run(tmp_path / "run", n=40, residuals=False)
+    frame = read_parquet(run_dir / METRICS_FILE)
+    table = RunTable(run_dir / METRICS_FILE)
+    assert (table.height, table.columns, table.schema) == (frame.height, frame.columns, frame.schema)
+    for column in frame.columns:
+        assert table[column].equals(frame[column]), column
+    assert len(table._cache) == CACHED  # the columns read last, not the table
+    rows = [7, 0, 39, 7]
+    assert table[rows].equals(frame[rows]) and table[np.asarray(rows)].equals(frame[rows])
+    assert table.select("domain", pl.col("sample_id").cast(pl.String).alias("id")).equals(
+        frame.select("domain", pl.col("sample_id").cast(pl.String).alias("id"))
+    )
+    scores = pl.DataFrame({"probe_fact": np.arange(40.0), "probe_hall": -np.arange(40.0)})
+    wider = table.hstack(scores)
+    assert wider.columns == [*frame.columns, "probe_fact", "probe_hall"] and wider["probe_hall"].equals(scores["probe_hall"])
+    assert table.columns == frame.columns  # the original keeps its columns
+    counts = frame.group_by("domain", maintain_order=True).len()
+    assert table.domain_counts() == dict(zip(counts["domain"], counts["len"], strict=True))
+
+
+def test_the_report_never_reads_the_metrics_table_whole(tmp_path, monkeypatch):
+    import saecli.io
+    import saecli.report
+    from saecli.io import METRICS_FILE
+
+    run_dir = baseline_run(tmp_path / "run", n=40)
+    before = make_report(run_dir, bootstrap=20, seed=0, out_dir=tmp_path / "before")
+    whole = saecli.io.read_parquet
+
+    def refuse_the_table(path):
+        assert Path(path).name != METRICS_FILE, "metrics.parquet read whole"
+        return whole(path)
+
+    monkeypatch.setattr(saecli.io, "read_parquet", refuse_the_table)
+    monkeypatch.setattr(saecli.report, "read_parquet", refuse_the_table)
+    after = make_report(run_dir, bootstrap=20, seed=0, out_dir=tmp_path / "after")
+    assert before.frame().equals(after.frame()) and before.rows
