@@ -272,10 +272,12 @@ def _table_of(path: Path, fmt: str) -> tables.Table:
 
 
 def _mapped_samples(table: tables.Table, mapping: tables.ColumnMap) -> Iterator[Sample]:
-    items = list(tables.records(table, mapping))
-    tables.duplicate_pairs(items, mapping)
+    """The table's rows as samples, one at a time (each checked as it comes)."""
     nouns = mapping.nouns()
-    return (_to_sample(record, where, None, nouns) for record, where in items)
+    return (
+        _to_sample(record, where, None, nouns)
+        for record, where in tables.duplicate_pairs(tables.records(table, mapping), mapping)
+    )
 
 
 def _table_source(path: str | Path | None) -> tuple[Path, str] | None:

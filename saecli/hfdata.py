@@ -15,6 +15,7 @@ and Parquet reading (``saecli.tables``), checking the samples (``saecli.data``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,16 +123,25 @@ def builtin(found: CachedDataset) -> Builtin | None:
 
 
 def read_table(located: CachedDataset) -> Table:
-    """The rows of every file of the split, in shard order, labelled ``hf:REPO:CONFIG:SPLIT row N``."""
+    """The rows of every file of the split, in shard order, labelled ``hf:REPO:CONFIG:SPLIT row N``:
+    the files' columns checked first, then each file read as its rows are wanted."""
+    import polars as pl
+
     columns: tuple[str, ...] | None = None
-    rows: list[tuple[dict[str, Any], str]] = []
     for rel in located.files:
-        table = read_parquet_table(located.snapshot / rel)
-        if columns is not None and table.columns != columns:
+        found = tuple(read_parquet_file(located.snapshot / rel, pl.read_parquet_schema))
+        if columns is not None and found != columns:
             raise SaecliError(f"{label(located)}: {rel} has other columns than the split's first file")
-        columns = table.columns
-        rows += [(row, f"{label(located)} row {len(rows) + i}") for i, (row, _) in enumerate(table.rows)]
-    return Table(columns or (), rows)
+        columns = found
+
+    def rows() -> Iterator[tuple[dict[str, Any], str]]:
+        number = 0
+        for rel in located.files:
+            for row, _ in read_parquet_table(located.snapshot / rel).rows:
+                yield row, f"{label(located)} row {number}"
+                number += 1
+
+    return Table(columns or (), rows())
 
 
 def mapping(located: CachedDataset, columns: tuple[str, ...], given: dict[str, str] | None) -> ColumnMap:

@@ -22,7 +22,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -75,7 +75,9 @@ class Table:
     """A table as read: its column names and its rows, each with a label for error messages."""
 
     columns: tuple[str, ...]
-    rows: list[tuple[dict[str, Any], str]]
+    rows: Iterable[tuple[dict[str, Any], str]]
+    """A list (CSV, TSV), or made a row at a time from the columns read (Parquet: a million rows as
+    Python dicts would be ~1.5 GB; their columns are a fraction of that), to be iterated once."""
 
 
 def parse_delimited(text: str, path: Path, delimiter: str) -> Table:
@@ -129,7 +131,7 @@ def read_parquet_table(path: Path) -> Table:
     import polars as pl
 
     frame = read_parquet_file(path, pl.read_parquet)
-    return Table(tuple(frame.columns), [(row, f"{path} row {i}") for i, row in enumerate(frame.iter_rows(named=True))])
+    return Table(tuple(frame.columns), ((row, f"{path} row {i}") for i, row in enumerate(frame.iter_rows(named=True))))
 
 
 def read_parquet_file(path: Path, read: Callable[[BinaryIO], T]) -> T:
@@ -374,9 +376,11 @@ def records(table: Table, mapping: ColumnMap) -> Iterator[tuple[dict[str, Any], 
         yield record, where
 
 
-def duplicate_pairs(items: list[tuple[dict[str, Any], str]], mapping: ColumnMap) -> None:
-    """With generated ids, two rows with the same texts would get the same id: name both rows."""
+def duplicate_pairs(items: Iterable[tuple[dict[str, Any], str]], mapping: ColumnMap) -> Iterator[tuple[dict[str, Any], str]]:
+    """The ``items``, passed on as they come; with generated ids, two rows with the same texts would
+    get the same id: the second is refused, naming both rows."""
     if not isinstance(mapping.fields.get("id"), PairId):
+        yield from items
         return
     first: dict[str, str] = {}
     for record, where in items:
@@ -386,3 +390,4 @@ def duplicate_pairs(items: list[tuple[dict[str, Any], str]], mapping: ColumnMap)
                 f"{where} holds the same prompt, fact and hallucination as {seen}",
                 hint="remove one of them, or give every row an id: an 'id' column, or --columns id=COLUMN",
             )
+        yield record, where
