@@ -155,6 +155,37 @@ def test_out_of_memory_backs_off_inside_the_worker(tmp_path, ray_cluster, plain,
     assert result.manifest["backoffs"] and all(b["new_size"] == 1 for b in result.manifest["backoffs"])
 
 
+def test_the_driver_holds_one_window_of_samples_and_results(tmp_path, ray_cluster, plain, monkeypatch):
+    import gc
+
+    from saecli.data import Sample
+    from saecli.engine import BatchResult
+
+    window = 8
+    monkeypatch.setattr("saecli.plan.PLAN_WINDOW", window)
+    monkeypatch.setattr("saecli.staging.PLAN_WINDOW", window)
+    alive = []
+    write_part = run_module._write_part
+
+    def counting(*args):
+        gc.collect()
+        objects = gc.get_objects()
+        alive.append((sum(type(o) is Sample for o in objects), sum(type(o) is BatchResult for o in objects)))
+        return write_part(*args)
+
+    monkeypatch.setattr(run_module, "_write_part", counting)
+    gc.collect()
+    baseline = sum(type(o) is Sample for o in gc.get_objects())
+    result = execute(
+        RunConfig(limit=LIMIT, batch_size=2, dtype="float64"), out=tmp_path / "run", ray=cluster.RayOptions(workers=1)
+    )
+    assert compare_frames(plain, result.frame, atol=1e-12).passed and len(alive) == LIMIT // window  # a part per chunk
+    # 48 samples through the Ray workers, the driver never holding more than one window's samples
+    # (plus a batch's) or more than one window's results.
+    assert max(n for n, _ in alive) - baseline <= window + 2, alive
+    assert max(r for _, r in alive) <= window // 2 + 1, alive
+
+
 def test_driver_killed_mid_run_then_resumed_with_ray(tmp_path, ray_cluster, plain):
     out = tmp_path / "run"
     killed = saecli_process(["run", *SMALL, "--ray", "--workers", "2", "--out", str(out)], {"SAECLI_CRASH_AT": "after_part#2"})
