@@ -76,8 +76,8 @@ class Table:
 
     columns: tuple[str, ...]
     rows: Iterable[tuple[dict[str, Any], str]]
-    """A list (CSV, TSV), or made a row at a time from the columns read (Parquet: a million rows as
-    Python dicts would be ~1.5 GB; their columns are a fraction of that), to be iterated once."""
+    """Made a row at a time as they are wanted, from the text (CSV, TSV) or the columns (Parquet) read:
+    500,000 rows held as Python dicts took 1.3 GB. Iterated once (each read of the data reads again)."""
 
 
 def parse_delimited(text: str, path: Path, delimiter: str) -> Table:
@@ -90,29 +90,38 @@ def parse_delimited(text: str, path: Path, delimiter: str) -> Table:
         csv.field_size_limit(len(text))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     kind = "TSV" if delimiter == "\t" else "CSV"
-    rows: list[tuple[dict[str, Any], str]] = []
     header: list[str] | None = None
     line = 1  # the line the next record starts on
     try:
         for cells in reader:
-            start, line = line, reader.line_num + 1
-            if not cells or (len(cells) == 1 and not cells[0].strip()):
-                continue  # a blank line
-            if header is None:
+            line = reader.line_num + 1
+            if cells and not (len(cells) == 1 and not cells[0].strip()):  # not a blank line
                 header = [name.strip() for name in cells]
-                _check_header(header, path)
-                continue
-            if len(cells) != len(header):
-                raise SaecliError(
-                    f"{path} line {start}: {len(cells)} cells, but the header has {len(header)} columns",
-                    hint=f"quote cells that hold the delimiter or a line break ({kind})",
-                )
-            rows.append((dict(zip(header, cells, strict=True)), f"{path} line {start}"))
+                break
     except csv.Error as exc:
         raise SaecliError(f"{path}: invalid {kind} at line {reader.line_num}: {exc}") from None
     if header is None:
         raise SaecliError(f"{path}: no header row", hint="the first line names the columns, e.g. id,prompt,fact,hallucination")
-    return Table(tuple(header), rows)
+    _check_header(header, path)
+    names = header
+
+    def rows(line: int) -> Iterator[tuple[dict[str, Any], str]]:
+        # The rows are made as they are wanted: a million rows as dicts are ~1.5 GB, the text a fraction.
+        try:
+            for cells in reader:
+                start, line = line, reader.line_num + 1
+                if not cells or (len(cells) == 1 and not cells[0].strip()):
+                    continue  # a blank line
+                if len(cells) != len(names):
+                    raise SaecliError(
+                        f"{path} line {start}: {len(cells)} cells, but the header has {len(names)} columns",
+                        hint=f"quote cells that hold the delimiter or a line break ({kind})",
+                    )
+                yield dict(zip(names, cells, strict=True)), f"{path} line {start}"
+        except csv.Error as exc:
+            raise SaecliError(f"{path}: invalid {kind} at line {reader.line_num}: {exc}") from None
+
+    return Table(tuple(header), rows(line))
 
 
 def _check_header(header: list[str], path: Path) -> None:
