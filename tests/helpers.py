@@ -87,3 +87,25 @@ def rerecord(run_dir: Any, name: str = "metrics.parquet") -> None:
     if "files" in manifest:
         manifest["files"][name] = file_record(Path(run_dir) / name)
         path.write_text(json.dumps(manifest))
+
+
+def alive_at_each_part(monkeypatch: Any, window: int, *types: type) -> list[tuple[int, ...]]:
+    """Runs in this process plan windows of ``window`` samples; at each part a run writes, the
+    number of live objects of each of ``types`` is appended to the list returned."""
+    import gc
+
+    import saecli.runner as runner_module
+
+    monkeypatch.setattr("saecli.plan.PLAN_WINDOW", window)
+    monkeypatch.setattr("saecli.staging.PLAN_WINDOW", window)
+    alive: list[tuple[int, ...]] = []
+    write_part = runner_module._write_part
+
+    def counting(*args: Any) -> Any:
+        gc.collect()
+        objects = gc.get_objects()
+        alive.append(tuple(sum(type(o) is t for o in objects) for t in types))
+        return write_part(*args)
+
+    monkeypatch.setattr(runner_module, "_write_part", counting)
+    return alive

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import alive_at_each_part
 from processes import saecli_process
 from typer.testing import CliRunner
 
@@ -162,18 +163,7 @@ def test_the_driver_holds_one_window_of_samples_and_results(tmp_path, ray_cluste
     from saecli.engine import BatchResult
 
     window = 8
-    monkeypatch.setattr("saecli.plan.PLAN_WINDOW", window)
-    monkeypatch.setattr("saecli.staging.PLAN_WINDOW", window)
-    alive = []
-    write_part = run_module._write_part
-
-    def counting(*args):
-        gc.collect()
-        objects = gc.get_objects()
-        alive.append((sum(type(o) is Sample for o in objects), sum(type(o) is BatchResult for o in objects)))
-        return write_part(*args)
-
-    monkeypatch.setattr(run_module, "_write_part", counting)
+    alive = alive_at_each_part(monkeypatch, window, Sample, BatchResult)
     gc.collect()
     baseline = sum(type(o) is Sample for o in gc.get_objects())
     result = execute(

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import alive_at_each_part
 
 from saecli.config import RunConfig
 from saecli.data import Sample, load_samples, select_samples
@@ -114,22 +115,12 @@ def test_a_run_holds_one_window_of_samples_and_leaves_no_staged_input(tmp_path, 
     import saecli.runner as runner_module
 
     window = 8
-    monkeypatch.setattr("saecli.plan.PLAN_WINDOW", window)
-    monkeypatch.setattr("saecli.staging.PLAN_WINDOW", window)
-    alive = []
-    write_part = runner_module._write_part
-
-    def counting(*args):
-        gc.collect()
-        alive.append(sum(type(o) is Sample for o in gc.get_objects()))
-        return write_part(*args)
-
-    monkeypatch.setattr(runner_module, "_write_part", counting)
+    alive = alive_at_each_part(monkeypatch, window, Sample)
     baseline = sum(type(o) is Sample for o in gc.get_objects())
     result = runner_module.execute(RunConfig(limit=40, batch_size=4), out=tmp_path / "run")
     assert result.manifest["status"] == "complete" and len(alive) == 10
     # Forty samples analysed, never more than one window's (plus the batch being written) alive at once.
-    assert max(alive) - baseline <= window + 4
+    assert max(n for (n,) in alive) - baseline <= window + 4
     assert not (tmp_path / "run" / INPUT_DIR).exists()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "manifest.json", "metrics.parquet", "residuals.safetensors", "samples.parquet"
