@@ -188,17 +188,26 @@ def test_bad_parquet_cells(tmp_path):
 
 
 def test_a_damaged_parquet_file_is_one_error_naming_it(tmp_path, capfd):
-    # Polars 2.1 panics on this file with byte 1177 or 1402 flipped: a PanicException, which escapes
-    # `except Exception`, after Rust has printed the panic on stderr. Byte 1176 flipped, or the
-    # file cut short, is a ComputeError. Each is one error naming the file, and nothing more.
+    # Parquet keeps no checksums: a flipped byte is found where the reader checks (the footer, page
+    # headers, compressed pages) or read as the file now is. Which bytes are which changes between
+    # Polars versions (2.1 panicked on byte 1177: a PanicException, which escapes `except Exception`,
+    # after Rust printed the panic on stderr; 2.2 reads that byte's flip). Whatever the damage: one
+    # error naming the file, or the samples; never a traceback or Rust's report.
     path = write_table(tmp_path / "d.parquet")
     good = path.read_bytes()
-    flipped = [good[:offset] + bytes([good[offset] ^ 0xFF]) + good[offset + 1 :] for offset in (1176, 1177, 1402)]
-    for content in [good[: len(good) // 2], *flipped]:
-        path.write_bytes(content)
-        with pytest.raises(SaecliError, match="d.parquet is not a readable Parquet file") as info:
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(SaecliError, match="d.parquet is not a readable Parquet file") as info:
+        load_samples(path)
+    assert "\n" not in str(info.value)
+    refused = 0
+    for offset in range(0, len(good), 5):
+        path.write_bytes(good[:offset] + bytes([good[offset] ^ 0xFF]) + good[offset + 1 :])
+        try:
             load_samples(path)
-        assert "\n" not in str(info.value)
+        except SaecliError as exc:
+            assert "d.parquet" in exc.message and "\n" not in str(exc), (offset, str(exc))
+            refused += 1
+    assert refused > len(good) // 5 // 4  # much of the damage is found (2.1 and 2.2: three in five)
     assert capfd.readouterr().err == ""
 
 
