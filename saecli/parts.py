@@ -100,9 +100,6 @@ class Parts:
     def last_number(self) -> int:
         return max(self.numbers, default=0)
 
-    def sample_ids(self) -> list[str]:
-        return [sid for ids in self.ids for sid in ids.to_list()]
-
     def locate(self, run_dir: Path, sample_ids: Sequence[str]) -> None:
         """Find each row's input position (:func:`saecli.merge.positions_of`: refused when a sample
         is held twice or is not in the data)."""

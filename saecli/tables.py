@@ -95,7 +95,7 @@ def parse_delimited(text: str, path: Path, delimiter: str) -> Table:
     try:
         for cells in reader:
             line = reader.line_num + 1
-            if cells and not (len(cells) == 1 and not cells[0].strip()):  # not a blank line
+            if not _blank(cells):
                 header = [name.strip() for name in cells]
                 break
     except csv.Error as exc:
@@ -110,8 +110,8 @@ def parse_delimited(text: str, path: Path, delimiter: str) -> Table:
         try:
             for cells in reader:
                 start, line = line, reader.line_num + 1
-                if not cells or (len(cells) == 1 and not cells[0].strip()):
-                    continue  # a blank line
+                if _blank(cells):
+                    continue
                 if len(cells) != len(names):
                     raise SaecliError(
                         f"{path} line {start}: {len(cells)} cells, but the header has {len(names)} columns",
@@ -122,6 +122,11 @@ def parse_delimited(text: str, path: Path, delimiter: str) -> Table:
             raise SaecliError(f"{path}: invalid {kind} at line {reader.line_num}: {exc}") from None
 
     return Table(tuple(header), rows(line))
+
+
+def _blank(cells: list[str]) -> bool:
+    """A blank line of the table (no cells, or one of whitespace)."""
+    return not cells or (len(cells) == 1 and not cells[0].strip())
 
 
 def _check_header(header: list[str], path: Path) -> None:

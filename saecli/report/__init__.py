@@ -267,8 +267,6 @@ def load_texts(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | No
     """The run's samples (:class:`saecli.data.Sample`) from its samples.parquet, in ``frame``'s row
     order, or None for a run without one (runs before it was kept). A file that is unreadable, is not
     the one the run recorded, or lacks a sample of the table is an error (with the way around it)."""
-    from saecli.data import Sample
-
     path = Path(run_dir) / SAMPLES_FILE
     if not path.exists():
         return None
@@ -289,10 +287,17 @@ def load_texts(run_dir: Path, frame: pl.DataFrame, manifest: dict[str, Any] | No
         problem = f"no row for sample {absent[0]!r}" if absent else "a sample id twice"
         raise SaecliError(f"{path} does not match {METRICS_FILE}: it holds {problem}", hint=hint)
     try:
-        return [Sample(id=sid, domain=by_id[sid]["domain"], prompt=by_id[sid]["prompt"], fact=by_id[sid]["fact"],
-                       hallucination=by_id[sid]["hallucination"], topic=by_id[sid]["topic"]) for sid in ids]  # fmt: skip
+        return [_sample(by_id[sid]) for sid in ids]
     except SaecliError as exc:
         raise SaecliError(f"{path}: {exc.message}", hint=hint) from None
+
+
+def _sample(row: dict[str, Any]) -> Any:
+    """A row of samples.parquet (:data:`SAMPLE_COLUMNS`, as text) as a :class:`saecli.data.Sample`."""
+    from saecli.data import Sample
+
+    return Sample(id=row["sample_id"], domain=row["domain"], prompt=row["prompt"], fact=row["fact"],
+                  hallucination=row["hallucination"], topic=row["topic"])  # fmt: skip
 
 
 def make_report(
@@ -510,30 +515,13 @@ def read_texts(run_dir: Path, ids: Sequence[str]) -> dict[str, Any] | None:
     """Sample id → :class:`saecli.data.Sample` for ``ids`` alone, from the run's samples.parquet (only
     those rows are kept: a large run's page embeds a subset); None for a run that kept no texts or
     whose file cannot be read (the page then shows ids and numbers only)."""
-    from saecli.data import Sample
-
     path = Path(run_dir) / SAMPLES_FILE
     if not path.exists():
         return None
     try:
-        return {r["sample_id"]: Sample(id=r["sample_id"], domain=r["domain"], prompt=r["prompt"], fact=r["fact"],
-                                       hallucination=r["hallucination"], topic=r["topic"]) for r in rows_of(run_dir, ids)}  # fmt: skip
+        return {r["sample_id"]: _sample(r) for r in rows_of(run_dir, ids)}
     except SaecliError as exc:
         log.warning("report.html without texts: cannot read %s (%s)", path, exc.message)
-        return None
-    try:
-        wanted = pl.Series(list(ids), dtype=pl.String)
-        rows = (
-            pl.scan_parquet(path, glob=False)
-            .select(SAMPLE_COLUMNS)
-            .with_columns(pl.all().cast(pl.String))
-            .filter(pl.col("sample_id").is_in(wanted))
-            .collect()
-        )
-        return {r["sample_id"]: Sample(id=r["sample_id"], domain=r["domain"], prompt=r["prompt"], fact=r["fact"],
-                                       hallucination=r["hallucination"], topic=r["topic"]) for r in rows.iter_rows(named=True)}  # fmt: skip
-    except (OSError, ValueError, SaecliError, pl.exceptions.PolarsError) as exc:
-        log.warning("report.html without texts: cannot read %s (%s)", path, exc)
         return None
 
 
