@@ -198,8 +198,7 @@ def firing_frequency(activations: Any) -> np.ndarray:
     import scipy.sparse as sp
 
     m = sp.csr_matrix(activations)
-    counts = np.bincount(m.indices[m.data > 0], minlength=m.shape[1])
-    return counts / max(m.shape[0], 1)
+    return _fire_counts(m) / max(m.shape[0], 1)
 
 
 def _d_z(mean: np.ndarray, sum_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,22 +243,9 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 def sign_tests(fact: Any, hall: Any) -> FeatureTests:
     """The exact two-sided sign test of hall − fact for every feature, and the BH q over the features
     that fire on at least one text (module docstring)."""
-    import scipy.sparse as sp
-    from scipy.stats import binom
-
-    fact, hall = sp.csr_matrix(fact, dtype=np.float64), sp.csr_matrix(hall, dtype=np.float64)
-    d_sae = fact.shape[1]
-    d = hall - fact
-    n_up = np.bincount(d.indices[d.data > 0], minlength=d_sae)
-    n_down = np.bincount(d.indices[d.data < 0], minlength=d_sae)
-    moved = n_up + n_down
-    p = np.minimum(1.0, 2.0 * binom.cdf(np.minimum(n_up, n_down), moved, 0.5))
-    p[moved == 0] = 1.0
-    tested = (firing_frequency(fact) > 0) | (firing_frequency(hall) > 0)
-    p[~tested] = math.nan
-    q = np.full(d_sae, math.nan)
-    q[tested] = benjamini_hochberg(p[tested])
-    return FeatureTests(n_up=n_up, n_down=n_down, p=p, q=q, tested=tested)
+    sums = FeatureSums()
+    sums.add(fact, hall)
+    return _tests_of(sums)
 
 
 def null_max_scores(fact: Any, hall: Any, draws: int, rng: np.random.Generator) -> np.ndarray:

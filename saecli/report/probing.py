@@ -30,7 +30,7 @@ Loader = Callable[..., Residuals | None]
 """``load(rows=…, keys=…)``: part of the run's residuals, rows in the table's order (:func:`saecli.report.load_residuals`)."""
 Blocks = Callable[..., Iterable[Residuals]]
 """``blocks(keys, block)``: the arrays ``keys`` of every row, in the table's order, ``block`` rows at a
-time (:func:`saecli.report.residual_blocks`)."""
+time (:meth:`saecli.report.RunResiduals.blocks`)."""
 Excerpts = Callable[[Iterable[str]], dict[str, str]]
 """``excerpts(ids)``: the text excerpt of each of those samples the run kept (:func:`saecli.report.texts.excerpts_of`)."""
 
