@@ -14,6 +14,7 @@ this (and the report) stays light.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -435,10 +436,7 @@ class _Tensors:
             dtype, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
             if _DTYPES.get(dtype) is None:
                 raise ValueError(f"tensor {name}: dtype {dtype} is not one saecli writes")
-            count = 1
-            for d in shape:
-                count *= d
-            if end - begin != count * int(dtype[1:]) // 8 or begin < 0 or self.start + end > size:
+            if end - begin != math.prod(shape) * int(dtype[1:]) // 8 or begin < 0 or self.start + end > size:
                 raise ValueError(f"tensor {name}: its bytes do not fit its shape or the file (cut short?)")
             self.tensors[name] = (dtype, shape, int(begin))
 
